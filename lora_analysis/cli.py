@@ -1,0 +1,84 @@
+"""``lora-analysis <command> [overrides]``: one entry point, one module per subcommand.
+
+Every subcommand takes Hydra overrides (``key=value``) and answers ``--help``. Bad input of any kind
+ends in one line on stderr, ``lora-analysis <command>: error: ...``, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from lora_analysis.errors import LoraAnalysisError
+
+COMMANDS = {
+    "train": ("lora_analysis.train_app", "train LoRA adapters (one run, or a sweep with -m)"),
+    "analyze": ("lora_analysis.analyze_app", "subspace analysis of a sweep or of adapter folders"),
+    "report": ("lora_analysis.report_app", "rebuild a sweep's figures and report from saved results"),
+    "reproduce": ("lora_analysis.reproduce", "train, analyse and report the paper's Section 7"),
+    "recommend": ("lora_analysis.recommend_app", "recommend a rank per module role from a sweep"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: lora-analysis <command> [key=value ...] [--help]", "", "commands:"]
+    lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"lora-analysis: error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    # Hydra would print a trimmed traceback and exit 1; we want the exception, to print one line.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    module = importlib.import_module(COMMANDS[command][0])
+    try:
+        return int(module.main(rest) or 0)
+    except KeyboardInterrupt:
+        print(f"lora-analysis {command}: interrupted; finished runs are kept", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - every error becomes one line, see one_line()
+        message = one_line(error)
+        if message is None:
+            raise
+        print(f"lora-analysis {command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def one_line(error: BaseException) -> str | None:
+    """A one-line message for user errors (ours, Hydra's, OmegaConf's); None for real bugs."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    chain = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    for err in chain:
+        if isinstance(err, LoraAnalysisError):
+            return str(err)
+    for err in chain:
+        if isinstance(err, HydraException | OmegaConfBaseException):
+            return _config_message(chain)
+    return None
+
+
+def _config_message(chain: list[BaseException]) -> str:
+    """Join the first line of each message in an error chain: Hydra's context, OmegaConf's reason."""
+    parts = []
+    for err in chain:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if first not in parts:
+            parts.append(first)
+    return "config: " + "; ".join(parts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

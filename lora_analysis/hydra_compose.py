@@ -1,0 +1,52 @@
+"""Config composition for the commands that are not Hydra applications (analyze, report, recommend).
+
+``train`` runs as a full Hydra application (sweeps, launchers, run folders). The other commands only
+need a typed config from ``conf/`` plus the user's overrides, so they use Hydra's compose API: same
+YAML, same override grammar, same validation, no output folder or logging set-up of Hydra's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def conf_dir() -> Path:
+    """The ``conf/`` folder of the repository (the package is installed editable, see Makefile)."""
+    if not CONF_DIR.is_dir():
+        raise FileNotFoundError(f"config folder {CONF_DIR} not found; install with pip install -e .")
+    return CONF_DIR
+
+
+def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with Hydra overrides (``key=value``)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+def split_args(argv: Sequence[str], positional_key: str) -> tuple[list[str], bool]:
+    """Turn ``[path, path, key=value]`` into Hydra overrides; paths become ``<positional_key>=[...]``.
+
+    Returns the overrides and whether ``--help`` was asked for.
+    """
+    wants_help = any(a in ("-h", "--help") for a in argv)
+    args = [a for a in argv if a not in ("-h", "--help")]
+    paths = [a for a in args if "=" not in a]
+    overrides = [a for a in args if "=" in a]
+    if paths:
+        quoted = ",".join("'" + p.replace("\\", "\\\\").replace("'", "\\'") + "'" for p in paths)
+        overrides.insert(0, f"{positional_key}=[{quoted}]")
+    return overrides, wants_help
+
+
+def help_text(summary: str, config_name: str) -> str:
+    """Usage text: the command's summary and its config with defaults, as YAML."""
+    cfg = compose(config_name)
+    return f"{summary.strip()}\n\nconfig (override with key=value):\n\n{OmegaConf.to_yaml(cfg)}"
