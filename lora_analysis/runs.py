@@ -1,0 +1,146 @@
+"""Run folders and sweeps: names from overrides, skip-if-done, resume, and the sweep table.
+
+A sweep is a folder ``<out_dir>/<name>/`` with one folder per run, named by the run's meaningful
+overrides (``r8-seed0-attn``), so a re-launched sweep finds its finished runs and skips them. A run is
+finished when its ``DONE`` marker exists; it is written last, after every other file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from lora_analysis.atomic import locked, write_json, write_parquet
+from lora_analysis.errors import LoraAnalysisError
+
+DONE = "DONE"
+CHECKPOINT = "checkpoint.safetensors"
+SWEEP_TABLE = "runs.parquet"
+# Overrides that do not change what a run computes, or that name the sweep rather than the run.
+_NOT_IN_NAME = {"name", "out_dir", "device", "threads", "progress", "experiment", "run_name", "preset"}
+_SHORT = {"lora.r": "r", "seed": "seed", "lora.alpha": "alpha", "optim.lr": "lr", "optim.steps": "steps"}
+_VALUE_ONLY = {"lora.targets", "method", "lora.init", "lora.init_stream"}
+_ORDER = ["method", "lora.r", "seed", "lora.targets"]
+# Config keys that may differ between a finished run and a re-launch of it.
+_VOLATILE = {"progress", "threads", "device", "out_dir"}
+
+
+def run_name(overrides: Iterable[str]) -> str:
+    """A folder name from a run's overrides: ``["seed=0", "lora.r=8", "lora.targets=attn"]`` -> ``r8-seed0-attn``.
+
+    Known keys come first in a fixed order, so the name does not depend on the order of the overrides;
+    defaults (``method=lora``) and keys that do not change the computation are left out.
+    """
+    pairs = {}
+    for item in overrides:
+        key, _, value = str(item).lstrip("+~").partition("=")
+        if key in _NOT_IN_NAME or key.startswith("hydra") or (key == "method" and value == "lora"):
+            continue
+        pairs[key] = value
+    keys = [k for k in _ORDER if k in pairs] + sorted(k for k in pairs if k not in _ORDER)
+    parts = []
+    for key in keys:
+        value = pairs[key].strip("[]'\"").replace(",", "+")
+        if key in _VALUE_ONLY:
+            parts.append(value)
+        elif key in _SHORT:
+            parts.append(f"{_SHORT[key]}{value}")
+        else:
+            parts.append(f"{key.split('.')[-1].split('/')[-1]}-{Path(value).name or value}")
+    name = re.sub(r"[^A-Za-z0-9_.+=-]", "_", "-".join(parts)) or "default"
+    if len(name) > 100:  # keep folder names usable; the hash keeps them distinct
+        name = f"{name[:90]}-{zlib.crc32(name.encode()):08x}"
+    return name
+
+
+def is_done(run_dir: Path) -> bool:
+    return (Path(run_dir) / DONE).is_file()
+
+
+def comparable(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in _VOLATILE}
+
+
+def prepare_run_dir(run_dir: Path, config: dict) -> str:
+    """Decide what to do with ``run_dir`` for a run of ``config``: ``skip``, ``resume`` or ``start``.
+
+    A finished run of the same config is skipped; a finished run of another config is an error (it
+    would be silently mixed into the sweep). An unfinished run resumes from its checkpoint if its
+    config matches; otherwise its leftovers are removed and it starts again cleanly.
+    """
+    run_dir = Path(run_dir)
+    saved_path = run_dir / "config.yaml"
+    saved = yaml.safe_load(saved_path.read_text()) if saved_path.is_file() else None
+    same = saved is not None and comparable(saved) == comparable(config)
+    if is_done(run_dir):
+        if not same:
+            diff = _first_difference(comparable(saved or {}), comparable(config))
+            raise LoraAnalysisError(
+                f"{run_dir} holds a finished run with a different config ({diff}); "
+                "use another name=... or remove that folder"
+            )
+        return "skip"
+    if same and (run_dir / CHECKPOINT).is_file():
+        return "resume"
+    if run_dir.is_dir():
+        for item in run_dir.iterdir():
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
+    return "start"
+
+
+def _first_difference(old: dict, new: dict, prefix: str = "") -> str:
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = _first_difference(a, b, f"{prefix}{key}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{prefix}{key}: {a!r} there, {b!r} now"
+    return ""
+
+
+def finish_run(run_dir: Path, metrics: dict) -> None:
+    """Write metrics, then the completion marker, then refresh the sweep table."""
+    write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / DONE, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    write_sweep_table(run_dir.parent)
+
+
+def finished_runs(sweep_dir: Path) -> list[Path]:
+    return sorted(p.parent for p in Path(sweep_dir).glob(f"*/{DONE}"))
+
+
+def collect_runs(sweep_dir: Path) -> pd.DataFrame:
+    """One row per finished run: run name, flattened config values, scalar metrics."""
+    rows = []
+    for run_dir in finished_runs(sweep_dir):
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        row = {"run": run_dir.name}
+        row.update(pd.json_normalize(comparable(config), sep=".").iloc[0].to_dict())
+        row.update({k: v for k, v in metrics.items() if not isinstance(v, dict | list)})
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    for column in frame.columns:  # mixed None/str columns (e.g. lora.layers) must stay writable
+        if frame[column].dtype == object:
+            frame[column] = frame[column].map(lambda v: v if v is None or isinstance(v, str) else json.dumps(v))
+    return frame
+
+
+def write_sweep_table(sweep_dir: Path) -> Path | None:
+    """Rewrite ``runs.parquet`` from the finished runs, under a lock shared by parallel workers."""
+    sweep_dir = Path(sweep_dir)
+    with locked(sweep_dir / ".runs.lock"):
+        frame = collect_runs(sweep_dir)
+        if frame.empty:
+            return None
+        return write_parquet(sweep_dir / SWEEP_TABLE, frame)

@@ -1,0 +1,239 @@
+"""One training run: ``train(cfg, run_dir) -> metrics``, writing a self-explaining run folder.
+
+The run folder ends up holding, each file written atomically:
+``config.yaml`` (resolved config), ``adapter_init.safetensors`` (A and B at step 0),
+``adapter_config.json`` + ``adapter_model.safetensors`` (the final adapter in PEFT's format; none for
+full fine-tuning), ``history.csv`` (step, loss, learning rate), ``metrics.json``, and ``DONE`` last.
+While it runs, ``checkpoint.safetensors`` lets an interrupted run continue where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from lora_analysis import data as task_data
+from lora_analysis.atomic import write_atomic, write_text
+from lora_analysis.config import Method, Schedule, Task, TrainConfig
+from lora_analysis.modeling import add_lora, load_model, load_tokenizer, lora_state, resolve_device
+from lora_analysis.runs import CHECKPOINT
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass
+class Progress:
+    """What a checkpoint must carry besides tensors to continue a run exactly."""
+
+    step: int = 0
+    train_seconds: float = 0.0
+    examples: int = 0
+    tokens: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def train(cfg: TrainConfig, run_dir: Path) -> dict:
+    """Train one run in ``run_dir`` (resuming from its checkpoint if any) and return its metrics."""
+    wall_start = time.perf_counter()
+    # 1) determinism: the seed fixes the head init, dropout and batch order; LoRA init has its own streams
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    # 2) data, tokenised once per (tokenizer, data, max length)
+    tokenizer = load_tokenizer(cfg.model)
+    cache_dir = Path(cfg.data.cache_dir or Path(cfg.out_dir) / ".cache")
+    data = task_data.load_task_data(cfg.data, cfg.model.task, tokenizer, cache_dir)
+    # 3) model: the pretrained weights, a task head, and LoRA layers (or everything, for full fine-tuning)
+    model = load_model(cfg.model, data.num_labels, tokenizer.pad_token_id)
+    if cfg.method == Method.lora:
+        model, _ = add_lora(model, cfg.lora, cfg.model.task, cfg.seed)
+        init_state = lora_state(model)
+        write_atomic(run_dir / "adapter_init.safetensors", lambda p: save_file(init_state, str(p)))
+    model.to(device)
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW(params.values(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    # 4) continue from a checkpoint of this very run, if one exists
+    progress = _load_checkpoint(run_dir, model, params, optimizer) or Progress()
+    # 5) train
+    _train_loop(cfg, model, params, optimizer, data, tokenizer.pad_token_id, device, run_dir, progress)
+    # 6) evaluate on the test split
+    eval_start = time.perf_counter()
+    metrics = evaluate(model, data.test, cfg, tokenizer.pad_token_id, device)
+    eval_seconds = time.perf_counter() - eval_start
+    # 7) save the adapter, then the numbers
+    if cfg.method == Method.lora:
+        _save_adapter(model, run_dir)
+        metrics["a_moved"] = _a_moved(init_state, lora_state(model))
+        metrics["a_moved_mean"] = float(np.mean(list(metrics["a_moved"].values())))
+    _write_history(run_dir, progress.history)
+    tail = [row["loss"] for row in progress.history[-max(1, len(progress.history) // 10) :]]
+    metrics.update(
+        final_train_loss=float(np.mean(tail)) if tail else float("nan"),
+        steps=progress.step,
+        examples_per_s=progress.examples / progress.train_seconds,
+        tokens_per_s=progress.tokens / progress.train_seconds,
+        train_seconds=progress.train_seconds,
+        eval_seconds=eval_seconds,
+        wall_seconds=time.perf_counter() - wall_start,
+        trainable_params=int(sum(p.numel() for p in params.values())),
+        lora_params=int(sum(p.numel() for n, p in params.items() if ".lora_" in n)),
+        train_examples=len(data.train),
+        test_examples=len(data.test),
+        threads=torch.get_num_threads(),
+        device=str(device),
+    )
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    return metrics
+
+
+def _train_loop(cfg, model, params, optimizer, data, pad_id, device, run_dir, progress: Progress) -> None:
+    model.train()
+    batches: Iterator[np.ndarray] = task_data.train_batches(data.train.lengths, cfg.optim.batch_size, cfg.seed)
+    batches = islice(batches, progress.step, None)  # a resumed run skips the batches it has done
+    bar = tqdm(total=cfg.optim.steps, initial=progress.step, desc=cfg.run_name, disable=not cfg.progress,
+               dynamic_ncols=True, leave=False)
+    losses: list[float] = []
+    while progress.step < cfg.optim.steps:
+        rows = next(batches)
+        batch = {k: v.to(device) for k, v in task_data.collate(data.train, rows, pad_id, cfg.model.task).items()}
+        lr = learning_rate(cfg, progress.step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        start = time.perf_counter()
+        loss = model(**batch).loss
+        loss.backward()
+        if cfg.optim.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params.values(), cfg.optim.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())  # .item() syncs, so the timing below is honest on CUDA too
+        progress.train_seconds += time.perf_counter() - start
+        progress.examples += len(rows)
+        progress.tokens += int(batch["attention_mask"].sum())
+        progress.step += 1
+        if progress.step % cfg.optim.log_every == 0 or progress.step == cfg.optim.steps:
+            progress.history.append({"step": progress.step, "loss": float(np.mean(losses)), "lr": lr,
+                                     "seconds": progress.train_seconds})
+            losses = []
+            bar.set_postfix(loss=f"{progress.history[-1]['loss']:.4f}",
+                            ex_s=f"{progress.examples / progress.train_seconds:.0f}")
+        bar.update(1)
+        every = cfg.optim.checkpoint_every
+        if every and progress.step % every == 0 and progress.step < cfg.optim.steps:
+            _save_checkpoint(run_dir, params, optimizer, progress)
+    bar.close()
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up over ``warmup_ratio`` of the steps, then linear decay to 0 (or constant)."""
+    warmup = int(cfg.optim.warmup_ratio * cfg.optim.steps)
+    if step < warmup:
+        return cfg.optim.lr * (step + 1) / warmup
+    if cfg.optim.schedule == Schedule.constant:
+        return cfg.optim.lr
+    return cfg.optim.lr * max(0.0, (cfg.optim.steps - step) / max(1, cfg.optim.steps - warmup))
+
+
+@torch.inference_mode()
+def evaluate(model, examples: task_data.Examples, cfg: TrainConfig, pad_id: int, device) -> dict:
+    """Test metrics: accuracy and loss (classification), or mean token loss and perplexity (causal LM)."""
+    model.eval()
+    total_loss, correct, weight = 0.0, 0, 0
+    for rows in task_data.eval_batches(examples.lengths, cfg.optim.eval_batch_size):
+        batch = {k: v.to(device) for k, v in task_data.collate(examples, rows, pad_id, cfg.model.task).items()}
+        out = model(**batch)
+        if cfg.model.task == Task.classification:
+            correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+            total_loss += float(out.loss) * len(rows)
+            weight += len(rows)
+        else:
+            tokens = int((batch["labels"][:, 1:] != -100).sum())  # HF shifts labels by one
+            total_loss += float(out.loss) * tokens
+            weight += tokens
+    model.train()
+    loss = total_loss / weight
+    if cfg.model.task == Task.classification:
+        majority = np.bincount(examples.labels).max() / len(examples)
+        return {"test_accuracy": correct / weight, "test_loss": loss, "majority_accuracy": float(majority)}
+    return {"test_loss": loss, "test_perplexity": float(np.exp(loss))}
+
+
+def _a_moved(init: dict[str, torch.Tensor], final: dict[str, torch.Tensor]) -> dict[str, float]:
+    """||A - A_init||_F / ||A_init||_F per adapted module path."""
+    moved = {}
+    for key, a0 in init.items():
+        if key.endswith(".lora_A.weight"):
+            path = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+            moved[path] = float((final[key].double() - a0.double()).norm() / a0.double().norm())
+    return moved
+
+
+def _save_adapter(model, run_dir: Path) -> None:
+    """PEFT's own ``save_pretrained``, into a temporary folder, then each file moved in atomically."""
+    with tempfile.TemporaryDirectory(dir=run_dir, prefix=".adapter-") as tmp:
+        model.save_pretrained(tmp)
+        for item in sorted(Path(tmp).iterdir()):
+            if item.is_file():
+                item.replace(run_dir / item.name)
+
+
+def _write_history(run_dir: Path, history: list[dict]) -> None:
+    rows = [f"{h['step']},{h['loss']:.6f},{h['lr']:.6g},{h['seconds']:.3f}" for h in history]
+    lines = ["step,loss,lr,seconds", *rows]
+    write_text(run_dir / "history.csv", "\n".join(lines) + "\n")
+
+
+def _save_checkpoint(run_dir: Path, params: dict, optimizer, progress: Progress) -> None:
+    """Trainable tensors, optimizer moments and RNG state in one safetensors file (no pickle)."""
+    tensors = {f"param.{n}": p.detach().cpu().contiguous() for n, p in params.items()}
+    index = {id(p): n for n, p in params.items()}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                value = torch.as_tensor(value).detach().cpu()
+                tensors[f"optim.{index[id(p)]}.{key}"] = value.reshape(1) if value.dim() == 0 else value.clone()
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    meta = {"progress": json.dumps(progress.__dict__)}
+    write_atomic(run_dir / CHECKPOINT, lambda p: save_file(tensors, str(p), metadata=meta))
+
+
+def _load_checkpoint(run_dir: Path, model, params: dict, optimizer) -> Progress | None:
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        meta = handle.metadata()
+    tensors = load_file(str(path))
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(tensors[f"param.{name}"])
+    for name, p in params.items():
+        prefix = f"optim.{name}."
+        state = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+        if state:
+            state["step"] = state["step"].reshape(())  # AdamW keeps its step count on the CPU
+            optimizer.state[p] = {k: v if k == "step" else v.to(p.device) for k, v in state.items()}
+    torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    progress = Progress(**json.loads(meta["progress"]))
+    log.info("resuming %s from step %d", run_dir.name, progress.step)
+    return progress
+
