@@ -81,6 +81,7 @@ class LoraSettings:
     targets: Any = "all"  # roles q,k,v,o,qkv,ffn_gate,ffn_in,ffn_out or presets qv,attn,ffn,all; "q+v" or a list
     layers: list[int] | None = None  # block indices to adapt; None: all
     target_regex: str | None = None  # full-match regex on module paths, instead of roles
+    budget: Any = None  # trainable LoRA parameters (120000, or r32@q: what rank 32 on q costs); sets r
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:

@@ -19,8 +19,9 @@ import numpy as np
 import peft
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from lora_analysis.budget import budget_params, rank_for_budget
 from lora_analysis.config import Init, InitStream, LoraSettings, ModelConfig, Task
 from lora_analysis.embedded import resolve_model_path
 from lora_analysis.errors import LoraAnalysisError
@@ -97,8 +98,7 @@ def model_type(model: torch.nn.Module) -> str:
 
 def choose_targets(model: torch.nn.Module, cfg: LoraSettings) -> list[ModuleTarget]:
     """The modules to adapt, checked against ``r <= min(in, out)`` for each."""
-    names = [name for name, module in model.named_modules() if _weight_shape(module) is not None]
-    chosen = select_modules(names, model_type(model), cfg.targets, cfg.layers, cfg.target_regex)
+    chosen = _select(model, cfg, cfg.targets)
     modules = dict(model.named_modules())
     for target in chosen:
         out_features, in_features = _weight_shape(modules[target.path])
@@ -108,6 +108,38 @@ def choose_targets(model: torch.nn.Module, cfg: LoraSettings) -> list[ModuleTarg
                 f"of {target.path} ({out_features} x {in_features})"
             )
     return chosen
+
+
+def _select(model: torch.nn.Module, cfg: LoraSettings, targets: str) -> list[ModuleTarget]:
+    names = [name for name, module in model.named_modules() if _weight_shape(module) is not None]
+    return select_modules(names, model_type(model), targets, cfg.layers, cfg.target_regex)
+
+
+def skeleton(cfg: ModelConfig) -> torch.nn.Module:
+    """The model's modules on the meta device: shapes and names without reading or allocating weights."""
+    path = _model_source(cfg)
+    quiet_transformers()
+    try:
+        config = AutoConfig.from_pretrained(path, revision=cfg.revision)
+    except (OSError, ValueError) as error:
+        raise LoraAnalysisError(f"cannot load model {cfg.name_or_path!r}: {_first_line(error)}") from error
+    auto = AutoModelForSequenceClassification if cfg.task == Task.classification else AutoModelForCausalLM
+    with torch.device("meta"):
+        return auto.from_config(config)
+
+
+def target_shapes(model: torch.nn.Module, cfg: LoraSettings, targets: str) -> list[tuple[int, int]]:
+    """``(out, in)`` of every module that ``targets`` selects (with ``cfg``'s layers)."""
+    modules = dict(model.named_modules())
+    return [_weight_shape(modules[t.path]) for t in _select(model, cfg, targets)]
+
+
+def rank_from_budget(model_cfg: ModelConfig, cfg: LoraSettings) -> int:
+    """The rank that spends ``cfg.budget`` on ``cfg.targets`` in this model (see ``budget``)."""
+    model = skeleton(model_cfg)
+    reference = str(cfg.budget).partition("@")[2]
+    spent = budget_params(cfg.budget, {reference: target_shapes(model, cfg, reference)} if reference else {})
+    return rank_for_budget(spent, target_shapes(model, cfg, cfg.targets))
 
 
 def _weight_shape(module: torch.nn.Module) -> tuple[int, int] | None:

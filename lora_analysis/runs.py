@@ -33,18 +33,21 @@ _ORDER = ["method", "lora.r", "seed", "lora.targets"]
 _VOLATILE = {"progress", "threads", "device", "out_dir"}
 
 
-def run_name(overrides: Iterable[str]) -> str:
+def run_name(overrides: Iterable[str], sweep_keys: Iterable[str] | None = None) -> str:
     """A folder name from a run's overrides: ``["seed=0", "lora.r=8", "lora.targets=attn"]`` -> ``r8-seed0-attn``.
 
-    Known keys come first in a fixed order, so the name does not depend on the order of the overrides;
-    defaults (``method=lora``) and keys that do not change the computation are left out.
+    In a sweep only the swept keys name a run (``sweep_keys``); a single run is named by all its
+    overrides. Known keys come first in a fixed order, so the name does not depend on the order of the
+    overrides; defaults (``method=lora``) and keys that do not change the computation are left out.
     """
+    keep = {*sweep_keys, "method"} if sweep_keys else None
     pairs = {}
     for item in overrides:
         key, _, value = str(item).lstrip("+~").partition("=")
         if key in _NOT_IN_NAME or key.startswith("hydra") or (key == "method" and value == "lora"):
             continue
-        pairs[key] = value
+        if keep is None or key in keep:
+            pairs[key] = value
     keys = [k for k in _ORDER if k in pairs] + sorted(k for k in pairs if k not in _ORDER)
     parts = []
     for key in keys:

@@ -22,22 +22,46 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lora_analysis.atomic import write_text
-from lora_analysis.config import TrainConfig, register_configs
+from lora_analysis.config import Method, TrainConfig, register_configs
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.hydra_compose import compose, conf_dir
 from lora_analysis.runs import finish_run, prepare_run_dir, run_name
 
 log = logging.getLogger("lora_analysis")
 
+SWEEP_KEYS_ENV = "LORA_ANALYSIS_SWEEP_KEYS"  # inherited by launcher workers (joblib, submitit)
+
+
+def _run_name_resolver(overrides, *, _root_) -> str:
+    """``hydra.sweep.subdir``: a run is named by the keys its sweep varies (command line or experiment)."""
+    if str(OmegaConf.select(_root_, "hydra.mode", default="")) != "RunMode.MULTIRUN":
+        return run_name(overrides)
+    swept = [k for k in os.environ.get(SWEEP_KEYS_ENV, "").split(",") if k]
+    params = OmegaConf.select(_root_, "hydra.sweeper.params", default=None) or {}
+    return run_name(overrides, swept + list(params))
+
+
 register_configs()
 if not OmegaConf.has_resolver("run_name"):
-    OmegaConf.register_new_resolver("run_name", lambda overrides: run_name(overrides))
+    OmegaConf.register_new_resolver("run_name", _run_name_resolver)
 
 
 def main(argv: list[str]) -> int:
+    os.environ[SWEEP_KEYS_ENV] = ",".join(swept_keys(argv))
     sys.argv = ["lora-analysis train", *argv]  # Hydra reads its arguments from sys.argv
     _hydra_app()
     return 0
+
+
+def swept_keys(argv: Sequence[str]) -> list[str]:
+    """The keys a command line sweeps over (``lora.r=1,2`` or ``seed=range(3)``); none without -m."""
+    if not any(a in ("-m", "--multirun") for a in argv):
+        return []
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [o.key_or_group for o in parsed if o.is_sweep_override()]
 
 
 @hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")
@@ -73,6 +97,10 @@ def settings_from(cfg: DictConfig, name: str) -> TrainConfig:
     """The typed, checked config (``__post_init__`` runs here) with its run name filled in."""
     settings: TrainConfig = OmegaConf.to_object(cfg)
     settings.run_name = name
+    if settings.lora.budget is not None and settings.method == Method.lora:
+        from lora_analysis.modeling import rank_from_budget
+
+        settings.lora.r = rank_from_budget(settings.model, settings.lora)
     return settings
 
 
