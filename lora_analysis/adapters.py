@@ -1,0 +1,381 @@
+"""PEFT LoRA adapter folders, read lazily: the module table at once, tensors one module at a time.
+
+A folder holds ``adapter_config.json`` and ``adapter_model.safetensors`` (or ``adapter_model.bin``,
+read only with ``torch.load(weights_only=True)``), and for this toolkit's runs also
+``adapter_init.safetensors`` (the initial ``A`` and ``B`` under the same keys). Tensor keys are
+
+    base_model.model.<module path>.lora_A[.<adapter name>].weight    (r, in_features)
+    base_model.model.<module path>.lora_B[.<adapter name>].weight    (out_features, r)
+
+for every architecture, GPT-2's ``Conv1D`` (``fan_in_fan_out``) included. Other keys
+(``modules_to_save`` copies such as a classifier head) are ignored. Per-module ``r`` and ``alpha``
+come from ``rank_pattern`` / ``alpha_pattern`` matched as PEFT matches them.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from safetensors import safe_open
+
+from lora_analysis.delta import lora_scale
+from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.targets import ROLES, parse_module_path, targets_label
+
+CONFIG_FILE = "adapter_config.json"
+SAFETENSORS_FILE = "adapter_model.safetensors"
+BIN_FILE = "adapter_model.bin"
+INIT_FILE = "adapter_init.safetensors"
+RUN_CONFIG = "config.yaml"  # a run of this toolkit's train app: resolved config, then DONE last
+DONE = "DONE"
+# Config keys that may differ between two runs that are still compared (rank and seed are what varies).
+MATCH_IGNORE = [
+    "lora.r", "seed", "run_name", "name", "out_dir", "device", "threads", "progress",
+    "data.cache_dir", "optim.checkpoint_every", "optim.log_every", "optim.eval_batch_size",
+]  # fmt: skip
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<path>.+)\.lora_(?P<ab>[AB])(?:\.(?P<name>[^.]+))?\.weight$")
+
+
+def pattern_key(pattern_keys, module_path: str) -> str:
+    """The ``rank_pattern``/``alpha_pattern`` key that applies to ``module_path`` (else the path itself).
+
+    The same rule as ``peft.utils.other.get_pattern_key`` (first key ``k`` with
+    ``re.match(rf"(.*\\.)?({k})$", path)``); importing peft costs seconds, so it is restated here
+    and tested against peft's own function.
+    """
+    for key in pattern_keys:
+        if re.match(rf"(.*\.)?({key})$", module_path):
+            return key
+    return module_path
+
+
+class TensorFile:
+    """A safetensors file (memory-mapped, opened per read) or a ``.bin`` state dict (weights only).
+
+    ``shapes`` maps every key to its shape, read from the header without touching the data.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._state: dict | None = None
+        try:
+            if self.path.suffix == ".safetensors":
+                with safe_open(self.path, framework="pt") as f:
+                    self.shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            else:
+                self._state = _load_bin(self.path)
+                self.shapes = {k: tuple(v.shape) for k, v in self._state.items()}
+        except LoraAnalysisError:
+            raise
+        except Exception as error:  # safetensors raises its own types for truncated/corrupt files
+            raise LoraAnalysisError(f"{self.path}: not a readable tensor file ({_first_line(error)})") from error
+
+    def read(self, key: str) -> np.ndarray:
+        """The tensor ``key`` as a float64 array (bf16/fp16/fp32 upcast); NaN or Inf is an error."""
+        try:
+            if self._state is not None:
+                tensor = self._state[key]
+            else:
+                with safe_open(self.path, framework="pt") as f:
+                    tensor = f.get_tensor(key)
+        except Exception as error:
+            raise LoraAnalysisError(f"{self.path}: cannot read tensor {key} ({_first_line(error)})") from error
+        if not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise LoraAnalysisError(f"{self.path}: tensor {key} has {bad} NaN/Inf values")
+        return tensor.to(torch.float64).numpy()
+
+
+def _load_bin(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise LoraAnalysisError(
+            f"{path}: refusing to unpickle anything but tensors ({_first_line(error)}); convert it to safetensors"
+        ) from error
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise LoraAnalysisError(f"{path}: expected a state dict of tensors")
+    return state
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+@dataclass(frozen=True)
+class LoraModule:
+    """One adapted weight matrix: where it is, its rank, scale and shape ``W: (out_features, in_features)``."""
+
+    path: str  # module path in the base model, e.g. ``bert.encoder.layer.0.attention.self.query``
+    layer: int | None
+    role: str
+    r: int
+    alpha: float
+    scale: float
+    in_features: int
+    out_features: int
+    key_A: str
+    key_B: str
+
+
+class Adapter:
+    """A PEFT LoRA adapter folder: its config, its modules, and lazy access to their factors."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.config = _read_config(self.folder)
+        weights = self.folder / SAFETENSORS_FILE
+        if not weights.is_file():
+            weights = self.folder / BIN_FILE
+        if not weights.is_file():
+            raise LoraAnalysisError(f"{self.folder} is not a PEFT adapter: no {SAFETENSORS_FILE} or {BIN_FILE}")
+        self.weights = TensorFile(weights)
+        init = self.folder / INIT_FILE
+        self.init = TensorFile(init) if init.is_file() else None
+        self.modules = self._parse_modules()
+        if not self.modules:
+            raise LoraAnalysisError(f"{weights}: no lora_A/lora_B tensors")
+        if self.init is not None:
+            self._check_init()
+
+    @property
+    def base_model_name_or_path(self) -> str | None:
+        return self.config.get("base_model_name_or_path")
+
+    @property
+    def fan_in_fan_out(self) -> bool:
+        return bool(self.config.get("fan_in_fan_out", False))
+
+    @property
+    def targets(self) -> str:
+        """The module roles present, as a label: ``q+v``, or ``all`` when every known role is there."""
+        roles = {m.role for m in self.modules.values()}
+        known = [r for r in ROLES if r in roles]
+        return "+".join(known + sorted(roles - set(ROLES)))
+
+    def _parse_modules(self) -> dict[str, LoraModule]:
+        found: dict[str, dict[str, str]] = {}
+        names, skipped = set(), set()
+        for key in self.weights.shapes:
+            match = _LORA_KEY.match(key)
+            if match is None:
+                if ".lora_" in key:  # DoRA magnitudes, embedding adapters: not a B @ A update
+                    skipped.add(key)
+                continue
+            names.add(match["name"])
+            found.setdefault(match["path"], {})[match["ab"]] = key
+        if len(names) > 1:
+            raise LoraAnalysisError(f"{self.weights.path}: tensors of several adapters {sorted(map(str, names))}")
+        if skipped:
+            warnings.warn(
+                f"{self.weights.path}: ignoring {len(skipped)} non-LoRA-matrix tensors such as {sorted(skipped)[0]}",
+                stacklevel=3,
+            )
+        modules = [self._module(path, keys) for path, keys in found.items()]
+        order = {role: i for i, role in enumerate(ROLES)}
+        modules.sort(key=lambda m: (-1 if m.layer is None else m.layer, order.get(m.role, len(order)), m.path))
+        return {m.path: m for m in modules}
+
+    def _module(self, path: str, keys: dict[str, str]) -> LoraModule:
+        file = self.weights.path
+        for have, need in (("A", "B"), ("B", "A")):
+            if need not in keys:
+                raise LoraAnalysisError(f"{file}: tensor {keys[have]} has no matching lora_{need} tensor")
+        shape_A, shape_B = self.weights.shapes[keys["A"]], self.weights.shapes[keys["B"]]
+        if len(shape_A) != 2 or len(shape_B) != 2 or shape_A[0] != shape_B[1]:
+            raise LoraAnalysisError(
+                f"{file}: {keys['A']} {shape_A} and {keys['B']} {shape_B} are not (r, in) and (out, r)"
+            )
+        r = shape_A[0]
+        rank_pattern = self.config.get("rank_pattern") or {}
+        alpha_pattern = self.config.get("alpha_pattern") or {}
+        r_config = rank_pattern.get(pattern_key(rank_pattern, path), self.config.get("r", r))
+        if r_config != r:
+            raise LoraAnalysisError(f"{file}: {keys['A']} has rank {r} but {CONFIG_FILE} says r={r_config}")
+        alpha = float(alpha_pattern.get(pattern_key(alpha_pattern, path), self.config.get("lora_alpha", r)))
+        scale = lora_scale(alpha, r, bool(self.config.get("use_rslora", False)))
+        target = parse_module_path(path)
+        return LoraModule(
+            path, target.layer, target.role, r, alpha, scale, shape_A[1], shape_B[0], keys["A"], keys["B"]
+        )
+
+    def _check_init(self) -> None:
+        for m in self.modules.values():
+            for key in (m.key_A, m.key_B):
+                if key in self.init.shapes and self.init.shapes[key] != self.weights.shapes[key]:
+                    raise LoraAnalysisError(
+                        f"{self.init.path}: tensor {key} has shape {self.init.shapes[key]}, "
+                        f"but {self.weights.shapes[key]} in {self.weights.path.name}"
+                    )
+
+    def factors(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+        """Trained ``A: (r, in)`` and ``B: (out, r)`` of module ``path``, float64, read now."""
+        m = self._get(path)
+        return self.weights.read(m.key_A), self.weights.read(m.key_B)
+
+    def init_A(self, path: str) -> np.ndarray | None:
+        """Initial ``A: (r, in)`` from ``adapter_init.safetensors``; None without that file or key."""
+        m = self._get(path)
+        if self.init is None or m.key_A not in self.init.shapes:
+            return None
+        return self.init.read(m.key_A)
+
+    def _get(self, path: str) -> LoraModule:
+        if path not in self.modules:
+            raise LoraAnalysisError(f"{self.folder}: no LoRA module {path}")
+        return self.modules[path]
+
+    def __iter__(self) -> Iterator[LoraModule]:
+        return iter(self.modules.values())
+
+    def __repr__(self) -> str:
+        return f"Adapter({str(self.folder)!r}, {len(self.modules)} modules)"
+
+
+def _read_config(folder: Path) -> dict:
+    path = folder / CONFIG_FILE
+    if not folder.is_dir():
+        raise LoraAnalysisError(f"{folder} is not a folder")
+    if not path.is_file():
+        raise LoraAnalysisError(f"{folder} is not a PEFT adapter: no {CONFIG_FILE}")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise LoraAnalysisError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(config, dict):
+        raise LoraAnalysisError(f"{path}: expected a JSON object")
+    peft_type = str(config.get("peft_type", "LORA")).upper()
+    if peft_type != "LORA":
+        raise LoraAnalysisError(f"{path}: peft_type {peft_type} is not LORA")
+    if config.get("use_dora"):
+        warnings.warn(f"{path}: DoRA adapter; its magnitude vector is ignored, B @ A is analysed", stacklevel=4)
+    return config
+
+
+def load_adapter(folder: str | Path) -> Adapter:
+    """Open a PEFT adapter folder: config and tensor headers now, tensors on demand."""
+    return Adapter(folder)
+
+
+@dataclass(frozen=True)
+class Run:
+    """An adapter with what the comparisons need to know about it.
+
+    ``group`` holds the run's config values other than rank and seed (``match_ignore`` left out): runs
+    are compared only within a group. Plain PEFT folders have no config: seed None, empty group.
+    """
+
+    label: str
+    adapter: Adapter
+    r: int
+    seed: int | None
+    targets: str
+    base: str | None  # the base model's name or path as recorded by the run (resolved later)
+    group: tuple = ()
+
+    @property
+    def folder(self) -> Path:
+        return self.adapter.folder
+
+
+def find_runs(
+    inputs: list[str | Path], match_ignore: tuple[str, ...] | list[str] = tuple(MATCH_IGNORE)
+) -> tuple[list[Run], list[str]]:
+    """Runs in ``inputs`` (sweep folders, run folders or PEFT adapter folders) and notes on what was skipped.
+
+    A folder with ``adapter_config.json`` or ``config.yaml`` is one run; otherwise each such subfolder
+    is (a sweep, or PEFT's layout for a named adapter). Unfinished and full fine-tuning runs are skipped.
+    """
+    runs, notes = [], []
+    for item in inputs:
+        for folder in _run_folders(Path(item)):
+            run = _load_run(folder, match_ignore, notes)
+            if run is not None:
+                runs.append(run)
+    labels = [r.label for r in runs]
+    if len(set(labels)) < len(labels):  # e.g. two sweeps with the same run names
+        runs = [_relabel(r, f"{r.folder.parent.name}/{r.label}") for r in runs]
+    if len({r.label for r in runs}) < len(runs):
+        raise LoraAnalysisError(f"runs with the same name in {[str(r.folder) for r in runs]}")
+    return runs, notes
+
+
+def _relabel(run: Run, label: str) -> Run:
+    return Run(label, run.adapter, run.r, run.seed, run.targets, run.base, run.group)
+
+
+def _is_run(folder: Path) -> bool:
+    return (folder / CONFIG_FILE).is_file() or (folder / RUN_CONFIG).is_file()
+
+
+def _run_folders(path: Path) -> list[Path]:
+    if not path.is_dir():
+        raise LoraAnalysisError(f"{path} is not a folder" if path.exists() else f"{path} does not exist")
+    if _is_run(path):
+        return [path]
+    found = sorted(p for p in path.iterdir() if p.is_dir() and _is_run(p))
+    if not found:
+        raise LoraAnalysisError(
+            f"{path} is neither an adapter nor a sweep folder: no {CONFIG_FILE} or {RUN_CONFIG} "
+            "in it or in its subfolders"
+        )
+    return found
+
+
+def _load_run(folder: Path, match_ignore: tuple[str, ...], notes: list[str]) -> Run | None:
+    config_path = folder / RUN_CONFIG
+    if not config_path.is_file():
+        adapter = Adapter(folder)
+        r = int(adapter.config.get("r", next(iter(adapter)).r))
+        return Run(folder.name, adapter, r, None, adapter.targets, adapter.base_model_name_or_path)
+    try:
+        config = yaml.safe_load(config_path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise LoraAnalysisError(f"{config_path}: not valid YAML ({_first_line(error)})") from error
+    if not (folder / DONE).is_file():
+        notes.append(f"skipped {folder}: unfinished run (no {DONE} marker)")
+        return None
+    if config.get("method", "lora") != "lora":
+        notes.append(f"skipped {folder}: method {config.get('method')} has no adapter")
+        return None
+    adapter = Adapter(folder)
+    lora = config.get("lora") or {}
+    targets = lora.get("targets") or adapter.targets
+    seed = config.get("seed")
+    return Run(
+        str(config.get("run_name") or folder.name),
+        adapter,
+        int(lora.get("r", adapter.config.get("r"))),
+        None if seed is None else int(seed),
+        targets if isinstance(targets, str) else targets_label([str(t) for t in targets]),
+        (config.get("model") or {}).get("name_or_path") or adapter.base_model_name_or_path,
+        _group(config, match_ignore),
+    )
+
+
+def _group(config: dict, ignore: tuple[str, ...]) -> tuple:
+    """Config values as sorted ``(dotted key, JSON value)`` pairs, without the ignored keys (or their children)."""
+    flat: dict[str, str] = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if name in ignore:
+                continue
+            if isinstance(value, dict):
+                walk(value, f"{name}.")
+            else:
+                flat[name] = json.dumps(value, sort_keys=True, default=str)
+
+    walk(config, "")
+    return tuple(sorted(flat.items()))

@@ -1,0 +1,113 @@
+"""Frozen base weights ``W: (out_features, in_features)``, read tensor by tensor without building the model.
+
+A model directory holds ``model.safetensors``, or shards listed in ``model.safetensors.index.json``.
+Adapter module paths are matched to tensor keys by suffix: an adapter trained on
+``BertForSequenceClassification`` names ``bert.encoder.layer.0.attention.self.query`` while MiniLM's
+``BertModel`` file has ``encoder.layer.0.attention.self.query.weight``, so leading path components are
+dropped until ``<suffix>.weight`` exists. GPT-2's ``Conv1D`` stores ``(in, out)``; it is transposed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from lora_analysis.embedded import MODEL_NAME, minilm_dir
+from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.targets import FAMILIES
+
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def resolve_base(name_or_path: str | None) -> Path | None:
+    """A local model directory for ``name_or_path``: ``embedded:minilm``, a folder, or a hub id already
+    in the local Hugging Face cache (never downloaded). None when none of these is found."""
+    if not name_or_path:
+        return None
+    if name_or_path == MODEL_NAME:
+        return minilm_dir()
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name_or_path, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached, not a valid id: both mean "no base here"
+        return None
+
+
+class BaseWeights:
+    """The weight tensors of one model directory (default: the embedded MiniLM)."""
+
+    def __init__(self, model_dir: str | Path | None = None) -> None:
+        self.dir = Path(model_dir) if model_dir is not None else minilm_dir()
+        self.files = self._index()
+        self.fan_in_fan_out = self._model_type() in {
+            t for family in FAMILIES if family.fan_in_fan_out for t in family.model_types
+        }
+
+    def _index(self) -> dict[str, Path]:
+        index = self.dir / INDEX_FILE
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise LoraAnalysisError(f"{index}: not a safetensors index ({error})") from error
+            return {key: self.dir / name for key, name in weight_map.items()}
+        shards = sorted(self.dir.glob("*.safetensors"))
+        if not shards:
+            raise LoraAnalysisError(f"{self.dir}: no model.safetensors or {INDEX_FILE} (only safetensors are read)")
+        files = {}
+        for shard in shards:
+            try:
+                with safe_open(shard, framework="pt") as f:
+                    files.update({key: shard for key in f.keys()})
+            except Exception as error:  # safetensors raises its own error types
+                raise LoraAnalysisError(f"{shard}: not a readable safetensors file ({error})") from error
+        return files
+
+    def _model_type(self) -> str | None:
+        config = self.dir / "config.json"
+        try:
+            return json.loads(config.read_text()).get("model_type") if config.is_file() else None
+        except json.JSONDecodeError:
+            return None
+
+    def key_for(self, module_path: str) -> str | None:
+        """The tensor key of module ``module_path``'s weight, matched by suffix; None if absent."""
+        parts = module_path.split(".")
+        for start in range(len(parts)):
+            key = ".".join(parts[start:]) + ".weight"
+            if key in self.files:
+                return key
+        return None
+
+    def weight(self, module_path: str, out_features: int, in_features: int, fan_in_fan_out: bool = False) -> np.ndarray:
+        """``W: (out_features, in_features)`` float64 of module ``module_path``.
+
+        A stored ``(in, out)`` tensor is transposed when the shape says so or, for a square matrix,
+        when ``fan_in_fan_out`` is set (by the adapter, or by a GPT-2-style base).
+        """
+        key = self.key_for(module_path)
+        if key is None:
+            raise LoraAnalysisError(f"{self.dir}: no weight for module {module_path}")
+        file = self.files[key]
+        with safe_open(file, framework="pt") as f:
+            tensor = f.get_tensor(key)
+        shape, want = tuple(tensor.shape), (out_features, in_features)
+        transpose = fan_in_fan_out or self.fan_in_fan_out
+        if shape == want[::-1] and (shape != want or transpose):
+            tensor = tensor.T
+        elif shape != want:
+            raise LoraAnalysisError(
+                f"{file}: tensor {key} has shape {shape}, but the adapter's module {module_path} "
+                f"expects ({out_features}, {in_features})"
+            )
+        if not torch.isfinite(tensor).all():
+            raise LoraAnalysisError(f"{file}: tensor {key} has NaN/Inf values")
+        return np.ascontiguousarray(tensor.to(torch.float64).numpy())

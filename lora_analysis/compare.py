@@ -1,0 +1,531 @@
+"""Comparisons over a sweep: phi grids across ranks, seeds and the random baseline, and per-module
+diagnostics, as tidy DataFrames (``AnalysisResult``), streamed one module at a time.
+
+For each module path, every run's factors are read, decomposed once (``delta.module_factors``) and
+dropped; each pair of runs then costs one ``(p1, k) x (k, p2)`` product per subject. Pairs:
+
+- ``rank``: same seed and group (the run config apart from r and seed), different r; ``run_a`` has the
+  smaller r, so ``i <= r_a`` as in the paper's Figure 3;
+- ``seed``: same r and group, different seed;
+- ``random``: each run against two Gaussian matrices of its shape (``run_b = "gaussian"``), sampled once
+  per shape from ``random_seed``;
+- plain PEFT folders (seed unknown): every pair, ``rank`` if r differs, else ``seed``.
+
+Subjects: ``A``, ``A_init`` and ``A_delta = A - A_init`` (right-singular vectors, input space),
+``B`` (left-singular vectors, output space) and ``dW`` (right by default, ``dw_side=left`` for left).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import sys
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from lora_analysis.adapters import MATCH_IGNORE, LoraModule, Run, find_runs
+from lora_analysis.atomic import write_json, write_parquet
+from lora_analysis.base_weights import BaseWeights, resolve_base
+from lora_analysis.delta import (
+    ModuleFactors,
+    WeightSVD,
+    dw_vs_w,
+    effective_rank,
+    intruders,
+    lora_delta,
+    module_factors,
+    stable_rank,
+    w_dw_phi,
+)
+from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.subspace import overlap, phi_from_overlap, sampled_baseline
+
+SUBJECTS = ("A", "A_init", "A_delta", "B", "dW")
+COMPARISONS = ("rank", "seed", "random")
+
+
+@dataclass
+class AnalyzeConfig:
+    """Settings of ``analyze`` (``conf/analyze.yaml`` fills them for the command line)."""
+
+    inputs: list[str] = field(default_factory=list)  # a sweep folder, run folders or PEFT adapter folders
+    out: str | None = None  # None: <input>/analysis, or <common parent of the inputs>/analysis
+    base: str | None = None  # base model dir (or cached hub id) for every run; None: each run's own
+    subjects: list[str] = field(default_factory=lambda: list(SUBJECTS))
+    comparisons: list[str] = field(default_factory=lambda: list(COMPARISONS))
+    dw_side: str = "right"  # singular vectors of dW in the phi table: right (input space, like A) or left
+    match_ignore: list[str] = field(default_factory=lambda: list(MATCH_IGNORE))  # config keys free within a pair
+    random_seed: int = 0  # Gaussian baselines and Table 7's random directions
+    rank_rtol: float = 1e-6  # singular values below rank_rtol * the largest count as zero
+    w_tables: bool = True  # dw_vs_w, w_dw_phi, intruders (need the base weights and a dense SVD of W)
+    w_directions: int | None = 512  # Figure 8: top-i directions of W, i <= this (None: all min(d, k))
+    w_max_elements: int = 16_777_216  # W tables skip modules with d * k above this (dense SVD cost)
+    intruders: bool = True  # intruder dimensions (a dense SVD of W + dW per run and module)
+    intruder_top_k: int = 10
+    intruder_threshold: float = 0.5
+    intruder_side: str = "left"  # singular vectors compared: left (output space) or right
+    workers: int = 2  # modules analysed in parallel threads
+    progress: bool = True  # progress bar over modules on stderr
+
+    def __post_init__(self) -> None:
+        self.inputs = [str(p) for p in self.inputs]
+        for name, values, allowed in (
+            ("subjects", self.subjects, SUBJECTS),
+            ("comparisons", self.comparisons, COMPARISONS),
+        ):
+            bad = [v for v in values if v not in allowed]
+            if bad:
+                raise LoraAnalysisError(f"{name} {bad} unknown: expected some of {list(allowed)}")
+        for name in ("dw_side", "intruder_side"):
+            if getattr(self, name) not in ("left", "right"):
+                raise LoraAnalysisError(f"{name} must be left or right, got {getattr(self, name)!r}")
+        if self.workers < 1 or self.intruder_top_k < 1 or (self.w_directions is not None and self.w_directions < 1):
+            raise LoraAnalysisError("workers, intruder_top_k and w_directions must be >= 1")
+        if not 0 < self.intruder_threshold <= 1 or not 0 <= self.rank_rtol < 1:
+            raise LoraAnalysisError("intruder_threshold must be in (0, 1] and rank_rtol in [0, 1)")
+
+
+# --- table schemas: ID columns first; "cat" = categorical of strings, "Int64" = nullable integer
+_IDS = {"run": "cat", "r": "int64", "seed": "Int64"}
+_MODULE_IDS = {"layer": "Int64", "module": "cat"}
+SCHEMAS: dict[str, dict[str, str]] = {
+    "phi": {
+        "comparison": "cat", "run_a": "cat", "run_b": "cat", "r_a": "int64", "r_b": "int64",
+        "seed_a": "Int64", "seed_b": "Int64", "targets": "cat", **_MODULE_IDS, "subject": "cat",
+        "i": "int32", "j": "int32", "phi": "float64", "baseline": "float64",
+    },
+    "spectra": {**_IDS, **_MODULE_IDS, "subject": "cat", "index": "int32", "singular_value": "float64"},
+    "modules": {
+        **_IDS, "targets": "cat", **_MODULE_IDS, "path": "str", "in_features": "int64",
+        "out_features": "int64", "scale": "float64", "norm_A": "float64", "norm_B": "float64",
+        "norm_dW": "float64", "a_moved": "float64", "effective_rank_dW": "float64",
+        "stable_rank_dW": "float64", "numerical_rank_A": "int64",
+    },
+    "dw_vs_w": {
+        **_IDS, **_MODULE_IDS, "source": "cat", "top": "int64", "projection_norm": "float64",
+        "w_norm": "float64", "dw_norm": "float64", "amplification": "float64",
+    },
+    "w_dw_phi": {
+        **_IDS, **_MODULE_IDS, "side": "cat", "i": "int32", "j": "int32", "phi": "float64",
+        "baseline": "float64",
+    },
+    "intruders": {
+        **_IDS, **_MODULE_IDS, "index": "int32", "max_abs_cos": "float64", "is_intruder": "bool",
+        "threshold": "float64",
+    },
+    "runs": {
+        "run": "cat", "folder": "str", "r": "int64", "seed": "Int64", "targets": "cat", "base": "str",
+        "modules": "int64", "has_init": "bool",
+    },
+}  # fmt: skip
+
+
+class TableBuilder:
+    """Rows collected in blocks (scalars broadcast over a block, or arrays), assembled once at the end."""
+
+    def __init__(self, schema: dict[str, str]) -> None:
+        self.schema, self.blocks = schema, []
+
+    def add(self, n: int, **columns) -> None:
+        if set(columns) != set(self.schema):
+            raise ValueError(f"columns {sorted(columns)} do not match {sorted(self.schema)}")
+        if n:
+            self.blocks.append((n, columns))
+
+    def frame(self) -> pd.DataFrame:
+        lengths = np.array([n for n, _ in self.blocks], dtype=np.int64)
+        return pd.DataFrame({c: _column([b[c] for _, b in self.blocks], lengths, k) for c, k in self.schema.items()})
+
+
+def _column(values: list, lengths: np.ndarray, kind: str):
+    if kind == "cat":
+        categories = list(dict.fromkeys(values))
+        codes = np.repeat(np.array([categories.index(v) for v in values], dtype=np.int32), lengths)
+        return pd.Categorical.from_codes(codes, categories=pd.Index(categories, dtype="str"))
+    if kind == "Int64":
+        filled = np.repeat(np.array([0 if v is None else v for v in values], dtype=np.int64), lengths)
+        mask = np.repeat(np.array([v is None for v in values], dtype=bool), lengths)
+        return pd.arrays.IntegerArray(filled, mask)
+    if kind == "str":
+        return pd.array(np.repeat(np.array(values, dtype=object), lengths), dtype="str")
+    parts = [
+        np.asarray(v, dtype=kind).ravel() if isinstance(v, np.ndarray) else np.full(n, v, dtype=kind)
+        for v, n in zip(values, lengths, strict=True)
+    ]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=kind)
+
+
+def restore_dtypes(frame: pd.DataFrame, schema: dict[str, str]) -> pd.DataFrame:
+    """Undo what Parquet loses: categories of an empty categorical column come back as objects."""
+    for column, kind in schema.items():
+        if kind == "cat" and frame[column].cat.categories.dtype != "str":
+            frame[column] = pd.Categorical.from_codes(
+                frame[column].cat.codes, pd.Index(frame[column].cat.categories.astype(str), dtype="str")
+            )
+    return frame
+
+
+@lru_cache(maxsize=256)
+def _grid_index(r1: int, r2: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """1-based ``i, j`` and ``max(i, j) / k`` of an ``r1 x r2`` grid, flattened row-major; shared, read-only."""
+    i, j = np.meshgrid(np.arange(1, r1 + 1, dtype=np.int32), np.arange(1, r2 + 1, dtype=np.int32), indexing="ij")
+    i, j = i.ravel(), j.ravel()
+    baseline = np.maximum(i, j) / k
+    for array in (i, j, baseline):
+        array.flags.writeable = False
+    return i, j, baseline
+
+
+# --- pairs
+
+
+@dataclass(frozen=True)
+class Pair:
+    comparison: str  # rank | seed
+    a: int  # index into the run list; run a has the smaller (r, seed)
+    b: int
+
+
+def plan_pairs(runs: list[Run], comparisons: list[str] | tuple[str, ...] = COMPARISONS) -> list[Pair]:
+    """The rank and seed pairs among ``runs`` (see the module docstring)."""
+    pairs = []
+    for (ia, a), (ib, b) in itertools.combinations(enumerate(runs), 2):
+        if a.group != b.group:
+            continue
+        if a.seed is None or b.seed is None:
+            kind = "rank" if a.r != b.r else "seed"
+        elif a.seed == b.seed and a.r != b.r:
+            kind = "rank"
+        elif a.r == b.r and a.seed != b.seed:
+            kind = "seed"
+        else:
+            continue
+        if kind in comparisons:
+            order = sorted(
+                [(ia, a), (ib, b)], key=lambda x: (x[1].r, -1 if x[1].seed is None else x[1].seed, x[1].label)
+            )
+            pairs.append(Pair(kind, order[0][0], order[1][0]))
+    return pairs
+
+
+# --- one module, all runs
+
+
+@dataclass
+class _Context:
+    runs: list[Run]
+    pairs: list[Pair]
+    cfg: AnalyzeConfig
+    bases: list[BaseWeights | None]
+    random_grids: dict[tuple[int, int], np.ndarray]
+
+    def internal_subject(self, subject: str) -> str:
+        return "dW_left" if subject == "dW" and self.cfg.dw_side == "left" else subject
+
+    def space(self, subject: str, m: LoraModule) -> int:
+        """Dimension of the space a subject's basis lives in."""
+        left = subject == "B" or (subject == "dW" and self.cfg.dw_side == "left")
+        return m.out_features if left else m.in_features
+
+
+def _ids(run: Run, m: LoraModule) -> dict:
+    return {"run": run.label, "r": m.r, "seed": run.seed, "layer": m.layer, "module": m.role}
+
+
+def analyse_module(path: str, ctx: _Context) -> tuple[dict[str, TableBuilder], list[str]]:
+    """All table rows for module ``path``: each run's factors once, then its pairs and baselines."""
+    out = {name: TableBuilder(schema) for name, schema in SCHEMAS.items() if name != "runs"}
+    notes: list[str] = []
+    factors: dict[int, ModuleFactors] = {}
+    w_cache: dict[Path, tuple[np.ndarray, WeightSVD]] = {}
+    for index, run in enumerate(ctx.runs):
+        if path in run.adapter.modules:
+            factors[index] = _run_module(run, run.adapter.modules[path], ctx, out, notes, w_cache, index)
+    for pair in ctx.pairs:
+        if pair.a in factors and pair.b in factors:
+            _pair_rows(pair, path, factors, ctx, out)
+    if "random" in ctx.cfg.comparisons:
+        for index in factors:
+            run = ctx.runs[index]
+            m = run.adapter.modules[path]
+            for subject in ctx.cfg.subjects:
+                basis = factors[index].bases.get(ctx.internal_subject(subject))
+                if basis is not None and basis.rank > 0:
+                    k = ctx.space(subject, m)
+                    _phi_rows(out, "random", run, None, m, m, run.targets, subject, ctx.random_grids[m.r, k], k)
+    return out, notes
+
+
+def _run_module(run, m, ctx, out, notes, w_cache, index) -> ModuleFactors:
+    cfg = ctx.cfg
+    A, B = run.adapter.factors(m.path)
+    A_init = run.adapter.init_A(m.path)
+    w_needed = ctx.bases[index] is not None and m.out_features * m.in_features <= cfg.w_max_elements
+    subjects = tuple(ctx.internal_subject(s) for s in cfg.subjects)
+    f = module_factors(A, B, m.scale, A_init, subjects, dense_left=w_needed, rtol=cfg.rank_rtol)
+    ids = _ids(run, m)
+    if f.numerical_rank_A < min(m.r, m.in_features):
+        notes.append(
+            f"{run.label} {m.path}: A has numerical rank {f.numerical_rank_A} < r={m.r}; "
+            f"using its top {f.numerical_rank_A} directions"
+        )
+    dw_values = f.spectra["dW"]
+    out["modules"].add(
+        1,
+        **ids,
+        targets=run.targets,
+        path=m.path,
+        in_features=m.in_features,
+        out_features=m.out_features,
+        scale=m.scale,
+        norm_A=f.norm_A,
+        norm_B=f.norm_B,
+        norm_dW=float(np.linalg.norm(dw_values)),
+        a_moved=f.a_moved,
+        effective_rank_dW=effective_rank(dw_values),
+        stable_rank_dW=stable_rank(dw_values),
+        numerical_rank_A=f.numerical_rank_A,
+    )
+    for subject in ("dW", "A", "B", "A_delta"):
+        if subject in f.spectra:
+            s = f.spectra[subject]
+            out["spectra"].add(
+                len(s), **ids, subject=subject, index=np.arange(1, len(s) + 1, dtype=np.int32), singular_value=s
+            )
+    if w_needed and cfg.w_tables:
+        _w_rows(run, m, A, B, f, ctx.bases[index], cfg, out, w_cache, ids)
+    return f
+
+
+def _w_rows(run, m, A, B, f, base, cfg, out, w_cache, ids) -> None:
+    """Table 7, Figure 8 and intruder rows of one run's module against its base weight."""
+    if base.dir not in w_cache:
+        W = base.weight(m.path, m.out_features, m.in_features, run.adapter.fan_in_fan_out)
+        w_cache[base.dir] = (W, WeightSVD.of(W))
+    W, w_svd = w_cache[base.dir]
+    rng = np.random.default_rng([cfg.random_seed, m.out_features, m.in_features, m.r])
+    for row in dw_vs_w(W, w_svd, f.dw, m.r, rng):
+        out["dw_vs_w"].add(1, **ids, **row)
+    if f.dw.right.rank > 0:
+        for side, grid in w_dw_phi(w_svd, f.dw, cfg.w_directions).items():
+            k = m.out_features if side == "left" else m.in_features
+            i, j, baseline = _grid_index(*grid.shape, k)
+            out["w_dw_phi"].add(grid.size, **ids, side=side, i=i, j=j, phi=grid, baseline=baseline)
+    if cfg.intruders:
+        cos = intruders(W, lora_delta(A, B, m.scale), w_svd, cfg.intruder_top_k, cfg.intruder_side)
+        out["intruders"].add(
+            len(cos),
+            **ids,
+            index=np.arange(1, len(cos) + 1, dtype=np.int32),
+            max_abs_cos=cos,
+            is_intruder=cos < cfg.intruder_threshold,
+            threshold=cfg.intruder_threshold,
+        )
+
+
+def _pair_rows(pair: Pair, path: str, factors: dict, ctx: _Context, out: dict) -> None:
+    run_a, run_b = ctx.runs[pair.a], ctx.runs[pair.b]
+    ma, mb = run_a.adapter.modules[path], run_b.adapter.modules[path]
+    if (ma.out_features, ma.in_features) != (mb.out_features, mb.in_features):
+        raise LoraAnalysisError(
+            f"module {path} has base shape ({ma.out_features}, {ma.in_features}) in {run_a.folder} "
+            f"but ({mb.out_features}, {mb.in_features}) in {run_b.folder}: not the same base model"
+        )
+    targets = run_a.targets if run_a.targets == run_b.targets else f"{run_a.targets}|{run_b.targets}"
+    frame_products: dict[tuple[int, int], np.ndarray] = {}
+    for subject in ctx.cfg.subjects:
+        name = ctx.internal_subject(subject)
+        ba, bb = factors[pair.a].bases.get(name), factors[pair.b].bases.get(name)
+        if ba is None or bb is None:
+            continue
+        key = (id(ba.frame), id(bb.frame))
+        if key not in frame_products:  # A and dW share their frames: one big product for both
+            frame_products[key] = (torch.from_numpy(ba.frame).T @ torch.from_numpy(bb.frame)).numpy()
+        grid = phi_from_overlap(overlap(ba, bb, frame_products[key]))
+        _phi_rows(out, pair.comparison, run_a, run_b, ma, mb, targets, subject, grid, ba.dim)
+
+
+def _phi_rows(out, comparison, run_a, run_b, ma, mb, targets, subject, grid, k) -> None:
+    if grid.size == 0:
+        return
+    i, j, baseline = _grid_index(*grid.shape, k)
+    out["phi"].add(
+        grid.size,
+        comparison=comparison,
+        run_a=run_a.label,
+        run_b="gaussian" if run_b is None else run_b.label,
+        r_a=ma.r,
+        r_b=mb.r,
+        seed_a=run_a.seed,
+        seed_b=None if run_b is None else run_b.seed,
+        targets=targets,
+        layer=ma.layer,
+        module=ma.role,
+        subject=subject,
+        i=i,
+        j=j,
+        phi=grid,
+        baseline=baseline,
+    )
+
+
+# --- results
+
+
+@dataclass
+class AnalysisResult:
+    """The analysis tables (see ``SCHEMAS``), the notes on what was skipped, and the settings used."""
+
+    phi: pd.DataFrame
+    spectra: pd.DataFrame
+    modules: pd.DataFrame
+    dw_vs_w: pd.DataFrame
+    w_dw_phi: pd.DataFrame
+    intruders: pd.DataFrame
+    runs: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {name: getattr(self, name) for name in SCHEMAS}
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``<table>.parquet`` for each table and ``analysis.json`` (settings, notes) into ``folder``."""
+        folder = Path(folder)
+        for name, frame in self.tables().items():
+            write_parquet(folder / f"{name}.parquet", frame)
+        write_json(folder / "analysis.json", {"config": self.config, "notes": self.notes})
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> AnalysisResult:
+        """Read a folder written by ``save``; the tables compare equal to the saved ones."""
+        folder = Path(folder)
+        missing = [n for n in SCHEMAS if not (folder / f"{n}.parquet").is_file()]
+        if missing or not (folder / "analysis.json").is_file():
+            raise LoraAnalysisError(f"{folder} is not an analysis folder (missing {missing or 'analysis.json'})")
+        meta = json.loads((folder / "analysis.json").read_text())
+        frames = {n: restore_dtypes(pd.read_parquet(folder / f"{n}.parquet"), s) for n, s in SCHEMAS.items()}
+        return cls(**frames, notes=meta.get("notes", []), config=meta.get("config", {}))
+
+
+# --- entry points
+
+
+def default_out(inputs: list[str]) -> Path:
+    """``<input>/analysis`` for one input, else ``<common parent of the inputs>/analysis``."""
+    paths = [Path(p).resolve() for p in inputs]
+    if len(paths) == 1:
+        return paths[0] / "analysis"
+    return Path(os.path.commonpath([p.parent for p in paths])) / "analysis"
+
+
+def analyze(inputs: list[str | Path] | str | Path, **options) -> AnalysisResult:
+    """Analyse a sweep folder, run folders or PEFT adapter folders; options are ``AnalyzeConfig`` fields.
+
+    Example: ``analyze("runs/paper", subjects=["A", "A_delta", "dW"], base="/models/minilm")``.
+    """
+    inputs = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+    return run_analysis(AnalyzeConfig(inputs=[str(p) for p in inputs], **options))
+
+
+def run_analysis(cfg: AnalyzeConfig) -> AnalysisResult:
+    """The analysis for validated settings; notes are also issued as warnings."""
+    if not cfg.inputs:
+        raise LoraAnalysisError("no input: give a sweep folder, run folders or adapter folders")
+    runs, notes = find_runs(cfg.inputs, tuple(cfg.match_ignore))
+    if not runs:
+        raise LoraAnalysisError(f"no finished LoRA run in {cfg.inputs}: " + "; ".join(notes))
+    ctx = _Context(runs, plan_pairs(runs, cfg.comparisons), cfg, _bases(runs, cfg, notes), {})
+    for run in runs:
+        if run.adapter.init is None and {"A_init", "A_delta"} & set(cfg.subjects):
+            notes.append(f"{run.label}: no adapter_init.safetensors; A_init and A_delta skipped, a_moved is NaN")
+    ctx.random_grids = _random_grids(ctx) if "random" in cfg.comparisons else {}
+    paths = _module_paths(runs)
+    results = _map_modules(paths, ctx)
+    built = {name: TableBuilder(schema) for name, schema in SCHEMAS.items()}
+    for tables_of_module, module_notes in results:
+        notes.extend(module_notes)
+        for name, builder in tables_of_module.items():
+            built[name].blocks.extend(builder.blocks)
+    for run, base in zip(runs, ctx.bases, strict=True):
+        built["runs"].add(
+            1,
+            run=run.label,
+            folder=str(run.folder),
+            r=run.r,
+            seed=run.seed,
+            targets=run.targets,
+            base=None if base is None else str(base.dir),
+            modules=len(run.adapter.modules),
+            has_init=run.adapter.init is not None,
+        )
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    return AnalysisResult(**{n: b.frame() for n, b in built.items()}, notes=notes, config=asdict(cfg))
+
+
+def _map_modules(paths: list[str], ctx: _Context) -> list:
+    """Analyse modules in ``ctx.cfg.workers`` threads (torch single-threaded meanwhile), in order."""
+    workers = min(ctx.cfg.workers, max(len(paths), 1))
+    threads = torch.get_num_threads()
+    bar = tqdm(total=len(paths), desc="modules", unit="module", disable=not ctx.cfg.progress, file=sys.stderr)
+    try:
+        if workers > 1:
+            torch.set_num_threads(1)  # one BLAS thread per worker: nested threading thrashes on 2 cores
+        with ThreadPoolExecutor(workers) as pool:
+            results = []
+            for result in pool.map(lambda p: analyse_module(p, ctx), paths):
+                results.append(result)
+                bar.update()
+        return results
+    finally:
+        torch.set_num_threads(threads)
+        bar.close()
+
+
+def _module_paths(runs: list[Run]) -> list[str]:
+    seen = {}
+    for run in runs:
+        for index, m in enumerate(run.adapter):
+            seen.setdefault(m.path, (math.inf if m.layer is None else m.layer, index))
+    return sorted(seen, key=seen.get)
+
+
+def _bases(runs: list[Run], cfg: AnalyzeConfig, notes: list[str]) -> list[BaseWeights | None]:
+    """Each run's base weights (shared per directory); None, with a note, where none is found."""
+    if not cfg.w_tables:
+        return [None] * len(runs)
+    if cfg.base is not None and resolve_base(cfg.base) is None:
+        raise LoraAnalysisError(f"base={cfg.base}: no such model directory (or hub id in the local cache)")
+    opened: dict[Path, BaseWeights] = {}
+    bases = []
+    for run in runs:
+        path = resolve_base(cfg.base or run.base)
+        if path is None:
+            notes.append(
+                f"{run.label}: base model {run.base!r} not found; dw_vs_w, w_dw_phi and intruders "
+                "skipped (give base=<model dir>)"
+            )
+        elif path not in opened:
+            opened[path] = BaseWeights(path)
+        bases.append(None if path is None else opened[path])
+    return bases
+
+
+def _random_grids(ctx: _Context) -> dict[tuple[int, int], np.ndarray]:
+    """One sampled Gaussian phi grid per (r, k) needed, seeded from ``random_seed``, r and k."""
+    shapes = {(m.r, ctx.space(s, m)) for run in ctx.runs for m in run.adapter for s in ctx.cfg.subjects}
+    return {
+        (r, k): sampled_baseline(r, r, k, np.random.default_rng([ctx.cfg.random_seed, r, k])) for r, k in sorted(shapes)
+    }

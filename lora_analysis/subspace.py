@@ -1,0 +1,212 @@
+"""Subspaces of LoRA factors and the normalised subspace similarity phi (Hu et al. 2021, Eq. 4).
+
+Conventions (PAPER.md): ``A: (r, k)`` acts on the input space R^k, its subspace is spanned by its
+right-singular vectors (rows of ``Vh``); ``B: (d, r)`` writes into the output space R^d, its subspace
+is spanned by its left-singular vectors. A basis is returned as a ``(dim, rho)`` matrix whose columns
+are orthonormal and ordered by decreasing singular value, ``rho`` being the numerical rank.
+
+    phi(V1, V2, i, j) = ||V1[:, :i]^T V2[:, :j]||_F^2 / min(i, j)
+
+Everything is float64. Large products, QR and SVD go through torch (MKL): numpy's OpenBLAS threads
+slow small products down a hundredfold when the cores are busy, and MKL's QR is several times faster.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+DEFAULT_RTOL = 1e-6  # float32 rounding of a rank-deficient factor stays below this, real directions above
+
+
+def _t(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+
+
+def mm(*matrices: np.ndarray) -> np.ndarray:
+    """Chained float64 matrix product ``M1 @ M2 @ ...`` of 2-D arrays (through torch, see above)."""
+    out = _t(matrices[0])
+    for m in matrices[1:]:
+        out = out @ _t(m)
+    return out.numpy()
+
+
+def numerical_rank(s: np.ndarray, shape: tuple[int, int], rtol: float | None = None) -> int:
+    """Number of singular values ``s: (n,)`` (decreasing) of a matrix of ``shape`` above the tolerance.
+
+    Tolerance: ``s[0] * max(rtol, max(shape) * eps64)``; a zero matrix has rank 0.
+    """
+    s = np.asarray(s, dtype=np.float64)
+    if s.size == 0 or not s[0] > 0:
+        return 0
+    rtol = DEFAULT_RTOL if rtol is None else rtol
+    tol = s[0] * max(rtol, max(shape) * np.finfo(np.float64).eps)
+    return int(np.count_nonzero(s > tol))
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Thin QR of a tall matrix ``X: (n, m) = Q @ R``: ``Q: (n, p)`` orthonormal columns, ``R: (p, m)``.
+
+    ``p = min(n, m)``. ``Q`` is None when only ``R`` was computed (enough for singular values).
+    """
+
+    Q: np.ndarray | None
+    R: np.ndarray
+
+
+def qr_frame(X: np.ndarray, with_q: bool = True) -> Frame:
+    """Householder QR of ``X: (n, m)`` in float64; ``with_q=False`` skips forming ``Q`` (half the cost)."""
+    if X.ndim != 2:
+        raise ValueError(f"qr_frame expects a 2-D matrix, got shape {X.shape}")
+    if with_q:
+        Q, R = torch.linalg.qr(_t(X), mode="reduced")
+        return Frame(Q.numpy(), R.numpy())
+    return Frame(None, torch.linalg.qr(_t(X), mode="r")[1].numpy())
+
+
+@dataclass(frozen=True)
+class Basis:
+    """An orthonormal basis held in factored form: ``vectors = frame @ coords``.
+
+    ``frame: (dim, p)`` orthonormal columns (shared, e.g. by ``A`` and ``dW``), ``coords: (p, rho)``
+    orthonormal columns, ``values: (rho,)`` the matching singular values, decreasing.
+    """
+
+    frame: np.ndarray
+    coords: np.ndarray
+    values: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        return self.frame.shape[0]
+
+    @property
+    def rank(self) -> int:
+        return self.coords.shape[1]
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """The basis as a ``(dim, rho)`` matrix."""
+        return (_t(self.frame) @ _t(self.coords)).numpy()
+
+
+def svd_small(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SVD of a small matrix ``M: (p, q) = U @ diag(s) @ Vh``, float64 (torch/LAPACK gesdd)."""
+    U, s, Vh = torch.linalg.svd(_t(M), full_matrices=False)
+    return U.numpy(), s.numpy(), Vh.numpy()
+
+
+def right_basis_from_frame(frame: Frame, rtol: float | None = None) -> tuple[Basis, np.ndarray]:
+    """Right-singular basis of ``A: (r, k)`` from the QR of ``A^T = Q R`` (so ``A = R^T Q^T``).
+
+    Returns the basis ``(k, rho)`` in factored form and all singular values ``(min(r, k),)``.
+    """
+    U, s, Vh = svd_small(frame.R.T)
+    rho = numerical_rank(s, (frame.R.shape[1], frame.Q.shape[0]), rtol)
+    return Basis(frame.Q, Vh[:rho].T.copy(), s[:rho]), s
+
+
+def left_basis_from_frame(frame: Frame, rtol: float | None = None) -> tuple[Basis, np.ndarray]:
+    """Left-singular basis of ``B: (d, r) = Q R``. Returns the basis ``(d, rho)`` and all singular values."""
+    U, s, _ = svd_small(frame.R)
+    rho = numerical_rank(s, (frame.Q.shape[0], frame.R.shape[1]), rtol)
+    return Basis(frame.Q, U[:, :rho].copy(), s[:rho]), s
+
+
+def _warn_rank(name: str, shape: tuple[int, ...], rank: int, full: int) -> None:
+    if rank < full:
+        warnings.warn(
+            f"{name} of shape {shape} has numerical rank {rank} < {full}; using its top {rank} singular directions",
+            stacklevel=3,
+        )
+
+
+def right_singular(A: np.ndarray, rtol: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Right-singular vectors of ``A: (r, k)``: returns ``s: (rho,)`` and ``V: (k, rho)`` (= ``Vh[:rho].T``).
+
+    A zero or rank-deficient ``A`` keeps only its numerical rank ``rho`` and warns.
+    """
+    if A.ndim != 2:
+        raise ValueError(f"A must be (r, in_features), got shape {A.shape}")
+    basis, s = right_basis_from_frame(qr_frame(A.T), rtol)
+    _warn_rank("A", A.shape, basis.rank, min(A.shape))
+    return basis.values, basis.vectors
+
+
+def left_singular(B: np.ndarray, rtol: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Left-singular vectors of ``B: (d, r)``: returns ``s: (rho,)`` and ``U: (d, rho)``; warns if rank-deficient."""
+    if B.ndim != 2:
+        raise ValueError(f"B must be (out_features, r), got shape {B.shape}")
+    basis, s = left_basis_from_frame(qr_frame(B), rtol)
+    _warn_rank("B", B.shape, basis.rank, min(B.shape))
+    return basis.values, basis.vectors
+
+
+def overlap(b1: Basis, b2: Basis, frame_product: np.ndarray | None = None) -> np.ndarray:
+    """Inner products ``V1^T V2: (rho1, rho2)`` of two factored bases of the same space.
+
+    ``frame_product: (p1, p2)`` = ``b1.frame^T b2.frame`` may be passed in when several bases share
+    frames (``A`` and ``dW`` share the QR frame of ``A^T``), to compute it once.
+    """
+    if b1.dim != b2.dim:
+        raise ValueError(f"bases live in different spaces: dim {b1.dim} vs {b2.dim}")
+    F = _t(b1.frame).T @ _t(b2.frame) if frame_product is None else _t(frame_product)
+    return (_t(b1.coords).T @ F @ _t(b2.coords)).numpy()
+
+
+def phi_from_overlap(M: np.ndarray) -> np.ndarray:
+    """The whole phi grid from ``M = V1^T V2: (r1, r2)``; entry ``[i-1, j-1]`` is ``phi(i, j)``.
+
+    1) square the inner products; 2) cumulative sums over rows then columns give
+    ``||V1[:, :i]^T V2[:, :j]||_F^2`` for every (i, j); 3) divide by ``min(i, j)``.
+    """
+    if M.ndim != 2:
+        raise ValueError(f"overlap matrix must be 2-D, got shape {M.shape}")
+    r1, r2 = M.shape
+    energy = np.cumsum(np.cumsum(np.square(M), axis=0), axis=1)
+    return energy / np.minimum.outer(np.arange(1, r1 + 1), np.arange(1, r2 + 1))
+
+
+def _check_bases(V1: np.ndarray, V2: np.ndarray) -> None:
+    if V1.ndim != 2 or V2.ndim != 2 or V1.shape[0] != V2.shape[0]:
+        raise ValueError(f"bases must be (k, r1) and (k, r2) with the same k, got {V1.shape} and {V2.shape}")
+
+
+def phi_grid(V1: np.ndarray, V2: np.ndarray) -> np.ndarray:
+    """phi for all ``1 <= i <= r1, 1 <= j <= r2`` from bases ``V1: (k, r1)``, ``V2: (k, r2)`` -> ``(r1, r2)``."""
+    _check_bases(V1, V2)
+    return phi_from_overlap((_t(V1).T @ _t(V2)).numpy())
+
+
+def phi_cell(V1: np.ndarray, V2: np.ndarray, i: int, j: int) -> float:
+    """Eq. 4 for one cell, straight from the definition (the reference for ``phi_grid``).
+
+    ``V1: (k, r1)``, ``V2: (k, r2)``, ``1 <= i <= r1``, ``1 <= j <= r2``.
+    """
+    _check_bases(V1, V2)
+    if not (1 <= i <= V1.shape[1] and 1 <= j <= V2.shape[1]):
+        raise ValueError(f"cell ({i}, {j}) outside the grid {V1.shape[1]} x {V2.shape[1]}")
+    inner = V1[:, :i].T @ V2[:, :j]
+    return float(np.sum(inner * inner) / min(i, j))
+
+
+def analytic_baseline(r1: int, r2: int, k: int) -> np.ndarray:
+    """Expected phi of independent uniformly random subspaces of R^k: ``max(i, j) / k``, shape ``(r1, r2)``."""
+    if min(r1, r2, k) < 1:
+        raise ValueError(f"baseline needs r1, r2, k >= 1, got {r1}, {r2}, {k}")
+    return np.maximum.outer(np.arange(1, r1 + 1), np.arange(1, r2 + 1)) / k
+
+
+def gaussian_right_basis(r: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Right-singular basis ``(k, min(r, k))`` of a standard Gaussian ``(r, k)`` matrix drawn from ``rng``."""
+    _, V = right_singular(rng.standard_normal((r, k)))
+    return V
+
+
+def sampled_baseline(r1: int, r2: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """phi grid ``(r1, r2)`` between two independent Gaussian matrices ``(r1, k)`` and ``(r2, k)``."""
+    return phi_grid(gaussian_right_basis(r1, k, rng), gaussian_right_basis(r2, k, rng))
