@@ -48,7 +48,7 @@ from lora_analysis.delta import (
     w_dw_phi,
 )
 from lora_analysis.errors import LoraAnalysisError
-from lora_analysis.subspace import overlap, phi_from_overlap, sampled_baseline
+from lora_analysis.subspace import frobenius, overlap, phi_from_overlap, sampled_baseline
 
 SUBJECTS = ("A", "A_init", "A_delta", "B", "dW")
 COMPARISONS = ("rank", "seed", "random")
@@ -143,14 +143,18 @@ class TableBuilder:
             self.blocks.append((n, columns))
 
     def frame(self) -> pd.DataFrame:
+        """The rows as a DataFrame; the blocks are released (a phi table can hold millions of rows)."""
         lengths = np.array([n for n, _ in self.blocks], dtype=np.int64)
-        return pd.DataFrame({c: _column([b[c] for _, b in self.blocks], lengths, k) for c, k in self.schema.items()})
+        columns = {c: _column([b[c] for _, b in self.blocks], lengths, k) for c, k in self.schema.items()}
+        self.blocks = []
+        return pd.DataFrame(columns, copy=False)  # one block per column: no consolidated 2-D copy
 
 
 def _column(values: list, lengths: np.ndarray, kind: str):
     if kind == "cat":
         categories = list(dict.fromkeys(values))
-        codes = np.repeat(np.array([categories.index(v) for v in values], dtype=np.int32), lengths)
+        code_type = np.int8 if len(categories) < 128 else np.int32
+        codes = np.repeat(np.array([categories.index(v) for v in values], dtype=code_type), lengths)
         return pd.Categorical.from_codes(codes, categories=pd.Index(categories, dtype="str"))
     if kind == "Int64":
         filled = np.repeat(np.array([0 if v is None else v for v in values], dtype=np.int64), lengths)
@@ -271,6 +275,11 @@ def _run_module(run, m, ctx, out, notes, w_cache, index) -> ModuleFactors:
     A, B = run.adapter.factors(m.path)
     A_init = run.adapter.init_A(m.path)
     w_needed = ctx.bases[index] is not None and m.out_features * m.in_features <= cfg.w_max_elements
+    if ctx.bases[index] is not None and not w_needed:
+        notes.append(
+            f"W tables skipped for modules of shape ({m.out_features}, {m.in_features}): more than "
+            f"w_max_elements={cfg.w_max_elements} entries for a dense SVD"
+        )
     subjects = tuple(ctx.internal_subject(s) for s in cfg.subjects)
     f = module_factors(A, B, m.scale, A_init, subjects, dense_left=w_needed, rtol=cfg.rank_rtol)
     ids = _ids(run, m)
@@ -279,6 +288,8 @@ def _run_module(run, m, ctx, out, notes, w_cache, index) -> ModuleFactors:
             f"{run.label} {m.path}: A has numerical rank {f.numerical_rank_A} < r={m.r}; "
             f"using its top {f.numerical_rank_A} directions"
         )
+    if f.dw.right.rank == 0:
+        notes.append(f"{run.label} {m.path}: dW is zero (B = 0?); it has no subspace to compare")
     dw_values = f.spectra["dW"]
     out["modules"].add(
         1,
@@ -290,7 +301,7 @@ def _run_module(run, m, ctx, out, notes, w_cache, index) -> ModuleFactors:
         scale=m.scale,
         norm_A=f.norm_A,
         norm_B=f.norm_B,
-        norm_dW=float(np.linalg.norm(dw_values)),
+        norm_dW=frobenius(dw_values),
         a_moved=f.a_moved,
         effective_rank_dW=effective_rank(dw_values),
         stable_rank_dW=stable_rank(dw_values),
@@ -470,6 +481,7 @@ def run_analysis(cfg: AnalyzeConfig) -> AnalysisResult:
             modules=len(run.adapter.modules),
             has_init=run.adapter.init is not None,
         )
+    notes = list(dict.fromkeys(notes))  # one note per message, not per module
     for note in notes:
         warnings.warn(note, stacklevel=2)
     return AnalysisResult(**{n: b.frame() for n, b in built.items()}, notes=notes, config=asdict(cfg))

@@ -22,6 +22,7 @@ import torch
 from lora_analysis.subspace import (
     Basis,
     Frame,
+    frobenius,
     left_basis_from_frame,
     mm,
     numerical_rank,
@@ -104,8 +105,8 @@ def relative_change(A: np.ndarray, A_init: np.ndarray) -> float:
     """How far ``A: (r, k)`` moved from ``A_init: (r, k)``: ``||A - A_init||_F / ||A_init||_F``."""
     if A.shape != A_init.shape:
         raise ValueError(f"A {A.shape} and A_init {A_init.shape} differ in shape")
-    norm = np.linalg.norm(A_init)
-    return float(np.linalg.norm(A - A_init) / norm) if norm > 0 else math.nan
+    norm = frobenius(A_init)
+    return frobenius(A - A_init) / norm if norm > 0 else math.nan
 
 
 @dataclass(frozen=True)
@@ -168,8 +169,8 @@ def module_factors(
         bases,
         spectra,
         dw,
-        float(np.linalg.norm(A)),
-        float(np.linalg.norm(B)),
+        frobenius(A),
+        frobenius(B),
         a_moved,
         numerical_rank(spectra["A"], A.shape, rtol),
     )
@@ -193,7 +194,7 @@ def projection_norm(W: np.ndarray, U: np.ndarray, V: np.ndarray) -> float:
     """``||U^T W V||_F`` for ``W: (d, k)``, ``U: (d, t)``, ``V: (k, t)`` (Table 7 writes ``V^T`` for rows)."""
     if U.shape[0] != W.shape[0] or V.shape[0] != W.shape[1]:
         raise ValueError(f"U {U.shape} and V {V.shape} do not fit W {W.shape}")
-    return float(np.linalg.norm(mm(U.T, W, V)))
+    return frobenius(mm(U.T, W, V))
 
 
 def random_frame(n: int, t: int, rng: np.random.Generator) -> np.ndarray:
@@ -207,7 +208,7 @@ def dw_vs_w(W: np.ndarray, w_svd: WeightSVD, dw: DeltaSVD, top: int, rng: np.ran
     ``W: (d, k)``; dW uses its numerical rank (at most ``top``) directions, W and random use ``top``.
     """
     d, k = W.shape
-    w_norm, dw_norm = float(np.linalg.norm(W)), float(np.linalg.norm(dw.values))
+    w_norm, dw_norm = frobenius(W), frobenius(dw.values)
     rows = []
     if dw.right.rank > 0:
         t = min(top, dw.right.rank)

@@ -23,7 +23,13 @@ DEFAULT_RTOL = 1e-6  # float32 rounding of a rank-deficient factor stays below t
 
 
 def _t(x: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+    # No copy for float64 input: torch takes strided views (a transposed A is already column-major).
+    return torch.from_numpy(np.asarray(x, dtype=np.float64))
+
+
+def frobenius(x: np.ndarray) -> float:
+    """``||x||_F`` of an array of any shape, float64 (numpy's norm would go through OpenBLAS threads)."""
+    return float(torch.linalg.vector_norm(_t(x)))
 
 
 def mm(*matrices: np.ndarray) -> np.ndarray:

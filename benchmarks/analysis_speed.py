@@ -1,0 +1,206 @@
+"""Analysis speed: the phi grid, the factored dW SVD, and a whole analysis at Llama-3-8B shapes, in one run.
+
+1. phi grid (one product + cumulative sums) against the per-cell definition, both from precomputed
+   bases, at r = 8 x 64 and 64 x 64, k = 4096. Target: >= 100x, max |difference| <= 1e-10.
+2. SVD of dW = s * B @ A from its factors (two thin QRs + an r x r SVD) against the dense SVD of the
+   4096 x 4096 matrix, r = 64. Target: >= 50x, singular values equal to 1e-8 relative.
+3. ``analyze`` (rank and seed pairs plus the random baseline; subjects A, A_delta, dW; no W tables,
+   synthetic adapters have no base) of three adapters with Llama-3-8B shapes: 32 layers, q, k, v, o,
+   gate, up, down (hidden 4096, kv 1024, FFN 14336), r = 8 seed 0, r = 64 seeds 0 and 1, float32,
+   each with adapter_init.safetensors, written once in PEFT format under /tmp and reused. Run in a
+   child process: wall time and its peak RSS (``getrusage(RUSAGE_CHILDREN).ru_maxrss``).
+   Target: <= 10 s wall, <= 2 GB peak, on 2 cores.
+
+    .venv/bin/python benchmarks/analysis_speed.py [--data /tmp/lora-analysis-bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from lora_analysis.delta import delta_svd, lora_delta
+from lora_analysis.subspace import phi_cell, phi_grid
+
+HIDDEN, KV, FFN, LAYERS = 4096, 1024, 14336, 32
+SHAPES = {  # module path inside a block -> (out_features, in_features)
+    "self_attn.q_proj": (HIDDEN, HIDDEN), "self_attn.k_proj": (KV, HIDDEN), "self_attn.v_proj": (KV, HIDDEN),
+    "self_attn.o_proj": (HIDDEN, HIDDEN), "mlp.gate_proj": (FFN, HIDDEN), "mlp.up_proj": (FFN, HIDDEN),
+    "mlp.down_proj": (HIDDEN, FFN),
+}  # fmt: skip
+RUNS = (("r8-seed0", 8, 0), ("r64-seed0", 64, 0), ("r64-seed1", 64, 1))
+
+
+def best_time(fn, repeat: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def orthonormal(k: int, r: int, rng: np.random.Generator) -> np.ndarray:
+    return np.linalg.qr(rng.standard_normal((k, r)))[0]
+
+
+def bench_phi(rng: np.random.Generator) -> list[tuple[str, str]]:
+    rows = []
+    for r1, r2 in ((8, 64), (64, 64)):
+        V1, V2 = orthonormal(4096, r1, rng), orthonormal(4096, r2, rng)
+        grid = phi_grid(V1, V2)
+        t_grid = best_time(lambda V1=V1, V2=V2: phi_grid(V1, V2))
+        start = time.perf_counter()
+        cells = np.array([[phi_cell(V1, V2, i, j) for j in range(1, r2 + 1)] for i in range(1, r1 + 1)])
+        t_cell = time.perf_counter() - start
+        rows.append((f"phi grid {r1}x{r2}, k=4096", f"{t_grid * 1e3:.2f} ms"))
+        rows.append((f"phi per cell {r1}x{r2}, k=4096", f"{t_cell * 1e3:.0f} ms"))
+        rows.append(("  speed-up (target >= 100x)", f"{t_cell / t_grid:.0f}x"))
+        rows.append(("  max |grid - per cell|", f"{np.abs(grid - cells).max():.1e}"))
+    return rows
+
+
+def bench_dw(rng: np.random.Generator) -> list[tuple[str, str]]:
+    A, B = rng.standard_normal((64, 4096)) / 64, rng.standard_normal((4096, 64))
+    t_fact = best_time(lambda: delta_svd(A, B, 0.125), repeat=3)
+    _, s_fact, _ = delta_svd(A, B, 0.125)
+    start = time.perf_counter()
+    dense = torch.from_numpy(lora_delta(A, B, 0.125))
+    s_dense = torch.linalg.svd(dense, full_matrices=False)[1].numpy()
+    t_dense = time.perf_counter() - start
+    rel = np.abs(s_fact - s_dense[:64]).max() / s_dense[0]
+    return [
+        ("dW SVD factored, 4096x4096 r=64", f"{t_fact * 1e3:.1f} ms"),
+        ("dW SVD dense (torch gesdd)", f"{t_dense * 1e3:.0f} ms"),
+        ("  speed-up (target >= 50x)", f"{t_dense / t_fact:.0f}x"),
+        ("  max rel. singular value diff", f"{rel:.1e}"),
+        ("  dense singular values 65..4096 (max)", f"{s_dense[64:].max() / s_dense[0]:.1e} x s_1"),
+    ]
+
+
+def write_sweep(root: Path) -> Path:
+    """Three runs in PEFT format with init files; a learned direction per module shared by the runs."""
+    sweep = root / "llama3-8b-shapes"
+    if all((sweep / name / "DONE").is_file() for name, _, _ in RUNS):
+        return sweep
+    for name, r, seed in RUNS:
+        folder = sweep / name
+        folder.mkdir(parents=True, exist_ok=True)
+        trained, init = {}, {}
+        for layer in range(LAYERS):
+            for index, (module, (d, k)) in enumerate(SHAPES.items()):
+                key = f"base_model.model.model.layers.{layer}.{module}"
+                rng = np.random.default_rng([seed, r, layer, index])
+                shared = np.random.default_rng([layer, index]).standard_normal(k)
+                A0 = rng.standard_normal((r, k), dtype=np.float32) / r  # PEFT's gaussian init: N(0, 1/r^2)
+                A = A0 + 0.05 * np.outer(rng.standard_normal(r), shared / np.linalg.norm(shared)).astype(np.float32)
+                A += 0.01 / r * rng.standard_normal((r, k), dtype=np.float32)
+                B = 0.01 * rng.standard_normal((d, r), dtype=np.float32)
+                trained[f"{key}.lora_A.weight"], trained[f"{key}.lora_B.weight"] = (
+                    torch.from_numpy(A),
+                    torch.from_numpy(B),
+                )
+                init[f"{key}.lora_A.weight"] = torch.from_numpy(A0)
+                init[f"{key}.lora_B.weight"] = torch.zeros(d, r)
+        save_file(trained, folder / "adapter_model.safetensors")
+        save_file(init, folder / "adapter_init.safetensors")
+        del trained, init
+        config = {
+            "peft_type": "LORA",
+            "r": r,
+            "lora_alpha": 16,
+            "target_modules": [m.split(".")[-1] for m in SHAPES],
+            "base_model_name_or_path": "meta-llama/Meta-Llama-3-8B",
+            "use_rslora": False,
+        }
+        (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
+        run = {
+            "run_name": name,
+            "seed": seed,
+            "method": "lora",
+            "model": {"name_or_path": "meta-llama/Meta-Llama-3-8B"},
+            "lora": {
+                "r": r,
+                "alpha": 16.0,
+                "rslora": False,
+                "targets": "all",
+                "init": "gaussian",
+                "init_stream": "per_module",
+            },
+        }
+        (folder / "config.yaml").write_text(yaml.safe_dump(run))
+        (folder / "DONE").write_text("{}\n")
+    return sweep
+
+
+CHILD = """
+import json, sys, time
+start = time.perf_counter()
+from lora_analysis.compare import analyze
+imported = time.perf_counter()
+result = analyze(sys.argv[1], subjects=["A", "A_delta", "dW"], w_tables=False, progress=False)
+analysed = time.perf_counter()
+result.save(sys.argv[2])
+saved = time.perf_counter()
+print(json.dumps({"import": imported - start, "analyze": analysed - imported, "save": saved - analysed,
+                  "rows": {n: len(f) for n, f in result.tables().items()}}))
+"""
+
+
+def bench_analysis(data: Path) -> list[tuple[str, str]]:
+    start = time.perf_counter()
+    sweep = write_sweep(data)
+    written = time.perf_counter() - start
+    size = sum(f.stat().st_size for f in sweep.rglob("*.safetensors"))
+    start = time.perf_counter()
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, str(sweep), str(data / "analysis")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    wall = time.perf_counter() - start
+    if child.returncode != 0:
+        raise SystemExit(child.stderr)
+    phases = json.loads(child.stdout.strip().splitlines()[-1])
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # Linux reports KiB
+    return [
+        (
+            "sweep on disk (float32, 3 runs + init)",
+            f"{size / 1e9:.2f} GB" + (f", written in {written:.0f} s" if written > 1 else ", reused"),
+        ),
+        ("  python start + imports", f"{phases['import']:.2f} s"),
+        ("  analyze() (224 modules x 3 runs)", f"{phases['analyze']:.2f} s"),
+        ("  save Parquet", f"{phases['save']:.2f} s"),
+        ("whole child process wall (target <= 10 s)", f"{wall:.2f} s"),
+        ("peak RSS of the child (target <= 2 GB)", f"{peak / 1e9:.2f} GB"),
+        ("rows", ", ".join(f"{n} {v:,}" for n, v in phases["rows"].items() if v)),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("/tmp/lora-analysis-bench"))
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; torch threads {torch.get_num_threads()}")
+    rows = bench_phi(rng) + bench_dw(rng) + bench_analysis(args.data)
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    print("peak memory measured as getrusage(RUSAGE_CHILDREN).ru_maxrss of the analysis child process")
+
+
+if __name__ == "__main__":
+    main()
