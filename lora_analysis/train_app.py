@@ -81,12 +81,13 @@ def _hydra_app(cfg: DictConfig) -> float | None:
     return metrics.get("test_accuracy", metrics.get("test_loss"))
 
 
-def run_overrides(overrides: Sequence[str]) -> tuple[Path, dict]:
+def run_overrides(overrides: Sequence[str], name: str | None = None) -> tuple[Path, dict]:
     """Compose ``train`` with ``overrides`` and train that run in this process, unless finished.
 
-    The run folder is the one ``lora-analysis train <overrides>`` would use.
+    The run folder is ``<out_dir>/<name>/<run name>``; the run name is ``name``, or the one
+    ``lora-analysis train <overrides>`` would use.
     """
-    name = run_name(overrides)
+    name = name or run_name(overrides)
     settings = settings_from(compose("train", overrides), name)
     settings.threads = settings.threads or default_threads()
     run_dir = Path(settings.out_dir) / settings.name / name
