@@ -246,20 +246,31 @@ def _ids(run: Run, m: LoraModule) -> dict:
     return {"run": run.label, "r": m.r, "seed": run.seed, "layer": m.layer, "module": m.role}
 
 
-def analyse_module(path: str, ctx: _Context) -> tuple[dict[str, TableBuilder], list[str]]:
-    """All table rows for module ``path``: each run's factors once, then its pairs and baselines."""
-    out = {name: TableBuilder(schema) for name, schema in SCHEMAS.items() if name != "runs"}
-    notes: list[str] = []
-    factors: dict[int, ModuleFactors] = {}
-    w_cache: dict[Path, tuple[np.ndarray, WeightSVD]] = {}
-    for index, run in enumerate(ctx.runs):
-        if path in run.adapter.modules:
-            factors[index] = _run_module(run, run.adapter.modules[path], ctx, out, notes, w_cache, index)
+def _builders() -> dict[str, TableBuilder]:
+    return {name: TableBuilder(schema) for name, schema in SCHEMAS.items() if name != "runs"}
+
+
+def analyse_module(
+    path: str, ctx: _Context, pool: ThreadPoolExecutor | None = None
+) -> tuple[dict[str, TableBuilder], list[str]]:
+    """All table rows for module ``path``: each run's factors once, then its pairs and baselines.
+
+    Runs are decomposed in parallel on ``pool``: each adapter holds one module in memory at a time.
+    """
+    members = [index for index, run in enumerate(ctx.runs) if path in run.adapter.modules]
+    w_cache = _weight_svds(path, members, ctx)
+    done = list((pool.map if pool else map)(lambda index: _run_module(index, path, ctx, w_cache), members))
+    out, notes, factors = _builders(), [], {}
+    for index, (f, part, part_notes) in zip(members, done, strict=True):
+        factors[index] = f
+        notes.extend(part_notes)
+        for name, builder in part.items():
+            out[name].blocks.extend(builder.blocks)
     for pair in ctx.pairs:
         if pair.a in factors and pair.b in factors:
             _pair_rows(pair, path, factors, ctx, out)
     if "random" in ctx.cfg.comparisons:
-        for index in factors:
+        for index in members:
             run = ctx.runs[index]
             m = run.adapter.modules[path]
             for subject in ctx.cfg.subjects:
@@ -270,12 +281,29 @@ def analyse_module(path: str, ctx: _Context) -> tuple[dict[str, TableBuilder], l
     return out, notes
 
 
-def _run_module(run, m, ctx, out, notes, w_cache, index) -> ModuleFactors:
-    cfg = ctx.cfg
+def _weight_svds(path: str, members: list[int], ctx: _Context) -> dict[Path, tuple[np.ndarray, WeightSVD]]:
+    """W and its dense SVD for module ``path``, once per base directory used by a run that needs it."""
+    cache = {}
+    for index in members:
+        base, m = ctx.bases[index], ctx.runs[index].adapter.modules[path]
+        if _w_wanted(base, m, ctx.cfg) and base.dir not in cache:
+            W = base.weight(path, m.out_features, m.in_features, ctx.runs[index].adapter.fan_in_fan_out)
+            cache[base.dir] = (W, WeightSVD.of(W))
+    return cache
+
+
+def _w_wanted(base: BaseWeights | None, m: LoraModule, cfg: AnalyzeConfig) -> bool:
+    return cfg.w_tables and base is not None and m.out_features * m.in_features <= cfg.w_max_elements
+
+
+def _run_module(index: int, path: str, ctx: _Context, w_cache: dict) -> tuple[ModuleFactors, dict, list[str]]:
+    """One run's module: read, decompose once, and its rows of the per-run tables."""
+    cfg, run, out, notes = ctx.cfg, ctx.runs[index], _builders(), []
+    m = run.adapter.modules[path]
     A, B = run.adapter.factors(m.path)
     A_init = run.adapter.init_A(m.path)
-    w_needed = ctx.bases[index] is not None and m.out_features * m.in_features <= cfg.w_max_elements
-    if ctx.bases[index] is not None and not w_needed:
+    w_needed = _w_wanted(ctx.bases[index], m, cfg)
+    if cfg.w_tables and ctx.bases[index] is not None and not w_needed:
         notes.append(
             f"W tables skipped for modules of shape ({m.out_features}, {m.in_features}): more than "
             f"w_max_elements={cfg.w_max_elements} entries for a dense SVD"
@@ -313,17 +341,14 @@ def _run_module(run, m, ctx, out, notes, w_cache, index) -> ModuleFactors:
             out["spectra"].add(
                 len(s), **ids, subject=subject, index=np.arange(1, len(s) + 1, dtype=np.int32), singular_value=s
             )
-    if w_needed and cfg.w_tables:
-        _w_rows(run, m, A, B, f, ctx.bases[index], cfg, out, w_cache, ids)
-    return f
+    if w_needed:
+        _w_rows(m, A, B, f, w_cache[ctx.bases[index].dir], cfg, out, ids)
+    return f, out, notes
 
 
-def _w_rows(run, m, A, B, f, base, cfg, out, w_cache, ids) -> None:
+def _w_rows(m, A, B, f, w_and_svd, cfg, out, ids) -> None:
     """Table 7, Figure 8 and intruder rows of one run's module against its base weight."""
-    if base.dir not in w_cache:
-        W = base.weight(m.path, m.out_features, m.in_features, run.adapter.fan_in_fan_out)
-        w_cache[base.dir] = (W, WeightSVD.of(W))
-    W, w_svd = w_cache[base.dir]
+    W, w_svd = w_and_svd
     rng = np.random.default_rng([cfg.random_seed, m.out_features, m.in_features, m.r])
     for row in dw_vs_w(W, w_svd, f.dw, m.r, rng):
         out["dw_vs_w"].add(1, **ids, **row)
@@ -488,8 +513,8 @@ def run_analysis(cfg: AnalyzeConfig) -> AnalysisResult:
 
 
 def _map_modules(paths: list[str], ctx: _Context) -> list:
-    """Analyse modules in ``ctx.cfg.workers`` threads (torch single-threaded meanwhile), in order."""
-    workers = min(ctx.cfg.workers, max(len(paths), 1))
+    """Analyse the modules in order, each module's runs on ``ctx.cfg.workers`` threads (torch single-threaded)."""
+    workers = min(ctx.cfg.workers, max(len(ctx.runs), 1))
     threads = torch.get_num_threads()
     bar = tqdm(total=len(paths), desc="modules", unit="module", disable=not ctx.cfg.progress, file=sys.stderr)
     try:
@@ -497,8 +522,8 @@ def _map_modules(paths: list[str], ctx: _Context) -> list:
             torch.set_num_threads(1)  # one BLAS thread per worker: nested threading thrashes on 2 cores
         with ThreadPoolExecutor(workers) as pool:
             results = []
-            for result in pool.map(lambda p: analyse_module(p, ctx), paths):
-                results.append(result)
+            for path in paths:
+                results.append(analyse_module(path, ctx, pool if workers > 1 else None))
                 bar.update()
         return results
     finally:
