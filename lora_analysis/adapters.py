@@ -60,9 +60,11 @@ def pattern_key(pattern_keys, module_path: str) -> str:
 
 
 class TensorFile:
-    """A safetensors file (memory-mapped, opened per read) or a ``.bin`` state dict (weights only).
+    """A safetensors file (memory-mapped while reading) or a ``.bin`` state dict (weights only).
 
-    ``shapes`` maps every key to its shape, read from the header without touching the data.
+    ``shapes`` maps every key to its shape, read from the header without touching the data. Tensors
+    are copied out of a mapping that is closed right after: pages of an open mapping count as
+    resident memory, so a handle kept open would grow to the whole file.
     """
 
     def __init__(self, path: Path) -> None:
@@ -80,16 +82,19 @@ class TensorFile:
         except Exception as error:  # safetensors raises its own types for truncated/corrupt files
             raise LoraAnalysisError(f"{self.path}: not a readable tensor file ({_first_line(error)})") from error
 
-    def read(self, key: str) -> np.ndarray:
-        """The tensor ``key`` as a float64 array (bf16/fp16/fp32 upcast); NaN or Inf is an error."""
+    def read(self, *keys: str) -> list[np.ndarray]:
+        """The tensors ``keys`` as float64 arrays (bf16/fp16/fp32 upcast), one mapping for all; NaN/Inf is an error."""
         try:
             if self._state is not None:
-                tensor = self._state[key]
+                tensors = [self._state[key] for key in keys]
             else:
                 with safe_open(self.path, framework="pt") as f:
-                    tensor = f.get_tensor(key)
+                    tensors = [f.get_tensor(key) for key in keys]
         except Exception as error:
-            raise LoraAnalysisError(f"{self.path}: cannot read tensor {key} ({_first_line(error)})") from error
+            raise LoraAnalysisError(f"{self.path}: cannot read tensors {keys} ({_first_line(error)})") from error
+        return [self._checked(key, tensor) for key, tensor in zip(keys, tensors, strict=True)]
+
+    def _checked(self, key: str, tensor: torch.Tensor) -> np.ndarray:
         values = tensor.to(torch.float64)
         if not math.isfinite(float(values.sum())):  # NaN and Inf survive a float64 sum; one cheap pass
             bad = int((~torch.isfinite(values)).sum())
@@ -223,14 +228,15 @@ class Adapter:
     def factors(self, path: str) -> tuple[np.ndarray, np.ndarray]:
         """Trained ``A: (r, in)`` and ``B: (out, r)`` of module ``path``, float64, read now."""
         m = self._get(path)
-        return self.weights.read(m.key_A), self.weights.read(m.key_B)
+        A, B = self.weights.read(m.key_A, m.key_B)
+        return A, B
 
     def init_A(self, path: str) -> np.ndarray | None:
         """Initial ``A: (r, in)`` from ``adapter_init.safetensors``; None without that file or key."""
         m = self._get(path)
         if self.init is None or m.key_A not in self.init.shapes:
             return None
-        return self.init.read(m.key_A)
+        return self.init.read(m.key_A)[0]
 
     def _get(self, path: str) -> LoraModule:
         if path not in self.modules:
