@@ -1,0 +1,140 @@
+"""Findings: the per-direction statistic against a direct computation, planted counts, sentences, gaps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from fabricate import (
+    A_MOVED,
+    DELTA_TOP,
+    DW_TOP,
+    INTRUDERS,
+    SEED_SHARED,
+    fabricate_sweep,
+    grid_rows,
+    phi_of,
+    planted_bases,
+)
+
+from lora_analysis import findings as F
+from lora_analysis.compare import AnalysisResult
+
+IDS = dict(comparison="seed", run_a="a", run_b="b", r_a=16, r_b=16, seed_a=0, seed_b=1, targets="all", layer=0,
+           module="q", subject="A_delta")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    return fabricate_sweep(tmp_path_factory.mktemp("findings") / "sweep", layers=(0, 1), modules=("q", "v", "ffn_out"))
+
+
+@pytest.fixture(scope="module")
+def tables(sweep):
+    return AnalysisResult.load(sweep / "analysis")
+
+
+@pytest.fixture(scope="module")
+def shared(tables):
+    return F.shared_directions(tables.phi)
+
+
+def test_direction_energy_matches_the_projection_of_each_direction():
+    rng = np.random.default_rng(1)
+    Va, Vb = planted_bases(96, 16, 16, [0.9, 0.6], rng)
+    rows = grid_rows(phi_of(Va, Vb), 96, **IDS)
+    energy = F.direction_energy(rows)
+    direct = np.sum((Vb.T @ Va) ** 2, axis=0)  # ||Vb^T v_i||^2, the second algorithm
+    np.testing.assert_allclose(energy["energy"], direct, atol=1e-12)
+    np.testing.assert_allclose(energy["energy"].iloc[:2], [0.9, 0.6], atol=1e-12)
+    assert list(energy["i"]) == list(range(1, 17))
+    assert energy["baseline"].unique().tolist() == [16 / 96]
+
+
+def test_a_direction_counts_as_shared_from_halfway_between_baseline_and_one():
+    threshold = (1 + 16 / 96) / 2
+    rng = np.random.default_rng(2)
+    Va, Vb = planted_bases(96, 16, 16, [threshold + 0.01, threshold - 0.01, 0.99], rng)
+    shared = F.shared_directions(grid_rows(phi_of(Va, Vb), 96, **IDS))
+    assert len(shared) == 1
+    assert shared["shared"].iloc[0] == 2  # the first and the third: every direction is tested
+    assert shared["threshold"].iloc[0] == pytest.approx(threshold)
+
+
+def test_direction_energy_wants_one_group():
+    rng = np.random.default_rng(3)
+    rows = pd.concat([grid_rows(phi_of(*planted_bases(32, 4, 4, [], rng)), 32, **dict(IDS, layer=layer))
+                      for layer in (0, 1)])
+    with pytest.raises(ValueError, match="one pair"):
+        F.direction_energy(rows)
+
+
+def test_shared_directions_recovers_the_planted_counts(shared):
+    seed = shared[(shared["comparison"] == "seed") & (shared["r_a"] == 64)]
+    for subject in ("A_delta", "dW"):
+        for module, count in (("q", SEED_SHARED["q"]), ("v", SEED_SHARED["v"]), ("ffn_out", SEED_SHARED["ffn_out"])):
+            got = seed[(seed["subject"] == subject) & (seed["module"] == module)]["shared"]
+            assert len(got) == 2 and (got == count).all(), (subject, module, list(got))
+    rank = shared[shared["comparison"] == "rank"]
+    assert (rank[rank["subject"].isin(["A_delta", "dW"])]["shared"] == 1).all()
+    assert (shared[shared["subject"].isin(["A", "A_init"])]["shared"] == 0).all()
+
+
+def test_findings_state_the_planted_numbers(tables, shared, sweep):
+    top = F.top_direction(tables.phi)
+    assert top.values["A_delta"] == pytest.approx(DELTA_TOP) and top.values["dW"] == pytest.approx(DW_TOP)
+    assert top.values["A"] < 0.4
+    assert any("A − A_init: φ(1, 64) between r=8 and r=64 is 0.80" in s for s in top.sentences)
+
+    q_v = F.q_vs_v(shared)
+    assert q_v.values["A_delta.q"] == SEED_SHARED["q"] and q_v.values["A_delta.v"] == SEED_SHARED["v"]
+    assert any("q shares 6.0 directions" in s and "q shows a higher intrinsic rank than v" in s
+               for s in q_v.sentences)
+    assert any(s.startswith("A at r=64") and "does not show" in s for s in q_v.sentences)
+
+    control = F.init_control(tables.phi, shared)
+    assert control.values["shared_max"] == 0 and "the inits are independent" in control.sentences[0]
+
+    moved = F.a_moved(tables.modules)
+    assert moved.values == pytest.approx({f"r{r}": v for r, v in A_MOVED.items()})
+    assert "mostly its random init" in moved.sentences[0]
+
+    amp = F.amplification(tables.dw_vs_w, layer=1)
+    assert amp.values["r4"] == pytest.approx(20.0) and amp.values["r64"] == pytest.approx(2.0)
+    assert "20.0 at r=4 against 2.0 at r=64" in amp.sentences[0]
+
+    assert F.intruder_counts(tables.intruders).values == {f"r{r}": float(n) for r, n in INTRUDERS.items()}
+
+    acc = F.accuracy(pd.read_parquet(sweep / "runs.parquet"))
+    assert acc.values == pytest.approx({"best": 0.778, "full": 0.801})
+    assert "full fine-tuning 0.801" in acc.sentences[-1] and "majority class 0.575" in acc.sentences[-1]
+
+
+def test_missing_data_gives_a_sentence_not_an_error(tables):
+    empty_phi = tables.phi.iloc[0:0]
+    for finding in (F.top_direction(empty_phi), F.q_vs_v(F.shared_directions(empty_phi)),
+                    F.init_control(empty_phi, F.shared_directions(empty_phi)), F.a_moved(tables.modules.iloc[0:0]),
+                    F.amplification(tables.dw_vs_w.iloc[0:0], layer=0), F.intruder_counts(tables.intruders.iloc[0:0]),
+                    F.w_dw_overlap(tables.w_dw_phi.iloc[0:0], layer=0), F.accuracy(pd.DataFrame({"run": []})),
+                    F.loss_levelled({})):
+        assert finding.table is None and len(finding.sentences) == 1 and finding.sentences[0]
+    assert F.top_direction(tables.phi, r_small=4, r_large=64).values["A_delta"] == pytest.approx(DELTA_TOP)
+    assert "No rank pair r=2" in F.top_direction(tables.phi, r_small=2).sentences[0]
+
+
+def test_loss_levelled_tells_a_falling_curve_from_a_flat_one():
+    step = np.arange(10, 210, 10)
+    histories = {"flat": pd.DataFrame({"step": step, "loss": 0.4 + 0.3 * np.exp(-step / 20)}),
+                 "falling": pd.DataFrame({"step": step, "loss": 1.0 - step / 400})}
+    finding = F.loss_levelled(histories)
+    table = finding.table.set_index("run")
+    assert abs(table.loc["flat", "relative_change"]) < 0.05 < abs(table.loc["falling", "relative_change"])
+    assert "1 of 2 runs changed by less than 5%" in finding.sentences[0]
+
+
+def test_choosing_what_to_show(tables):
+    assert F.middle_layer(tables.modules) == 0  # layers 0, 1: (n - 1) // 2
+    assert F.shown_roles(tables.modules) == ["q", "v", "ffn_out"]
+    assert F.main_targets(tables.modules) == "all"
+    rows = F.pair_rows(tables.phi, "rank", subject="A", layer=1, module="v", r_a=8, r_b=64)
+    assert set(rows["run_a"].astype(str)) == {"r8-seed0"} and F.phi_matrix(rows).shape == (8, 64)
