@@ -1,0 +1,388 @@
+"""Figures: one function per figure, analysis tables in, ``matplotlib.figure.Figure`` out; the caller saves.
+
+Figures are built on the Agg canvas directly, without pyplot: no GUI backend, no global registry of
+open figures to leak in a long report. Every heatmap shares one look: viridis, colour scale fixed to
+[0, 1] with a colour bar, ``i`` (run a's top directions) down the rows from 1, ``j`` (run b's) across.
+A function that finds nothing to draw raises ``LoraAnalysisError`` naming what is missing.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.findings import (
+    SUBJECT_LABELS,
+    accuracy_table,
+    full_reference,
+    lora_runs,
+    metric_column,
+    pair_rows,
+    phi_matrix,
+    shown_roles,
+)
+
+CMAP = matplotlib.colormaps["viridis"].with_extremes(bad="#d9d9d9")  # grey: cell absent (rank-deficient)
+STYLE = {
+    "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 8.5, "xtick.labelsize": 7.5, "ytick.labelsize": 7.5,
+    "legend.fontsize": 8, "figure.titlesize": 11, "axes.spines.top": False, "axes.spines.right": False,
+}  # fmt: skip
+
+
+def _styled(draw):
+    """Create the figure's text under the house style (fonts are fixed when a text object is made)."""
+
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(STYLE):
+            return draw(*args, **kwargs)
+
+    return wrapper
+
+
+def new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained", dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _label(subject: str) -> str:
+    return SUBJECT_LABELS.get(subject, subject)
+
+
+def _heatmap(ax, grid: np.ndarray, title: str, ylabel: str, xlabel: str):
+    """phi grid ``(n_i, n_j)`` with 1-based cell centres; returns the image (for the colour bar)."""
+    n_i, n_j = grid.shape
+    image = ax.imshow(np.ma.masked_invalid(grid), vmin=0.0, vmax=1.0, cmap=CMAP, aspect="auto",
+                      interpolation="nearest", extent=(0.5, n_j + 0.5, n_i + 0.5, 0.5))
+    ax.set(title=title, ylabel=ylabel, xlabel=xlabel)
+    ax.xaxis.set_major_locator(FixedLocator(grid_ticks(n_j)))
+    ax.yaxis.set_major_locator(FixedLocator(grid_ticks(n_i)))
+    ax.set_xlim(0.5, n_j + 0.5)
+    ax.set_ylim(n_i + 0.5, 0.5)
+    return image
+
+
+def grid_ticks(n: int) -> list[int]:
+    """1 and round multiples up to n (1, 16, 32, 48, 64 for 64): the paper's axes start at direction 1."""
+    if n <= 8:
+        return list(range(1, n + 1, 1 if n <= 5 else 2))
+    step = next(s for s in (2, 4, 5, 8, 10, 16, 20, 25, 32, 50, 64, 100, 128, 200, 256) if n / s <= 5)
+    return [1, *range(step, n + 1, step)]
+
+
+def _colorbar(fig: Figure, image, axes) -> None:
+    if image is None:
+        raise LoraAnalysisError("no panel had phi rows to draw")
+    fig.colorbar(image, ax=list(np.ravel(axes)), label="φ(i, j)", shrink=0.9, aspect=30)
+
+
+def _pair_heatmap(ax, rows: pd.DataFrame, title: str, zoom: int | None = None):
+    grid = phi_matrix(rows)
+    if zoom:
+        grid = grid[:zoom, :zoom]
+    run_a, run_b = str(rows["run_a"].iloc[0]), str(rows["run_b"].iloc[0])
+    if run_b == "gaussian":
+        run_a, run_b = "Gaussian 1", "Gaussian 2"
+    return _heatmap(ax, grid, title, f"i  ({run_a})", f"j  ({run_b})")
+
+
+def _two_roles(phi: pd.DataFrame, modules) -> list[str]:
+    roles = shown_roles(phi)
+    return list(modules) if modules else ([m for m in roles if m in ("q", "v")] or roles[:2])
+
+
+def _seed_text(rows: pd.DataFrame) -> str:
+    seed = rows["seed_a"].iloc[0]
+    return "" if pd.isna(seed) else f", seed {int(seed)}"
+
+
+# --- Figures 3, 4, 6 and 7: phi heatmaps across ranks and seeds
+
+
+@_styled
+def fig3_rank_similarity(phi: pd.DataFrame, *, layer: int, r_small: int = 8, r_large: int = 64,
+                         subject: str = "A", modules=None, seed: int | None = None) -> Figure:
+    """Figure 3: phi(X_{r_small}, X_{r_large}, i, j) at one layer, full grid and ``r_small x r_small`` zoom.
+
+    One row per role (default: q, v and the FFN roles present); ``phi`` is the whole phi table.
+    """
+    found = [(m, pair_rows(phi, "rank", subject=subject, layer=layer, module=m, r_a=r_small, r_b=r_large,
+                           seed=seed)) for m in (modules or shown_roles(phi))]
+    found = [(m, rows) for m, rows in found if not rows.empty]
+    if not found:
+        raise LoraAnalysisError(f"no phi rows for {subject}, r={r_small} vs r={r_large}, at layer {layer}")
+    fig = new_figure(10.5, 0.6 + 2.1 * len(found))
+    axes = fig.subplots(len(found), 2, squeeze=False, gridspec_kw={"width_ratios": [3, 1]})
+    for (module, rows), (full, zoom) in zip(found, axes, strict=True):
+        image = _pair_heatmap(full, rows, f"{module}: i ≤ {r_small}, j ≤ {r_large}")
+        _pair_heatmap(zoom, rows, f"{module}: zoom i, j ≤ {r_small}", zoom=r_small)
+    fig.suptitle(f"Figure 3: φ(i, j) between {_label(subject)} at r={r_small} (i) and r={r_large} (j), layer {layer}"
+                 f"{_seed_text(found[0][1])}")
+    _colorbar(fig, image, axes)
+    return fig
+
+
+@_styled
+def fig4_seed_similarity(phi: pd.DataFrame, *, layer: int, r: int = 64, subject: str = "A", modules=None,
+                         seed: int | None = None) -> Figure:
+    """Figure 4: phi between two seeds at rank r, beside phi between two random Gaussian ``(r, k)`` matrices."""
+    found = []
+    for module in modules or shown_roles(phi):
+        rows = pair_rows(phi, "seed", subject=subject, layer=layer, module=module, r_a=r, r_b=r, seed=seed)
+        if not rows.empty:
+            gauss = pair_rows(phi, "random", subject=subject, layer=layer, module=module, r_a=r,
+                              seed=rows["seed_a"].iloc[0] if pd.notna(rows["seed_a"].iloc[0]) else None)
+            found.append((module, rows, gauss))
+    if not found:
+        raise LoraAnalysisError(f"no seed pair at r={r} for {subject} at layer {layer}")
+    fig = new_figure(6.4, 0.6 + 2.9 * len(found))
+    axes = fig.subplots(len(found), 2, squeeze=False)
+    for (module, rows, gauss), (left, right) in zip(found, axes, strict=True):
+        seeds = f"seeds {rows['seed_a'].iloc[0]} and {rows['seed_b'].iloc[0]}"
+        image = _pair_heatmap(left, rows, f"{module}: {_label(subject)}, {seeds}")
+        if gauss.empty:
+            right.set_axis_off()
+            right.text(0.5, 0.5, "no random baseline rows", ha="center", va="center", transform=right.transAxes)
+        else:
+            _pair_heatmap(right, gauss, f"{module}: two random Gaussian ({r} x k) matrices")
+    fig.suptitle(f"Figure 4: φ(i, j) between two seeds of {_label(subject)} at r={r}, layer {layer}; right: random")
+    _colorbar(fig, image, axes)
+    return fig
+
+
+def _layers(phi: pd.DataFrame, mask: pd.Series) -> list[int]:
+    return sorted(int(x) for x in phi.loc[mask, "layer"].dropna().unique())
+
+
+@_styled
+def fig6_rank_similarity_layers(phi: pd.DataFrame, *, r_small: int = 8, r_large: int = 64, subject: str = "A",
+                                modules=None, seed: int | None = None) -> Figure:
+    """Figure 6: Figure 3 for every layer, one row per layer; per role the full grid and its zoom."""
+    modules = _two_roles(phi, modules)
+    mask = (phi["comparison"] == "rank") & (phi["subject"] == subject) & (phi["r_a"] == r_small)
+    layers = _layers(phi, mask & (phi["r_b"] == r_large))
+    if not layers or not modules:
+        raise LoraAnalysisError(f"no phi rows for {subject}, r={r_small} vs r={r_large}")
+    fig = new_figure(4.6 * len(modules) + 0.8, 0.6 + 1.55 * len(layers))
+    axes = fig.subplots(len(layers), 2 * len(modules), squeeze=False,
+                        gridspec_kw={"width_ratios": [3, 1] * len(modules)})
+    image = shown = None
+    for row, layer in enumerate(layers):
+        for col, module in enumerate(modules):
+            rows = pair_rows(phi, "rank", subject=subject, layer=layer, module=module, r_a=r_small, r_b=r_large,
+                             seed=seed)
+            full, zoom = axes[row, 2 * col], axes[row, 2 * col + 1]
+            if rows.empty:
+                full.set_axis_off(), zoom.set_axis_off()
+                continue
+            image, shown = _pair_heatmap(full, rows, f"layer {layer}, {module}"), rows
+            _pair_heatmap(zoom, rows, f"layer {layer}, {module}: zoom", zoom=r_small)
+    fig.suptitle(f"Figure 6: φ(i, j) between {_label(subject)} at r={r_small} (i) and r={r_large} (j), every layer"
+                 f"{_seed_text(shown)}")
+    _colorbar(fig, image, axes)
+    return fig
+
+
+@_styled
+def fig7_seed_similarity_layers(phi: pd.DataFrame, *, r: int = 64, subject: str = "A", modules=None,
+                                seed: int | None = None) -> Figure:
+    """Figure 7: Figure 4 for every layer: one row per layer, one column per role, then the Gaussian map."""
+    modules = _two_roles(phi, modules)
+    mask = (phi["comparison"] == "seed") & (phi["subject"] == subject) & (phi["r_a"] == r)
+    layers = _layers(phi, mask)
+    if not layers or not modules:
+        raise LoraAnalysisError(f"no seed pair at r={r} for {subject}")
+    fig = new_figure(2.5 * (len(modules) + 1) + 0.8, 0.6 + 2.3 * len(layers))
+    axes = fig.subplots(len(layers), len(modules) + 1, squeeze=False)
+    image = None
+    for row, layer in enumerate(layers):
+        for col, module in enumerate(modules):
+            rows = pair_rows(phi, "seed", subject=subject, layer=layer, module=module, r_a=r, r_b=r, seed=seed)
+            if rows.empty:
+                axes[row, col].set_axis_off()
+                continue
+            image = _pair_heatmap(axes[row, col], rows, f"layer {layer}, {module}")
+        gauss = pair_rows(phi, "random", subject=subject, layer=layer, module=modules[0], r_a=r, seed=seed)
+        if gauss.empty:
+            axes[row, -1].set_axis_off()
+        else:
+            _pair_heatmap(axes[row, -1], gauss, f"random Gaussian ({modules[0]}'s k)")
+    fig.suptitle(f"Figure 7: φ(i, j) between two seeds of {_label(subject)} at r={r}, every layer; right: random")
+    _colorbar(fig, image, axes)
+    return fig
+
+
+@_styled
+def controls_similarity(phi: pd.DataFrame, *, layer: int, comparison: str = "rank", r_a: int = 8, r_b: int = 64,
+                        seed: int | None = None, modules=None,
+                        subjects: tuple[str, ...] = ("A_init", "A", "A_delta", "dW")) -> Figure:
+    """The controls the paper lacks: phi of A_init, A, A - A_init and dW for the same pair, side by side.
+
+    ``comparison`` is ``rank`` (r_a vs r_b, same seed) or ``seed`` (two seeds at r_a = r_b).
+    """
+    modules = _two_roles(phi, modules)
+    subjects = [s for s in subjects if (phi["subject"] == s).any()]
+    image = None
+    cells = {(m, s): pair_rows(phi, comparison, subject=s, layer=layer, module=m, r_a=r_a, r_b=r_b, seed=seed)
+             for m in modules for s in subjects}
+    modules = [m for m in modules if any(not cells[m, s].empty for s in subjects)]
+    if not modules:
+        raise LoraAnalysisError(f"no {comparison} pair r={r_a} vs r={r_b} at layer {layer} for {subjects}")
+    wide = r_b >= 2 * r_a
+    fig = new_figure((3.2 if wide else 2.6) * len(subjects) + 0.8, 0.7 + 2.4 * len(modules))
+    axes = fig.subplots(len(modules), len(subjects), squeeze=False)
+    for row, module in enumerate(modules):
+        for col, subject in enumerate(subjects):
+            rows = cells[module, subject]
+            if rows.empty:
+                axes[row, col].set_axis_off()
+                continue
+            image = _pair_heatmap(axes[row, col], rows, f"{module}: {_label(subject)}")
+    what = f"r={r_a} vs r={r_b}" if comparison == "rank" else f"two seeds at r={r_a}"
+    fig.suptitle(f"Controls: φ of {', '.join(_label(s) for s in subjects)} for the same pair ({what}), "
+                 f"layer {layer}")
+    _colorbar(fig, image, axes)
+    return fig
+
+
+# --- Figure 8, spectra
+
+
+@_styled
+def fig8_w_dw_similarity(w_dw_phi: pd.DataFrame, *, layer: int, module: str = "q", side: str = "left",
+                         seed: int | None = None) -> Figure:
+    """Figure 8: phi between the top-i singular directions of W and the top-j of dW, one panel per rank,
+    and the random expectation ``max(i, j) / k`` of the largest rank's grid."""
+    d = w_dw_phi[(w_dw_phi["layer"] == layer) & (w_dw_phi["module"] == module) & (w_dw_phi["side"] == side)]
+    if d.empty:
+        raise LoraAnalysisError(f"no w_dw_phi rows for {module} at layer {layer} ({side} singular vectors)")
+    seed = seed if seed is not None else (d["seed"].min() if d["seed"].notna().any() else None)
+    ranks = sorted(int(r) for r in d["r"].unique())
+    fig = new_figure(1.9 * (len(ranks) + 1) + 1.0, 5.2)
+    axes = fig.subplots(1, len(ranks) + 1, squeeze=False)[0]
+    for ax, r in zip(axes, ranks, strict=False):
+        g = d[d["r"] == r]
+        g = g[g["seed"] == seed] if seed is not None and (g["seed"] == seed).any() else g[g["run"] == g["run"].iloc[0]]
+        image = _heatmap(ax, phi_matrix(g), f"r = {r}", "i  (top directions of W)", f"j  (ΔW, r={r})")
+    grid = np.full((int(g["i"].max()), int(g["j"].max())), np.nan)
+    grid[g["i"].to_numpy() - 1, g["j"].to_numpy() - 1] = g["baseline"].to_numpy()
+    _heatmap(axes[-1], grid, "random: max(i, j) / k", "i", f"j  (r={ranks[-1]})")
+    seed_text = "" if seed is None else f", seed {int(seed)}"
+    fig.suptitle(f"Figure 8: φ(W_{module} top-i, ΔW_{module} top-j) at layer {layer}, {side} singular vectors"
+                 f"{seed_text}")
+    _colorbar(fig, image, axes)
+    return fig
+
+
+@_styled
+def dw_spectra(spectra: pd.DataFrame, *, layer: int, modules=None, seed: int | None = None,
+               subject: str = "dW") -> Figure:
+    """Singular values of dW at one layer: one panel per role, one line per rank (the lowest seed each)."""
+    s = spectra[(spectra["subject"] == subject) & (spectra["layer"] == layer)]
+    modules = list(modules or shown_roles(s))
+    if s.empty or not modules:
+        raise LoraAnalysisError(f"no {subject} spectra at layer {layer}")
+    fig = new_figure(2.9 * len(modules) + 0.4, 3.2)
+    axes = fig.subplots(1, len(modules), squeeze=False)[0]
+    for ax, module in zip(axes, modules, strict=True):
+        for r, g in s[s["module"] == module].groupby("r"):
+            chosen = seed if seed is not None and (g["seed"] == seed).any() else g["seed"].min()
+            g = g[g["seed"] == chosen] if pd.notna(chosen) else g[g["run"] == g["run"].iloc[0]]
+            g = g.sort_values("index")
+            ax.plot(g["index"], g["singular_value"], marker="o", ms=2.5, lw=1.2, label=f"r={r}")
+        ax.set(title=f"{module}", xlabel="index (1 = largest)", ylabel="singular value", xscale="log", yscale="log")
+        top = int(s["index"].max())
+        ax.xaxis.set_major_locator(FixedLocator([2**p for p in range(top.bit_length()) if 2**p <= top]))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.legend(frameon=False)
+    seed_text = "" if seed is None else f", seed {seed}"
+    fig.suptitle(f"Singular values of {_label(subject)} at layer {layer}, one line per rank{seed_text}")
+    return fig
+
+
+# --- runs: accuracy, loss
+
+
+def _reference_lines(ax, runs: pd.DataFrame, metric: str) -> None:
+    full = full_reference(runs, metric)
+    if full:
+        ax.axhline(full["mean"], color="black", lw=1.2, label=f"full fine-tuning ({full['mean']:.3f}, n={full['n']})")
+        if full["n"] > 1:
+            ax.axhspan(full["mean"] - full["std"], full["mean"] + full["std"], color="black", alpha=0.08, lw=0)
+    if metric == "test_accuracy" and "majority_accuracy" in runs and runs["majority_accuracy"].notna().any():
+        majority = float(runs["majority_accuracy"].dropna().iloc[0])
+        ax.axhline(majority, color="grey", ls=":", lw=1.2, label=f"majority class ({majority:.3f})")
+
+
+@_styled
+def accuracy_vs_rank(runs: pd.DataFrame, *, metric: str | None = None) -> Figure:
+    """Tables 5/6 analogue: test metric against rank (log2), one line per target set, error bars = std over seeds."""
+    metric = metric or metric_column(runs)
+    table = accuracy_table(runs, metric)
+    if table.empty:
+        raise LoraAnalysisError("no finished LoRA run with a test metric")
+    fig = new_figure(6.4, 4.0)
+    ax = fig.subplots()
+    for targets, t in table.groupby("targets"):
+        ax.errorbar(t["r"], t["mean"], yerr=t["std"].fillna(0.0), marker="o", capsize=3, lw=1.4, label=targets)
+    _reference_lines(ax, runs, metric)
+    ranks = sorted(int(r) for r in table["r"].unique())
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(ranks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([str(r) for r in ranks])
+    ax.set(xlabel="LoRA rank r", ylabel=metric)
+    ax.legend(title="target set", frameon=False, fontsize=7.5)
+    seeds = int(table["n"].max())
+    fig.suptitle(f"{metric} against rank and target set (mean ± std over up to {seeds} seeds)")
+    return fig
+
+
+@_styled
+def accuracy_by_targets(runs: pd.DataFrame, *, metric: str | None = None) -> Figure:
+    """Table 5 analogue: test metric per target set at one trainable-parameter budget (``lora.budget``)."""
+    metric = metric or metric_column(runs)
+    lora = lora_runs(runs)
+    if "lora.budget" not in lora or lora["lora.budget"].isna().all():
+        raise LoraAnalysisError("no budget-matched runs (lora.budget is not set in runs.parquet)")
+    lora = lora[lora["lora.budget"].notna()]
+    table = accuracy_table(lora, metric).sort_values("mean")
+    fig = new_figure(max(6.8, 0.75 * len(table) + 2.5), 4.2)
+    ax = fig.subplots()
+    x = np.arange(len(table))
+    ax.errorbar(x, table["mean"], yerr=table["std"].fillna(0.0), fmt="o", capsize=3, color="C0")
+    _reference_lines(ax, runs, metric)
+    ax.set_xticks(x, [f"{t}\nr={int(r)}\n{p / 1e3:.0f}k" for t, r, p in
+                      zip(table["targets"], table["r"], table["lora_params"], strict=True)])
+    ax.set(xlabel="target set, rank, trainable LoRA parameters", ylabel=metric)
+    ax.legend(frameon=False, fontsize=7.5)
+    budgets = ", ".join(sorted({str(b) for b in lora["lora.budget"]}))
+    ax.margins(x=0.08)
+    fig.suptitle(f"{metric} per target set at budget {budgets} (mean ± std over seeds)")
+    return fig
+
+
+@_styled
+def loss_curves(histories: dict[str, pd.DataFrame]) -> Figure:
+    """Training loss against step, one line per run (``history.csv``), to see that it has levelled off."""
+    histories = {run: h for run, h in histories.items() if not h.empty}
+    if not histories:
+        raise LoraAnalysisError("no history.csv with rows")
+    fig = new_figure(6.8, 4.0)
+    ax = fig.subplots()
+    for run, h in sorted(histories.items()):
+        ax.plot(h["step"], h["loss"], lw=1.1, label=run)
+    ax.set(xlabel="step", ylabel="training loss (mean over the logging interval)")
+    if len(histories) <= 12:
+        ax.legend(frameon=False, ncols=2)
+    fig.suptitle(f"Training loss per run ({len(histories)} runs, history.csv)")
+    return fig
