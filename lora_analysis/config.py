@@ -38,6 +38,11 @@ class InitStream(str, Enum):
     shared = "shared"  # one stream per (seed, module): A_init of rank r = first r rows of any larger rank (a control)
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"  # bfloat16 autocast for matrix products; weights, LoRA factors and optimizer stay fp32
+
+
 class Schedule(str, Enum):
     linear = "linear"  # linear warm-up, then linear decay to 0
     constant = "constant"  # linear warm-up, then constant
@@ -109,6 +114,7 @@ class OptimConfig:
     warmup_ratio: float = 0.06
     schedule: Schedule = Schedule.linear
     max_grad_norm: float = 1.0  # 0 disables clipping
+    precision: Precision = Precision.fp32
     eval_batch_size: int = 256
     checkpoint_every: int = 100  # steps between resumable checkpoints; 0: never
     log_every: int = 10  # steps between history rows

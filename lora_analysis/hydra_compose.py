@@ -12,6 +12,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from lora_analysis.errors import LoraAnalysisError
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
@@ -31,18 +33,21 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
         return hydra_compose(config_name=config_name, overrides=list(overrides))
 
 
-def split_args(argv: Sequence[str], positional_key: str) -> tuple[list[str], bool]:
+def split_args(argv: Sequence[str], positional_key: str, many: bool = True) -> tuple[list[str], bool]:
     """Turn ``[path, path, key=value]`` into Hydra overrides; paths become ``<positional_key>=[...]``.
 
-    Returns the overrides and whether ``--help`` was asked for.
+    With ``many=False`` a single path becomes ``<positional_key>='path'``. Returns the overrides and
+    whether ``--help`` was asked for.
     """
     wants_help = any(a in ("-h", "--help") for a in argv)
     args = [a for a in argv if a not in ("-h", "--help")]
     paths = [a for a in args if "=" not in a]
     overrides = [a for a in args if "=" in a]
-    if paths:
-        quoted = ",".join("'" + p.replace("\\", "\\\\").replace("'", "\\'") + "'" for p in paths)
-        overrides.insert(0, f"{positional_key}=[{quoted}]")
+    if len(paths) > 1 and not many:
+        raise LoraAnalysisError(f"one {positional_key} folder expected, got {len(paths)}: {' '.join(paths)}")
+    quoted = ["'" + p.replace("\\", "\\\\").replace("'", "\\'") + "'" for p in paths]
+    if quoted:
+        overrides.insert(0, f"{positional_key}=[{','.join(quoted)}]" if many else f"{positional_key}={quoted[0]}")
     return overrides, wants_help
 
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from lora_analysis import data as task_data
 from lora_analysis.atomic import write_atomic, write_text
-from lora_analysis.config import Method, Schedule, Task, TrainConfig
+from lora_analysis.config import Method, Precision, Schedule, Task, TrainConfig
 from lora_analysis.modeling import add_lora, load_model, load_tokenizer, lora_state, resolve_device
 from lora_analysis.runs import CHECKPOINT
 
@@ -113,7 +113,8 @@ def _train_loop(cfg, model, params, optimizer, data, pad_id, device, run_dir, pr
         for group in optimizer.param_groups:
             group["lr"] = lr
         start = time.perf_counter()
-        loss = model(**batch).loss
+        with autocast(cfg, device):
+            loss = model(**batch).loss
         loss.backward()
         if cfg.optim.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params.values(), cfg.optim.max_grad_norm)
@@ -137,6 +138,11 @@ def _train_loop(cfg, model, params, optimizer, data, pad_id, device, run_dir, pr
     bar.close()
 
 
+def autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
+    """bfloat16 autocast when ``optim.precision=bf16`` (a no-op context for fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.optim.precision == Precision.bf16)
+
+
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up over ``warmup_ratio`` of the steps, then linear decay to 0 (or constant)."""
     warmup = int(cfg.optim.warmup_ratio * cfg.optim.steps)
@@ -154,7 +160,8 @@ def evaluate(model, examples: task_data.Examples, cfg: TrainConfig, pad_id: int,
     total_loss, correct, weight = 0.0, 0, 0
     for rows in task_data.eval_batches(examples.lengths, cfg.optim.eval_batch_size):
         batch = {k: v.to(device) for k, v in task_data.collate(examples, rows, pad_id, cfg.model.task).items()}
-        out = model(**batch)
+        with autocast(cfg, device):
+            out = model(**batch)
         if cfg.model.task == Task.classification:
             correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
             total_loss += float(out.loss) * len(rows)

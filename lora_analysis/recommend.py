@@ -1,0 +1,157 @@
+"""Rank recommendation: the rank each module role needs, read off a sweep's subspaces and accuracies.
+
+For each role and layer, two counts of directions that agree clearly above the random baseline
+(``findings.shared_directions``: a direction of run a is shared when its energy in run b's subspace
+reaches halfway between chance ``r_b / k`` and 1):
+
+- across seeds: the largest rank trained with two or more seeds, seed against seed;
+- across ranks: the largest smaller rank against the largest rank, same seed.
+
+A direction found by both is one the task needs, so a layer needs ``min(seed count, rank count)``
+(the one available when the sweep has only one kind of pair), at least 1. A role's rank is the median
+over its layers; a layer that needs more than twice or less than half of that gets its own entry.
+The accuracy curve is the cross-check: the smallest rank whose mean test metric is within one standard
+deviation over seeds (at least 0.5 point) of the best one, where the accuracy stops improving.
+
+The result can be written as a PEFT ``rank_pattern`` (regex keys anchored to the block index, so a
+role never catches another module: ``encoder\\.layer\\.\\d+\\.output\\.dense`` is ffn_out, not o).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lora_analysis import findings
+from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.targets import FAMILIES, ROLES
+
+
+@dataclass
+class Recommendation:
+    """Per-layer evidence (``layers``), per-role ranks (``roles``) and the accuracy cross-check."""
+
+    layers: pd.DataFrame  # role, layer, seed_shared, rank_shared, needed, pairs used
+    roles: pd.DataFrame  # role, rank, layers_min, layers_max, accuracy_plateau_r, agrees
+    subject: str
+    targets: str
+    accuracy_plateau: int | None
+    rank_pattern: dict[str, int]
+
+    def explain(self) -> list[str]:
+        """Sentences saying how each number was reached."""
+        lines = [
+            f"Subject {self.subject} of target set {self.targets}: a direction counts when its energy in the other "
+            "run's subspace reaches (1 + r_b/k)/2, halfway between chance and certain.",
+        ]
+        for row in self.roles.itertuples():
+            lines.append(
+                f"{row.role}: rank {row.rank} (median over {row.n_layers} layers of min(seed-shared, rank-shared); "
+                f"layers range {row.layers_min}-{row.layers_max})."
+            )
+        if self.accuracy_plateau is None:
+            lines.append("Accuracy cross-check: the sweep has no accuracy for two or more ranks of this target set.")
+        else:
+            top = int(self.roles["rank"].max()) if not self.roles.empty else 0
+            verdict = "consistent with" if top <= self.accuracy_plateau else "above"
+            lines.append(
+                f"Accuracy stops improving at r={self.accuracy_plateau}; the largest recommended rank ({top}) is "
+                f"{verdict} it."
+            )
+        return lines
+
+
+def layer_evidence(phi: pd.DataFrame, subject: str, targets: str) -> pd.DataFrame:
+    """Seed- and rank-shared direction counts per (role, layer) for one subject and target set."""
+    rows = phi[(phi["subject"] == subject) & (phi["targets"].astype(str) == targets)]
+    shared = findings.shared_directions(rows)
+    if shared.empty:
+        raise LoraAnalysisError(f"no seed or rank pairs for subject {subject} and targets {targets} in the analysis")
+    evidence = []
+    for (module, layer), group in shared.groupby(["module", "layer"], observed=True):
+        seeds = group[group["comparison"] == "seed"]
+        seeds = seeds[seeds["r_a"] == seeds["r_a"].max()]
+        ranks = group[group["comparison"] == "rank"]
+        ranks = ranks[ranks["r_b"] == ranks["r_b"].max()]
+        ranks = ranks[ranks["r_a"] == ranks["r_a"].max()]
+        seed_k = float(seeds["shared"].median()) if len(seeds) else math.nan
+        rank_k = float(ranks["shared"].median()) if len(ranks) else math.nan
+        needed = np.nanmin([seed_k, rank_k])
+        evidence.append({
+            "role": str(module), "layer": int(layer), "seed_shared": seed_k, "rank_shared": rank_k,
+            "seed_pairs": len(seeds), "rank_pairs": len(ranks),
+            "seed_r": int(seeds["r_a"].max()) if len(seeds) else None,
+            "rank_r": f"{int(ranks['r_a'].max())} vs {int(ranks['r_b'].max())}" if len(ranks) else None,
+            "needed": max(1, int(math.ceil(needed))),
+        })
+    order = {role: i for i, role in enumerate(ROLES)}
+    return pd.DataFrame(evidence).sort_values(["role", "layer"], key=lambda s: s.map(order) if s.name == "role" else s)
+
+
+def role_ranks(layers: pd.DataFrame) -> pd.DataFrame:
+    """A rank per role (median over layers, rounded up) and the spread over layers."""
+    grouped = layers.groupby("role", sort=False)["needed"]
+    out = grouped.agg(
+        rank=lambda s: max(1, int(math.ceil(s.median()))), layers_min="min", layers_max="max", n_layers="size"
+    )
+    return out.reset_index()
+
+
+def accuracy_plateau(runs: pd.DataFrame, targets: str) -> int | None:
+    """The smallest rank whose mean metric is within one std over seeds (at least 0.5 point) of the best."""
+    metric = findings.metric_column(runs)
+    lora = findings.lora_runs(runs)
+    if metric is None or lora.empty:
+        return None
+    lora = lora[lora["lora.targets"].astype(str) == targets]
+    by_rank = lora.groupby("lora.r")[metric].agg(["mean", "std"]).sort_index()
+    if len(by_rank) < 2:
+        return None
+    sign = -1.0 if metric in findings.LOWER_IS_BETTER else 1.0
+    scores = sign * by_rank["mean"]
+    best = scores.idxmax()
+    tolerance = max(float(np.nan_to_num(by_rank.loc[best, "std"])), 0.005)
+    return int(scores[scores >= scores[best] - tolerance].index.min())
+
+
+def rank_pattern(roles: pd.DataFrame, layers: pd.DataFrame, paths: pd.Series) -> dict[str, int]:
+    """PEFT ``rank_pattern``: per-layer exceptions first (PEFT takes the first key that matches)."""
+    keys_of = {role: _role_key(role, paths) for role in roles["role"]}
+    pattern: dict[str, int] = {}
+    for row in roles.itertuples():
+        for layer in layers[layers["role"] == row.role].itertuples():
+            if layer.needed > 2 * row.rank or 2 * layer.needed < row.rank:
+                pattern[keys_of[row.role].replace(r"\d+", str(layer.layer), 1)] = int(layer.needed)
+    for row in roles.itertuples():
+        pattern[keys_of[row.role]] = int(row.rank)
+    return pattern
+
+
+def _role_key(role: str, paths: pd.Series) -> str:
+    for path in paths.astype(str):
+        for family in FAMILIES:
+            if role in family.roles and family.pattern(role).match(path):
+                return rf"{family.blocks}\.\d+\.{re.escape(family.roles[role])}"
+    raise LoraAnalysisError(f"no module path of role {role} found to write a rank_pattern key for")
+
+
+def recommend(sweep: str | Path, subject: str = "dW", targets: str | None = None) -> Recommendation:
+    """Recommend a rank per role from a sweep folder with its ``analysis/`` (run ``analyze`` first)."""
+    from lora_analysis.compare import AnalysisResult
+
+    sweep = Path(sweep)
+    analysis = AnalysisResult.load(sweep / "analysis")
+    runs = pd.read_parquet(sweep / "runs.parquet") if (sweep / "runs.parquet").is_file() else pd.DataFrame()
+    targets = targets or findings.main_targets(analysis.phi)
+    if targets is None:
+        raise LoraAnalysisError(f"{sweep}/analysis has no phi rows: nothing to recommend from")
+    layers = layer_evidence(analysis.phi, subject, targets)
+    roles = role_ranks(layers)
+    plateau = accuracy_plateau(runs, targets) if not runs.empty else None
+    pattern = rank_pattern(roles, layers, analysis.modules["path"])
+    return Recommendation(layers, roles, subject, targets, plateau, pattern)

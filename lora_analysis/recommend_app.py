@@ -1,0 +1,66 @@
+"""``lora-analysis recommend <sweep> [subject=dW] [targets=all] [rank_pattern=ranks.json]``
+
+Prints the rank each module role needs, with how it was reached (see ``lora_analysis.recommend``), and
+with ``rank_pattern=<file>`` writes it as JSON that ``peft.LoraConfig(rank_pattern=...)`` accepts:
+
+    LoraConfig(r=8, target_modules=[...], rank_pattern=json.load(open("ranks.json")))
+
+The sweep needs its ``analysis/`` folder; it is computed first when missing.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from lora_analysis.atomic import write_json
+from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.hydra_compose import compose, help_text, split_args
+
+
+@dataclass
+class RecommendConfig:
+    sweep: str | None = None  # a sweep folder with finished runs (and runs.parquet)
+    subject: str = "dW"  # the subspace counted: dW (gauge-free), A_delta, A or B
+    targets: str | None = None  # the target set whose runs are used; None: all, else the most frequent
+    rank_pattern: str | None = None  # write the PEFT rank_pattern JSON here
+
+    def __post_init__(self) -> None:
+        if not self.sweep:
+            raise LoraAnalysisError("name a sweep folder: lora-analysis recommend runs/<sweep>")
+        if self.subject not in ("dW", "A_delta", "A", "B"):
+            raise LoraAnalysisError(f"subject must be dW, A_delta, A or B, got {self.subject!r}")
+
+
+ConfigStore.instance().store(name="recommend_schema", node=RecommendConfig)
+
+
+def main(argv: Sequence[str]) -> int:
+    overrides, wants_help = split_args(argv, "sweep", many=False)
+    if wants_help:
+        print(help_text(__doc__, "recommend"))
+        return 0
+    cfg: RecommendConfig = OmegaConf.to_object(compose("recommend", overrides))
+    from lora_analysis.recommend import recommend
+
+    sweep = Path(cfg.sweep)
+    if not sweep.is_dir():
+        raise LoraAnalysisError(f"sweep folder {sweep} does not exist")
+    if not (sweep / "analysis" / "analysis.json").is_file():
+        from lora_analysis.compare import analyze
+
+        print(f"{sweep}: no analysis yet, analysing first", file=sys.stderr)
+        analyze([sweep]).save(sweep / "analysis")
+    result = recommend(sweep, cfg.subject, cfg.targets)
+    print(result.roles.to_string(index=False))
+    print()
+    print("\n".join(result.explain()))
+    if cfg.rank_pattern:
+        write_json(cfg.rank_pattern, result.rank_pattern)
+        print(f"\nrank_pattern written to {cfg.rank_pattern}")
+    return 0
