@@ -373,7 +373,8 @@ def accuracy_table(runs: pd.DataFrame, metric: str | None = None) -> pd.DataFram
     columns = ["targets", "r", "n", "mean", "std", "lora_params"]
     if metric is None or lora.empty or "lora.r" not in lora:
         return pd.DataFrame(columns=columns)
-    lora = lora.assign(targets=lora.get("lora.targets", "n/a"), r=lora["lora.r"],
+    lora = lora.dropna(subset=["lora.r"])
+    lora = lora.assign(targets=lora.get("lora.targets", "n/a"), r=lora["lora.r"].astype(int),
                        lora_params=lora.get("lora_params", np.nan))
     out = lora.groupby(["targets", "r"]).agg(n=(metric, "count"), mean=(metric, "mean"), std=(metric, "std"),
                                              lora_params=("lora_params", "mean"))

@@ -155,7 +155,7 @@ def typed(frame: pd.DataFrame, schema: dict[str, str]) -> pd.DataFrame:
         values = frame[column] if column in frame else pd.Series([], dtype=object)
         if kind == "cat":
             codes, uniques = pd.factorize(values.astype(str))
-            out[column] = pd.Categorical.from_codes(codes, pd.Index(uniques, dtype="str"))
+            out[column] = pd.Categorical.from_codes(codes, pd.Index(list(uniques), dtype="str"))
         else:
             out[column] = values.astype(kind) if len(values) else pd.Series([], dtype=kind)
     return pd.DataFrame(out)
@@ -187,6 +187,17 @@ def history(seed: int) -> pd.DataFrame:
     wiggle = 0.005 * np.sin(step + seed)
     return pd.DataFrame({"step": step, "loss": 0.43 + 0.27 * np.exp(-step / 25.0) + wiggle,
                          "lr": 1e-3 * (1 - step / 150), "seconds": step * 0.55})
+
+
+_SHARED: dict[tuple, Path] = {}
+
+
+def shared_sweep(tmp_path_factory, runs=DEFAULT_RUNS, **options) -> Path:
+    """One fabricated sweep per set of options for the whole test session, for tests that only read it."""
+    key = (tuple(runs), tuple(sorted(options.items())))
+    if key not in _SHARED:
+        _SHARED[key] = fabricate_sweep(tmp_path_factory.mktemp("shared") / "sweep", runs, **options)
+    return _SHARED[key]
 
 
 def fabricate_sweep(root: Path, runs=DEFAULT_RUNS, *, layers=(0, 1, 2), modules=tuple(SHAPES), w_tables: bool = True,

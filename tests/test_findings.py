@@ -11,10 +11,10 @@ from fabricate import (
     DW_TOP,
     INTRUDERS,
     SEED_SHARED,
-    fabricate_sweep,
     grid_rows,
     phi_of,
     planted_bases,
+    shared_sweep,
 )
 
 from lora_analysis import findings as F
@@ -26,7 +26,7 @@ IDS = dict(comparison="seed", run_a="a", run_b="b", r_a=16, r_b=16, seed_a=0, se
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    return fabricate_sweep(tmp_path_factory.mktemp("findings") / "sweep", layers=(0, 1), modules=("q", "v", "ffn_out"))
+    return shared_sweep(tmp_path_factory, layers=(0, 1), modules=("q", "v", "ffn_out"))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pandas as pd
 import pytest
-from fabricate import DELTA_TOP, fabricate_sweep
+from fabricate import DELTA_TOP, shared_sweep
 from matplotlib.figure import Figure
 
 from lora_analysis import plots
@@ -17,7 +17,7 @@ from lora_analysis.errors import LoraAnalysisError
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    return fabricate_sweep(tmp_path_factory.mktemp("plots") / "sweep", layers=(0, 1), modules=("q", "v", "ffn_out"))
+    return shared_sweep(tmp_path_factory, layers=(0, 1), modules=("q", "v", "ffn_out"))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,622 @@
+"""The sweep report: figures (PNG and PDF), one self-contained HTML file and its Markdown twin.
+
+``build_report(sweep)`` reads ``runs.parquet``, each run's ``history.csv`` and ``analysis/``, computes
+the findings, draws the figures and writes ``<sweep>/report/{report.html, report.md, figures/}``.
+A report is a list of ``Section``s of blocks (paragraphs, lists, tables, figures) rendered twice, so
+the two files say the same thing. Section builders are public: the ablation reports reuse them.
+What is missing (a table, a run, a rank) is said where it would have been shown, never raised.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from lora_analysis import findings as F
+from lora_analysis import plots
+from lora_analysis.atomic import write_bytes, write_text
+from lora_analysis.errors import LoraAnalysisError
+
+TABLES = ("phi", "spectra", "modules", "dw_vs_w", "w_dw_phi", "intruders")
+W_TABLES = ("dw_vs_w", "w_dw_phi", "intruders")
+
+# Hu et al. (2021), GPT-3 175B: Section 7 and Appendix H (see the project's PAPER.md).
+# Kept as printed (strings), so 70.0 stays 70.0.
+PAPER_TABLE6 = pd.DataFrame(
+    [row.split() for row in ("WikiSQL q 68.8 69.6 70.5 70.4 70.0", "WikiSQL q+v 73.4 73.3 73.7 73.8 73.5",
+                             "WikiSQL q+k+v+o 74.1 73.7 74.0 74.0 73.9", "MultiNLI q 90.7 90.9 91.1 90.7 90.7",
+                             "MultiNLI q+v 91.3 91.4 91.3 91.6 91.4", "MultiNLI q+k+v+o 91.2 91.7 91.7 91.5 91.4")],
+    columns=["task", "targets", "r=1", "r=2", "r=4", "r=8", "r=64"],
+)
+PAPER_TABLE5 = pd.DataFrame(
+    [row.split() for row in ("WikiSQL 70.4 70.0 73.0 73.2 71.4 73.7 73.7",
+                             "MultiNLI 91.0 90.8 91.0 91.3 91.3 91.3 91.7")],
+    columns=["task", "q (r=8)", "k (r=8)", "v (r=8)", "o (r=8)", "q+k (r=4)", "q+v (r=4)", "q+k+v+o (r=2)"],
+)
+
+
+@dataclass
+class SweepData:
+    """Everything a report reads from a sweep folder; absent tables are empty frames, listed in ``missing``."""
+
+    sweep_dir: Path
+    runs: pd.DataFrame
+    histories: dict[str, pd.DataFrame]
+    tables: dict[str, pd.DataFrame]
+    notes: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+def load_sweep(sweep_dir: str | Path) -> SweepData:
+    """Read a sweep folder; only ``runs.parquet`` is required."""
+    sweep_dir = Path(sweep_dir)
+    if not (sweep_dir / "runs.parquet").is_file():
+        raise LoraAnalysisError(f"{sweep_dir} is not a sweep folder: no runs.parquet (expected the output of "
+                                "lora-analysis train -m or reproduce)")
+    runs = pd.read_parquet(sweep_dir / "runs.parquet")
+    histories, missing = {}, []
+    for run in runs["run"].astype(str):
+        path = sweep_dir / run / "history.csv"
+        if path.is_file():
+            histories[run] = pd.read_csv(path)
+        else:
+            missing.append(f"{run}/history.csv")
+    tables, notes = _load_analysis(sweep_dir / "analysis", missing)
+    return SweepData(sweep_dir, runs, histories, tables, notes, missing)
+
+
+def _load_analysis(folder: Path, missing: list[str]) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """The analysis tables through ``AnalysisResult.load``; table by table if some are absent."""
+    from lora_analysis.compare import AnalysisResult
+
+    try:
+        result = AnalysisResult.load(folder)
+        return {name: getattr(result, name) for name in TABLES}, list(result.notes)
+    except LoraAnalysisError:
+        pass
+    tables = {}
+    for name in TABLES:
+        path = folder / f"{name}.parquet"
+        tables[name] = pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+        if not path.is_file():
+            missing.append(f"analysis/{name}.parquet")
+    meta = folder / "analysis.json"
+    notes = json.loads(meta.read_text()).get("notes", []) if meta.is_file() else []
+    return tables, notes
+
+
+@dataclass
+class Focus:
+    """What the paper-style figures show: one target set, one layer, one rank pair, one seeded rank."""
+
+    targets: str | None
+    layer: int | None
+    role: str | None  # Table 7 and Figure 8: q, as in the paper, when adapted
+    rank_pair: tuple[int, int] | None
+    seed_rank: int | None
+    notes: list[str] = field(default_factory=list)
+
+
+def choose_focus(data: SweepData, layer: int | None = None) -> Focus:
+    """Prefer the paper's choices (all targets, r = 8 against 64, seeds at 64, the middle layer)."""
+    phi, modules = data.tables["phi"], data.tables["modules"]
+    targets = F.main_targets(modules if not modules.empty else phi)
+    notes = []
+    ranks = set()
+    if not phi.empty:
+        rank = phi[phi["comparison"] == "rank"]
+        ranks = set(zip(rank["r_a"].astype(int), rank["r_b"].astype(int), strict=True))
+    pair = (8, 64) if (8, 64) in ranks else (min(ranks, key=lambda p: (p[0], -p[1])) if ranks else None)
+    if ranks and pair != (8, 64):
+        notes.append(f"no r=8 vs r=64 pair: the rank figures use r={pair[0]} vs r={pair[1]}")
+    seeded = sorted(int(r) for r in phi.loc[phi["comparison"] == "seed", "r_a"].unique()) if not phi.empty else []
+    seed_rank = 64 if 64 in seeded else (seeded[-1] if seeded else None)
+    if seeded and seed_rank != 64:
+        notes.append(f"no seed pair at r=64: the seed figures use r={seed_rank}")
+    source = modules if not modules.empty else phi
+    middle = F.middle_layer(source) if not source.empty else None
+    layers = sorted(int(x) for x in source["layer"].dropna().unique()) if not source.empty else []
+    if layer is not None and layers and layer not in layers:
+        raise LoraAnalysisError(f"layer={layer} is not an adapted layer of this sweep: expected one of {layers}")
+    roles = F.shown_roles(source) if not source.empty else []
+    return Focus(targets, middle if layer is None else layer, "q" if "q" in roles else (roles[0] if roles else None),
+                 pair, seed_rank, notes)
+
+
+def focus_tables(data: SweepData, focus: Focus) -> dict[str, pd.DataFrame]:
+    """The analysis tables restricted to the runs of the focus target set (one set per sweep, mostly)."""
+    tables = data.tables
+    modules = tables["modules"]
+    if focus.targets is None or modules.empty or modules["targets"].nunique() <= 1:
+        return tables
+    runs = set(modules.loc[modules["targets"] == focus.targets, "run"].astype(str))
+    out = {name: t[t["run"].astype(str).isin(runs)] if "run" in t else t for name, t in tables.items()}
+    out["phi"] = tables["phi"][tables["phi"]["targets"] == focus.targets]
+    return out
+
+
+# --- the document: sections of blocks, rendered as HTML and as Markdown
+
+
+@dataclass
+class Section:
+    """A titled list of blocks: ``("p", text)``, ``("ul", items)``, ``("table", frame, caption)``,
+    ``("figure", name, Figure, caption)``. ``plot`` draws lazily and says why when there is nothing to draw."""
+
+    title: str
+    blocks: list[tuple] = field(default_factory=list)
+
+    def text(self, paragraph: str) -> None:
+        self.blocks.append(("p", paragraph))
+
+    def bullets(self, items: list[str]) -> None:
+        if items:
+            self.blocks.append(("ul", list(items)))
+
+    def table(self, frame: pd.DataFrame, caption: str = "") -> None:
+        self.blocks.append(("table", frame, caption))
+
+    def plot(self, name: str, draw: Callable[[], Figure], caption: str) -> None:
+        try:
+            self.blocks.append(("figure", name, draw(), caption))
+        except LoraAnalysisError as missing:
+            self.text(f"Not drawn — {caption} Reason: {missing}.")
+
+
+def cell(value) -> str:
+    """One table cell: em dash for missing values, thousands separators, 4 significant digits."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int) or (hasattr(value, "dtype") and getattr(value.dtype, "kind", "") in "iu"):
+        return f"{int(value):,}"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
+    return str(value)
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+h1{font-size:1.6em}h2{font-size:1.3em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.85em}th,td{border:1px solid #ccc;padding:.25em .5em;
+text-align:left;vertical-align:top}th{background:#f2f2f2}caption{caption-side:top;text-align:left;font-weight:600;
+padding:.3em 0}figure{margin:1em 0 1.5em}img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.9em;color:#444}code{background:#f4f4f4;padding:0 .2em}
+"""
+
+
+def _inline(text: str) -> str:
+    """HTML for a paragraph with **bold** and `code` marks (the same text the Markdown shows)."""
+    parts = html.escape(text).split("**")
+    text = "".join(f"<strong>{p}</strong>" if k % 2 else p for k, p in enumerate(parts))
+    parts = text.split("`")
+    return "".join(f"<code>{p}</code>" if k % 2 else p for k, p in enumerate(parts))
+
+
+def _html_block(block: tuple, pngs: dict[str, bytes]) -> str:
+    kind = block[0]
+    if kind == "p":
+        return f"<p>{_inline(block[1])}</p>"
+    if kind == "ul":
+        return "<ul>" + "".join(f"<li>{_inline(item)}</li>" for item in block[1]) + "</ul>"
+    if kind == "table":
+        frame, caption = block[1], block[2]
+        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(v))}</td>" for v in row) + "</tr>"
+                       for row in frame.itertuples(index=False))
+        return f"<table><caption>{_inline(caption)}</caption><tr>{head}</tr>{body}</table>"
+    name, caption = block[1], block[3]
+    data = base64.b64encode(pngs[name]).decode("ascii")
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+            f"<figcaption>{_inline(caption)} ({html.escape(name)}.png)</figcaption></figure>")
+
+
+def _md_block(block: tuple) -> str:
+    kind = block[0]
+    if kind == "p":
+        return block[1]
+    if kind == "ul":
+        return "\n".join(f"- {item}" for item in block[1])
+    if kind == "table":
+        frame, caption = block[1], block[2]
+        escape = lambda v: cell(v).replace("|", "\\|")  # noqa: E731
+        lines = [f"*{caption}*", "", "| " + " | ".join(escape(c) for c in frame.columns) + " |",
+                 "|" + "---|" * len(frame.columns)]
+        lines += ["| " + " | ".join(escape(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+        return "\n".join(lines)
+    name, caption = block[1], block[3]
+    return f"![{caption}](figures/{name}.png)\n\n*{caption}* ([PDF](figures/{name}.pdf))"
+
+
+def save_figures(sections: list[Section], figures_dir: Path, dpi: int = 110) -> dict[str, bytes]:
+    """Each figure as ``<name>.png`` and ``<name>.pdf`` (atomic writes); returns the PNG bytes by name."""
+    pngs = {}
+    for section in sections:
+        for block in section.blocks:
+            if block[0] != "figure":
+                continue
+            name, figure = block[1], block[2]
+            for fmt in ("png", "pdf"):
+                buffer = io.BytesIO()
+                figure.savefig(buffer, format=fmt, dpi=dpi)
+                write_bytes(figures_dir / f"{name}.{fmt}", buffer.getvalue())
+                if fmt == "png":
+                    pngs[name] = buffer.getvalue()
+                    figure.set_layout_engine("none")  # keep the layout just computed: half the cost for the PDF
+    return pngs
+
+
+def write_report(title: str, sections: list[Section], out_dir: str | Path) -> tuple[Path, Path]:
+    """Save the figures under ``out_dir/figures`` and write ``report.html`` and ``report.md``; returns both paths."""
+    out_dir = Path(out_dir)
+    pngs = save_figures(sections, out_dir / "figures")
+    stamp = f"Built {time.strftime('%Y-%m-%d %H:%M')} by lora-analysis report."
+    body = "".join(f"<h2>{html.escape(s.title)}</h2>" + "".join(_html_block(b, pngs) for b in s.blocks)
+                   for s in sections)
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1><p>{stamp}</p>{body}</body></html>\n")
+    markdown = f"# {title}\n\n{stamp}\n\n" + "\n\n".join(
+        f"## {s.title}\n\n" + "\n\n".join(_md_block(b) for b in s.blocks) for s in sections) + "\n"
+    return write_text(out_dir / "report.html", page), write_text(out_dir / "report.md", markdown)
+
+
+def environment_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Python, package versions, platform and CPU count here; device and threads as the runs recorded them."""
+    rows = [("python", platform.python_version()), ("platform", platform.platform()),
+            ("CPU count", str(os.cpu_count()))]
+    for package in ("torch", "transformers", "peft", "numpy", "scipy", "pandas", "pyarrow", "matplotlib",
+                    "hydra-core", "lora-analysis"):
+        try:
+            rows.append((package, metadata.version(package)))
+        except metadata.PackageNotFoundError:
+            rows.append((package, "not installed"))
+    for label, column in (("device (runs)", "device"), ("threads (runs)", "threads")):
+        if column in runs:
+            rows.append((label, ", ".join(sorted({str(v) for v in runs[column].dropna()})) or "—"))
+    return pd.DataFrame(rows, columns=["item", "value"])
+
+
+# --- sections
+
+
+def experiment_section(data: SweepData, focus: Focus | None = None) -> Section:
+    """What was trained and analysed: model, data, split, runs, steps, targets, init, seeds."""
+    runs = data.runs
+    section = Section("The experiment")
+    lora, full = F.lora_runs(runs), runs[runs["method"] == "full"] if "method" in runs else runs.iloc[0:0]
+    section.text(f"Sweep `{data.sweep_dir.name}`: {len(lora)} LoRA run(s) and {len(full)} full fine-tuning run(s) "
+                 f"({', '.join(runs['run'].astype(str))}). The subspace analyses follow Hu et al. (2021), "
+                 "Section 7 and Appendix H.")
+    section.table(experiment_table(runs), "Settings (one value, or every value used in the sweep)")
+    if focus is not None:
+        section.text(f"The paper-style figures show target set `{focus.targets}`, layer {focus.layer} (the middle "
+                     "adapted layer unless chosen), " + (f"ranks {focus.rank_pair[0]} against {focus.rank_pair[1]}"
+                                                        if focus.rank_pair else "no rank pair")
+                     + (f" and seeds at r={focus.seed_rank}." if focus.seed_rank else " and no seed pair."))
+    gaps = data.missing + data.notes + (focus.notes if focus else [])
+    if gaps:
+        section.text("Missing or skipped:")
+        section.bullets(gaps)
+    return section
+
+
+def experiment_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Setting and value(s): the config columns of ``runs.parquet`` worth stating, when present."""
+    settings = [
+        ("model", "model.name_or_path"), ("task", "model.task"), ("data", "data.path"),
+        ("train examples", "train_examples"), ("test examples", "test_examples"), ("split seed", "data.split_seed"),
+        ("max length (tokens)", "data.max_length"), ("method", "method"), ("LoRA targets", "lora.targets"),
+        ("rank r", "lora.r"), ("alpha (scale = alpha / r)", "lora.alpha"), ("rsLoRA", "lora.rslora"),
+        ("budget", "lora.budget"), ("A init", "lora.init"), ("init stream", "lora.init_stream"),
+        ("dropout", "lora.dropout"), ("seeds", "seed"), ("steps", "optim.steps"), ("batch size", "optim.batch_size"),
+        ("learning rate", "optim.lr"), ("schedule", "optim.schedule"), ("device", "device"), ("threads", "threads"),
+    ]  # fmt: skip
+    rows = []
+    for label, column in settings:
+        if column in runs and runs[column].notna().any():
+            values = sorted({v for v in runs[column].dropna()}, key=lambda v: (str(type(v)), v))
+            rows.append((label, ", ".join(_plain(v) for v in values)))
+    return pd.DataFrame(rows, columns=["setting", "value"])
+
+
+def _plain(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def paper_section(data: SweepData, focus: Focus, found: dict[str, F.Finding]) -> Section:
+    """The paper's numbers beside ours, quantity by quantity, then Tables 5 and 6 beside our accuracies."""
+    section = Section("The paper's numbers and ours")
+    model = ", ".join(sorted(data.runs.get("model.name_or_path", pd.Series(["?"])).astype(str).unique()))
+    section.text(f"Paper: GPT-3 175B, layer 48 of 96, WikiSQL/MultiNLI. Ours: {model}, layer {focus.layer}, this "
+                 "sweep's task. Random baselines are the expectation max(i, j)/k for independent random subspaces.")
+    section.table(side_by_side(focus, found), "Quantity by quantity")
+    section.table(PAPER_TABLE6, "Paper, Table 6: validation accuracy (%) against rank r per target set")
+    ours = accuracy_pivot(F.accuracy_table(data.runs))
+    if ours.empty:
+        section.text("Ours: no LoRA run with a test metric.")
+    else:
+        section.table(ours, f"Ours: {F.metric_column(data.runs)} (mean ± std over seeds, n) per target set and rank")
+    section.table(PAPER_TABLE5, "Paper, Table 5: validation accuracy (%) at a budget of 18M trainable parameters")
+    return section
+
+
+def side_by_side(focus: Focus, found: dict[str, F.Finding]) -> pd.DataFrame:
+    """Rows of (quantity, paper, ours) for Figures 3, 4, 8 and Table 7, from the findings' tables.
+
+    A quantity this sweep cannot measure keeps its row, with the reason in the last column.
+    """
+    rows = [*_figure3_rows(focus, found["top_direction"]), *_figure4_rows(focus, found["q_vs_v"]),
+            *_table7_rows(found["amplification"])]
+    fig8, moved = found["w_dw_overlap"], found["a_moved"]
+    rows.append(("Figure 8: φ(top 10% of W, top 4 of ΔW)", "barely above 0.2", _missing(fig8) or ", ".join(
+        f"r={int(r.r)}: {F.fmt(r.phi)} (baseline {F.fmt(r.baseline)})" for r in fig8.table.itertuples())))
+    rows.append(("How far A moved from its init", "not reported", _missing(moved) or ", ".join(
+        f"r={int(r.r)}: {F.fmt(100 * r.mean, 0)}%" for r in moved.table.itertuples())))
+    return pd.DataFrame(rows, columns=["quantity", "paper (GPT-3, layer 48)", f"ours (layer {focus.layer})"])
+
+
+def _missing(finding: F.Finding) -> str | None:
+    return f"not measured: {finding.sentences[0]}" if finding.table is None else None
+
+
+def _figure3_rows(focus: Focus, finding: F.Finding) -> list[tuple]:
+    lo, hi = focus.rank_pair or (8, 64)
+    rows = []
+    for role in ("q", "v"):
+        quantity = f"Figure 3, {role}: φ(1, {hi}) of the top direction of r={lo}"
+        top = finding.table
+        at = top[(top["layer"] == focus.layer) & (top["module"] == role)] if top is not None else None
+        if at is None or at.empty:
+            rows.append((quantity, "> 0.5 (A)", _missing(finding) or f"no {role} at layer {focus.layer}"))
+            continue
+        ours = "; ".join(f"{F.SUBJECT_LABELS[s]} {F.fmt(v)}"
+                         for s, v in zip(at["subject"], at["phi_1_rb"], strict=True))
+        rows.append((quantity, "> 0.5 (A)", f"{ours} (baseline {F.fmt(at['baseline'].iloc[0])})"))
+    return rows
+
+
+def _figure4_rows(focus: Focus, finding: F.Finding) -> list[tuple]:
+    quantity = f"Figure 4: directions shared by two seeds at r={focus.seed_rank or 64}"
+    paper = "q has a higher intrinsic rank than v (A)"
+    if finding.table is None:
+        return [(quantity, paper, _missing(finding))]
+    at = finding.table[finding.table["layer"] == focus.layer].pivot_table(
+        index="subject", columns="module", values="shared", observed=True)
+    if not {"q", "v"} <= set(at.columns):
+        return [(quantity, paper, f"no q and v pair at layer {focus.layer}")]
+    return [(quantity, paper, "; ".join(f"{F.SUBJECT_LABELS[s]}: q {F.fmt(r.q, 0)}, v {F.fmt(r.v, 0)}"
+                                        for s, r in at.iterrows()))]
+
+
+def _table7_rows(finding: F.Finding) -> list[tuple]:
+    """Table 7 at r = 4 and 64 (ours: those ranks, else our smallest and largest)."""
+    if finding.table is None:
+        return [("Table 7: ||ΔW||_F, ||UᵀWVᵀ||_F, amplification", "r=4: 6.91, 0.32 / 21.67 / 0.02, 21.5; "
+                 "r=64: 3.57, 1.90 / 37.71 / 0.33, about 2", _missing(finding))]
+    amp = finding.table
+    ranks = sorted(int(r) for r in amp["r"])
+    ours_ranks = (4, 64) if {4, 64} <= set(ranks) else (ranks[0], ranks[-1])
+    paper = {4: ("6.91", "0.32 / 21.67 / 0.02", "21.5"), 64: ("3.57", "1.90 / 37.71 / 0.33", "about 2")}
+    rows = []
+    for (r, (dw, proj, factor)), ours_r in zip(paper.items(), ours_ranks, strict=True):
+        row = amp[amp["r"] == ours_r].iloc[0]
+        label = f"Table 7 (paper r={r}, ours r={ours_r})"
+        ours = " / ".join(F.fmt(row.get(c, float("nan"))) for c in ("proj_dW", "proj_W", "proj_random"))
+        rows.append((f"{label}: ||ΔW||_F", dw, F.fmt(row["dw_norm"])))
+        rows.append((f"{label}: ||UᵀWVᵀ||_F, U, V of ΔW / W / random", proj, ours))
+        rows.append((f"{label}: amplification ||ΔW||_F / ||UᵀWVᵀ||_F", factor, F.fmt(row["amplification"], 1)))
+    rows.append(("Table 7: ||W||_F", "61.95", F.fmt(amp["w_norm"].iloc[0])))
+    return rows
+
+
+def accuracy_pivot(table: pd.DataFrame) -> pd.DataFrame:
+    """``accuracy_table`` as target sets by ranks, cells ``mean ± std (n)``, for display."""
+    if table.empty:
+        return pd.DataFrame()
+    cells = table.assign(cell=[f"{m:.3f}" + (f" ± {s:.3f}" if n > 1 else "") + f" ({n})"
+                               for m, s, n in zip(table["mean"], table["std"], table["n"], strict=True)])
+    wide = cells.pivot(index="targets", columns="r", values="cell").fillna("—")
+    wide.columns = [f"r={c}" for c in wide.columns]
+    return wide.reset_index()
+
+
+def ablation_section(runs: pd.DataFrame, metric: str | None = None,
+                     title: str = "Accuracy against rank and target set (Tables 5 and 6)",
+                     sentences: bool = True) -> Section:
+    """Test metric per (target set, rank): table and figure, the budget-matched variant, full fine-tuning.
+
+    ``sentences`` adds the accuracy finding (off when a Findings section already states it).
+    """
+    section = Section(title)
+    metric = metric or F.metric_column(runs)
+    table = F.accuracy_table(runs, metric)
+    if table.empty:
+        section.text("No finished LoRA run with a test metric in runs.parquet.")
+        return section
+    section.table(accuracy_pivot(table), f"{metric}: mean ± std over seeds (number of seeds)")
+    full = F.full_reference(runs, metric)
+    section.text(f"Full fine-tuning reference: {F.fmt(full['mean'], 3)} (n={full['n']})." if full else
+                 "No full fine-tuning run in this sweep: no reference line.")
+    section.plot("accuracy_rank", lambda: plots.accuracy_vs_rank(runs, metric=metric),
+                 f"{metric} against rank, one line per target set; black: full fine-tuning, dotted: majority class.")
+    budgeted = runs[runs["lora.budget"].notna()] if "lora.budget" in runs else runs.iloc[0:0]
+    if not budgeted.empty:
+        budget = F.accuracy_table(budgeted, metric)
+        section.table(budget.rename(columns={"lora_params": "trainable LoRA parameters"}),
+                      f"Budget-matched runs ({', '.join(sorted(map(str, budgeted['lora.budget'].unique())))})")
+        section.plot("accuracy_budget", lambda: plots.accuracy_by_targets(runs, metric=metric),
+                     "Test metric per target set at one parameter budget, with each set's rank and parameter count.")
+    if sentences:
+        section.bullets(F.accuracy(runs, metric).sentences)
+    return section
+
+
+def figures_section(tables: dict[str, pd.DataFrame], focus: Focus, found: dict[str, F.Finding]) -> Section:
+    """Figures 3, 4, 6, 7 and 8 for our runs, each with the finding it shows."""
+    section = Section("Our figures, beside the paper's")
+    phi, layer = tables["phi"], focus.layer
+    if phi.empty:
+        section.text("No phi table (analysis/phi.parquet missing or empty): Figures 3, 4, 6 and 7 not drawn.")
+    subjects = [s for s in ("A", "A_delta") if not phi.empty and (phi["subject"] == s).any()]
+    lo, hi = focus.rank_pair or (None, None)
+    for subject in subjects if focus.rank_pair else []:
+        section.plot(f"fig3_rank_{subject}", lambda s=subject: plots.fig3_rank_similarity(
+            phi, layer=layer, r_small=lo, r_large=hi, subject=s),
+            f"Figure 3 for {F.SUBJECT_LABELS[subject]}: φ between r={lo} and r={hi} at layer {layer}. "
+            + _headline(found["top_direction"], subject))
+    for subject in subjects if focus.seed_rank else []:
+        section.plot(f"fig4_seed_{subject}", lambda s=subject: plots.fig4_seed_similarity(
+            phi, layer=layer, r=focus.seed_rank, subject=s),
+            f"Figure 4 for {F.SUBJECT_LABELS[subject]}: two seeds at r={focus.seed_rank}, and two random matrices.")
+    for subject in subjects:
+        if focus.rank_pair:
+            section.plot(f"fig6_rank_layers_{subject}", lambda s=subject: plots.fig6_rank_similarity_layers(
+                phi, r_small=lo, r_large=hi, subject=s),
+                f"Figure 6 for {F.SUBJECT_LABELS[subject]}: Figure 3 at every layer.")
+        if focus.seed_rank:
+            section.plot(f"fig7_seed_layers_{subject}", lambda s=subject: plots.fig7_seed_similarity_layers(
+                phi, r=focus.seed_rank, subject=s),
+                f"Figure 7 for {F.SUBJECT_LABELS[subject]}: Figure 4 at every layer.")
+    section.plot("fig8_w_dw", lambda: plots.fig8_w_dw_similarity(tables["w_dw_phi"], layer=layer, module=focus.role),
+                 f"Figure 8: top singular directions of W against those of ΔW ({focus.role}, layer {layer}).")
+    section.plot("spectra_dw", lambda: plots.dw_spectra(tables["spectra"], layer=layer),
+                 f"Singular values of ΔW per rank at layer {layer}.")
+    return section
+
+
+def controls_section(tables: dict[str, pd.DataFrame], focus: Focus, found: dict[str, F.Finding]) -> Section:
+    """A_init, A - A_init, dW beside A for the same pairs; how far A moved; intruder dimensions."""
+    section = Section("Controls the paper lacks")
+    section.text("With B = 0 at init, A learns slowly and can stay close to its random init. The same pairs are "
+                 "therefore shown for A_init (should sit at the random baseline), A − A_init (what training "
+                 "learned in A) and ΔW (free of the B A = (B R⁻¹)(R A) ambiguity).")
+    phi, layer = tables["phi"], focus.layer
+    if focus.rank_pair:
+        section.plot("controls_rank", lambda: plots.controls_similarity(
+            phi, layer=layer, r_a=focus.rank_pair[0], r_b=focus.rank_pair[1]),
+            f"Controls for Figure 3: r={focus.rank_pair[0]} vs r={focus.rank_pair[1]}, layer {layer}.")
+    if focus.seed_rank:
+        section.plot("controls_seed", lambda: plots.controls_similarity(
+            phi, layer=layer, comparison="seed", r_a=focus.seed_rank, r_b=focus.seed_rank),
+            f"Controls for Figure 4: two seeds at r={focus.seed_rank}, layer {layer}.")
+    section.text("The numbers behind these maps (A_init against the baseline, how far A moved, intruder "
+                 "dimensions) are in the Findings below.")
+    return section
+
+
+def _headline(finding: F.Finding, subject: str) -> str:
+    value = finding.values.get(subject)
+    return "" if value is None else f"Mean φ(1, r) over layers and roles: {F.fmt(value)}."
+
+
+def findings_section(found: dict[str, F.Finding]) -> Section:
+    section = Section("Findings")
+    section.text("Every sentence is computed from this sweep's tables; 'shared' directions are those whose "
+                 "energy in the other run's subspace reaches (1 + b) / 2, halfway between the random "
+                 "expectation b = r / k and 1.")
+    for finding in found.values():
+        section.text(f"**{finding.title}**")
+        section.bullets(finding.sentences)
+    return section
+
+
+RUN_COLUMNS = ["run", "method", "lora.targets", "lora.r", "seed", "optim.steps", "optim.lr", "test_accuracy",
+               "test_loss", "test_perplexity", "majority_accuracy", "final_train_loss", "a_moved_mean", "lora_params",
+               "trainable_params", "examples_per_s", "tokens_per_s", "train_seconds", "wall_seconds", "device"]
+
+
+def runs_section(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> Section:
+    """The run table (config, metric, throughput, time) and the training curves."""
+    section = Section("Runs")
+    table = runs[[c for c in RUN_COLUMNS if c in runs]].copy()
+    if "method" in table:  # a full fine-tuning run has no adapter: its lora.* values mean nothing
+        lora_columns = [c for c in table if c.startswith("lora.") or c in ("a_moved_mean", "lora_params")]
+        table[lora_columns] = table[lora_columns].astype(object).where(table["method"] != "full", None)
+    section.table(table, "One row per finished run (runs.parquet)")
+    section.plot("loss_curves", lambda: plots.loss_curves(histories), "Training loss per run (history.csv).")
+    return section
+
+
+def environment_section(runs: pd.DataFrame) -> Section:
+    section = Section("Environment")
+    section.table(environment_table(runs), "Package versions when this report was built; device and threads "
+                  "as recorded by the runs")
+    return section
+
+
+# --- the whole report
+
+
+def compute_findings(data: SweepData, focus: Focus, tables: dict[str, pd.DataFrame]) -> dict[str, F.Finding]:
+    phi = tables["phi"] if not tables["phi"].empty else _empty_phi()
+    shared = F.shared_directions(phi)
+    lo, hi = focus.rank_pair or (8, 64)
+    layer, role = focus.layer, focus.role or "q"
+    found = [
+        F.top_direction(phi, r_small=lo, r_large=hi),
+        F.q_vs_v(shared, r=focus.seed_rank or 64),
+        F.init_control(phi, shared),
+        F.a_moved(tables["modules"]),
+        _or_missing(tables["dw_vs_w"], "amplification", "Table 7",
+                    lambda t: F.amplification(t, layer=layer, module=role)),
+        _or_missing(tables["w_dw_phi"], "w_dw_overlap", "Figure 8",
+                    lambda t: F.w_dw_overlap(t, layer=layer, module=role)),
+        _or_missing(tables["intruders"], "intruders", "Intruder dimensions", F.intruder_counts),
+        F.accuracy(data.runs),
+        F.loss_levelled(data.histories),
+    ]
+    return {f.key: f for f in found}
+
+
+def _or_missing(table: pd.DataFrame, key: str, what: str, compute) -> F.Finding:
+    if table.empty:
+        return F.Finding.missing(key, what, f"{what}: no rows in the analysis (the base weights were not found, or "
+                                 "the table is missing), so it is not measured.")
+    return compute(table)
+
+
+def _empty_phi() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="int64" if c in ("r_a", "r_b", "layer", "i", "j") else "float64"
+                                      if c in ("phi", "baseline") else "str") for c in [*F.PAIR_KEYS, "i", "j", "phi",
+                                                                                         "baseline"]})
+
+
+def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, layer: int | None = None
+                 ) -> tuple[Path, Path]:
+    """Write ``report.html`` (self-contained) and ``report.md`` with ``figures/`` into ``out_dir``.
+
+    ``out_dir`` defaults to ``<sweep>/report``; ``layer`` to the middle adapted layer. Returns the paths
+    of the HTML and the Markdown file.
+    """
+    data = load_sweep(sweep_dir)
+    focus = choose_focus(data, layer)
+    tables = focus_tables(data, focus)
+    if tables["phi"].empty:
+        tables = dict(tables, phi=_empty_phi())
+    found = compute_findings(data, focus, tables)
+    sections = [
+        experiment_section(data, focus),
+        paper_section(data, focus, found),
+        figures_section(tables, focus, found),
+        controls_section(tables, focus, found),
+        findings_section(found),
+        ablation_section(data.runs, sentences=False),
+        runs_section(data.runs, data.histories),
+        environment_section(data.runs),
+    ]
+    out_dir = Path(out_dir) if out_dir is not None else Path(sweep_dir) / "report"
+    return write_report(f"LoRA subspace analysis: {Path(sweep_dir).resolve().name}", sections, out_dir)

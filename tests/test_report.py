@@ -1,0 +1,132 @@
+"""The report of a fabricated sweep: sections, computed findings, self-contained HTML, Markdown links, CLI."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pandas as pd
+import pytest
+from fabricate import QUICK_RUNS, fabricate_sweep, shared_sweep
+from omegaconf import OmegaConf
+
+from lora_analysis.cli import main as cli_main
+from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.hydra_compose import compose
+from lora_analysis.report import ablation_section, build_report, experiment_table, write_report
+from lora_analysis.report_app import ReportConfig  # noqa: F401 - registers report_schema for compose
+
+SECTIONS = ["The experiment", "The paper's numbers and ours", "Our figures, beside the paper's",
+            "Controls the paper lacks", "Findings", "Accuracy against rank and target set (Tables 5 and 6)", "Runs",
+            "Environment"]
+FIGURES = {"fig3_rank_A", "fig3_rank_A_delta", "fig4_seed_A", "fig4_seed_A_delta", "fig6_rank_layers_A",
+           "fig6_rank_layers_A_delta", "fig7_seed_layers_A", "fig7_seed_layers_A_delta", "fig8_w_dw", "spectra_dw",
+           "controls_rank", "controls_seed", "accuracy_rank", "loss_curves"}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    sweep = shared_sweep(tmp_path_factory, layers=(0, 1), modules=("q", "v", "ffn_out"))
+    html, markdown = build_report(sweep)
+    return sweep, html.read_text(), markdown.read_text()
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """A quick-preset sweep without base weights (empty W tables), one table file and one history gone."""
+    sweep = fabricate_sweep(tmp_path_factory.mktemp("report") / "quick", QUICK_RUNS, layers=(0,),
+                            modules=("q", "v"), w_tables=False)
+    (sweep / "analysis" / "intruders.parquet").unlink()
+    (sweep / "r64-seed1" / "history.csv").unlink()
+    return sweep
+
+
+def headings(markdown: str) -> list[str]:
+    return [line[3:] for line in markdown.splitlines() if line.startswith("## ")]
+
+
+def test_every_section_in_the_papers_order(report):
+    sweep, html, markdown = report
+    assert headings(markdown) == SECTIONS
+    assert all(f"<h2>{title}</h2>".replace("'", "&#x27;") in html for title in SECTIONS)
+
+
+def test_findings_are_the_planted_numbers_beside_the_papers(report):
+    _, _, markdown = report
+    for sentence in ("A − A_init: φ(1, 64) between r=8 and r=64 is 0.80", "ΔW: φ(1, 64) between r=8 and r=64 is 0.70",
+                     "q shares 6.0 directions across seeds on average, v 2.0",
+                     "q shows a higher intrinsic rank than v", "is 20.0 at r=4 against 2.0 at r=64",
+                     "A moved ||A − A_init||_F / ||A_init||_F = 5% at r=4", "shared directions 0.0 on average",
+                     "1.00 per module at r=8", "full fine-tuning 0.801 (n=1)", "6 of 6 runs changed by less than 5%"):
+        assert sentence in markdown, sentence
+    table7 = next(line for line in markdown.splitlines() if "ours r=4): amplification" in line)
+    assert "| 21.5 | 20.0 |" in table7
+    assert "| 0.30 / 20.00 / 0.02 |" in markdown and "0.32 / 21.67 / 0.02" in markdown and "61.95" in markdown
+    assert "| all | 0.771 (1) | 0.778 ± 0.003 (2) | 0.772 ± 0.003 (2) |" in markdown
+    assert "| full-seed0 | full | — | — |" in markdown  # no LoRA settings for the full fine-tuning run
+
+
+def test_html_is_self_contained(report):
+    sweep, html, _ = report
+    assert "http" not in html and "<script" not in html and "<link" not in html
+    sources = re.findall(r'src="([^"]*)"', html)
+    assert len(sources) == len(FIGURES) and all(s.startswith("data:image/png;base64,") for s in sources)
+    names = {p.stem for p in (sweep / "report" / "figures").glob("*.png")}
+    assert names == FIGURES and names == {p.stem for p in (sweep / "report" / "figures").glob("*.pdf")}
+
+
+def test_markdown_references_existing_figures(report):
+    sweep, _, markdown = report
+    links = re.findall(r"\]\((figures/[^)]+)\)", markdown)
+    assert len(links) == 2 * len(FIGURES)
+    assert all((sweep / "report" / link).is_file() for link in links)
+
+
+def test_cli_reports_a_quick_sweep_with_gaps(quick, capsys):
+    assert cli_main(["report", str(quick)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == f"report: {quick / 'report' / 'report.html'}"
+    markdown = (quick / "report" / "report.md").read_text()
+    assert headings(markdown) == SECTIONS and (quick / "report" / "report.html").is_file()
+    for gap in ("analysis/intruders.parquet", "r64-seed1/history.csv",
+                "Table 7: no rows in the analysis", "Not drawn — Figure 8",
+                "no full fine-tuning run in the sweep", "No full fine-tuning run in this sweep"):
+        assert gap in markdown, gap
+    assert "fig3_rank_A_delta.png" in markdown and "q shares 6.0 directions" in markdown
+    assert not (quick / "report" / "figures" / "fig8_w_dw.png").exists()
+
+
+def test_a_bad_sweep_is_one_line_and_exit_2(tmp_path, capsys, quick):
+    assert cli_main(["report", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lora-analysis report: error:") and "runs.parquet" in err[0]
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(quick / "runs.parquet", bare / "runs.parquet")
+    assert cli_main(["report", str(bare), "analyze=false"]) == 2
+    assert "lora-analysis analyze" in capsys.readouterr().err
+    assert cli_main(["report", str(quick), "layer=7"]) == 2
+    assert "layer=7" in capsys.readouterr().err
+
+
+def test_config_composes_and_checks_the_sweep():
+    cfg = OmegaConf.to_object(compose("report", ["sweep=['runs/paper']", "layer=2"]))
+    assert (cfg.sweep, cfg.layer, cfg.out, cfg.analyze) == ("runs/paper", 2, None, True)
+    with pytest.raises(Exception, match="one sweep folder"):
+        OmegaConf.to_object(compose("report", ["sweep=[a,b]"]))
+    with pytest.raises(LoraAnalysisError, match="no sweep folder"):
+        OmegaConf.to_object(compose("report"))
+
+
+def test_ablation_section_for_several_target_sets(tmp_path):
+    rows = [{"run": f"r{r}-seed{s}-{t}", "method": "lora", "seed": s, "lora.r": r, "lora.targets": t,
+             "test_accuracy": 0.7 + 0.01 * r ** 0.5 + 0.002 * s + (0.01 if t == "all" else 0), "lora_params": 1000 * r}
+            for r in (1, 4, 16) for s in (0, 1, 2) for t in ("q", "ffn", "all")]
+    rows.append({"run": "full-seed0", "method": "full", "seed": 0, "test_accuracy": 0.9})
+    runs = pd.DataFrame(rows)
+    html, markdown = write_report("Rank ablation", [ablation_section(runs)], tmp_path)
+    text = markdown.read_text()
+    assert "| targets | r=1 | r=4 | r=16 |" in text and "Full fine-tuning reference: 0.900 (n=1)." in text
+    assert "0.712 ± 0.002 (3)" in text  # q at r=1: 0.71 + 0.002 * seed over seeds 0, 1, 2
+    assert (tmp_path / "figures" / "accuracy_rank.png").is_file() and "base64" in html.read_text()
+    assert experiment_table(runs).set_index("setting").loc["rank r", "value"] == "1, 4, 16"
