@@ -244,7 +244,11 @@ def q_vs_v(shared: pd.DataFrame, *, r: int = 64, subjects: tuple[str, ...] = ("A
 def init_control(phi: pd.DataFrame, shared: pd.DataFrame) -> Finding:
     """The control the paper lacks: the random inits A_init of two runs should share nothing."""
     key, title = "init_control", "Control: A_init against the random baseline"
-    energies = direction_energies(phi[(phi["subject"] == "A_init") & phi["comparison"].isin(["rank", "seed"])])
+    pairs = phi[phi["comparison"].isin(["rank", "seed"])]
+    if pairs.empty:
+        return Finding.missing(key, title, "No rank or seed pair in the analysis (it needs two runs that differ "
+                               "only in rank or only in seed): the init control is not available.")
+    energies = direction_energies(pairs[pairs["subject"] == "A_init"])
     if energies.empty:
         return Finding.missing(key, title, "No A_init rows in the analysis (runs without adapter_init.safetensors, "
                                "or A_init not among the subjects): the init control is not available.")

@@ -266,7 +266,7 @@ def fig8_w_dw_similarity(w_dw_phi: pd.DataFrame, *, layer: int, module: str = "q
         raise LoraAnalysisError(f"no w_dw_phi rows for {module} at layer {layer} ({side} singular vectors)")
     seed = seed if seed is not None else (d["seed"].min() if d["seed"].notna().any() else None)
     ranks = sorted(int(r) for r in d["r"].unique())
-    fig = new_figure(1.9 * (len(ranks) + 1) + 1.0, 5.2)
+    fig = new_figure(max(7.5, 1.9 * (len(ranks) + 1) + 1.0), 5.2)
     axes = fig.subplots(1, len(ranks) + 1, squeeze=False)[0]
     for ax, r in zip(axes, ranks, strict=False):
         g = d[d["r"] == r]
@@ -274,7 +274,7 @@ def fig8_w_dw_similarity(w_dw_phi: pd.DataFrame, *, layer: int, module: str = "q
         image = _heatmap(ax, phi_matrix(g), f"r = {r}", "i  (top directions of W)", f"j  (ΔW, r={r})")
     grid = np.full((int(g["i"].max()), int(g["j"].max())), np.nan)
     grid[g["i"].to_numpy() - 1, g["j"].to_numpy() - 1] = g["baseline"].to_numpy()
-    _heatmap(axes[-1], grid, "random: max(i, j) / k", "i", f"j  (r={ranks[-1]})")
+    _heatmap(axes[-1], grid, "random: max(i, j) / k", "i  (top directions of W)", f"j  (r={ranks[-1]})")
     seed_text = "" if seed is None else f", seed {int(seed)}"
     fig.suptitle(f"Figure 8: φ(W_{module} top-i, ΔW_{module} top-j) at layer {layer}, {side} singular vectors"
                  f"{seed_text}")

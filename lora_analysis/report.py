@@ -413,6 +413,9 @@ def _table7_rows(finding: F.Finding) -> list[tuple]:
     paper = {4: ("6.91", "0.32 / 21.67 / 0.02", "21.5"), 64: ("3.57", "1.90 / 37.71 / 0.33", "about 2")}
     rows = []
     for (r, (dw, proj, factor)), ours_r in zip(paper.items(), ours_ranks, strict=True):
+        if r == 64 and ours_r == ours_ranks[0]:
+            rows.append((f"Table 7 (paper r={r})", f"{dw}; {proj}; {factor}", f"only r={ours_r} in this sweep"))
+            continue
         row = amp[amp["r"] == ours_r].iloc[0]
         label = f"Table 7 (paper r={r}, ours r={ours_r})"
         ours = " / ".join(F.fmt(row.get(c, float("nan"))) for c in ("proj_dW", "proj_W", "proj_random"))
@@ -473,6 +476,10 @@ def figures_section(tables: dict[str, pd.DataFrame], focus: Focus, found: dict[s
         section.text("No phi table (analysis/phi.parquet missing or empty): Figures 3, 4, 6 and 7 not drawn.")
     subjects = [s for s in ("A", "A_delta") if not phi.empty and (phi["subject"] == s).any()]
     lo, hi = focus.rank_pair or (None, None)
+    if not phi.empty and not focus.rank_pair:
+        section.text("No rank pair (two runs of one seed at different ranks): Figures 3 and 6 not drawn.")
+    if not phi.empty and not focus.seed_rank:
+        section.text("No seed pair (two runs of one rank with different seeds): Figures 4 and 7 not drawn.")
     for subject in subjects if focus.rank_pair else []:
         section.plot(f"fig3_rank_{subject}", lambda s=subject: plots.fig3_rank_similarity(
             phi, layer=layer, r_small=lo, r_large=hi, subject=s),
@@ -505,6 +512,8 @@ def controls_section(tables: dict[str, pd.DataFrame], focus: Focus, found: dict[
                  "therefore shown for A_init (should sit at the random baseline), A − A_init (what training "
                  "learned in A) and ΔW (free of the B A = (B R⁻¹)(R A) ambiguity).")
     phi, layer = tables["phi"], focus.layer
+    if not (focus.rank_pair or focus.seed_rank):
+        section.text("No rank or seed pair in this sweep: the control maps are not drawn.")
     if focus.rank_pair:
         section.plot("controls_rank", lambda: plots.controls_similarity(
             phi, layer=layer, r_a=focus.rank_pair[0], r_b=focus.rank_pair[1]),

@@ -12,7 +12,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
@@ -31,19 +30,14 @@ numbers follow Hu et al. (2021), Section 7 and Appendix H, beside the paper's ow
 
 @dataclass
 class ReportConfig:
-    sweep: Any = None  # the sweep folder (a folder with runs.parquet); also the positional argument
+    sweep: str | None = None  # the sweep folder (a folder with runs.parquet); also the positional argument
     layer: int | None = None  # layer of the single-layer figures (Figures 3, 4, 8); None: the middle adapted layer
     out: str | None = None  # output folder; None: <sweep>/report
     analyze: bool = True  # run the analysis first when <sweep>/analysis/ is missing
 
     def __post_init__(self) -> None:
-        if isinstance(self.sweep, list | tuple):
-            if len(self.sweep) != 1:
-                raise LoraAnalysisError(f"give one sweep folder, got {len(self.sweep)}: {list(self.sweep)}")
-            self.sweep = self.sweep[0]
         if self.sweep is None:
             raise LoraAnalysisError("no sweep folder: lora-analysis report <sweep folder>")
-        self.sweep = str(self.sweep)
 
 
 ConfigStore.instance().store(name="report_schema", node=ReportConfig)
@@ -68,7 +62,7 @@ def ensure_analysis(sweep: Path, run_it: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    overrides, wants_help = split_args(list(sys.argv[1:] if argv is None else argv), "sweep")
+    overrides, wants_help = split_args(list(sys.argv[1:] if argv is None else argv), "sweep", many=False)
     if wants_help:
         print(help_text(SUMMARY, "report"))
         return 0

@@ -120,6 +120,8 @@ def test_missing_data_gives_a_sentence_not_an_error(tables):
         assert finding.table is None and len(finding.sentences) == 1 and finding.sentences[0]
     assert F.top_direction(tables.phi, r_small=4, r_large=64).values["A_delta"] == pytest.approx(DELTA_TOP)
     assert "No rank pair r=2" in F.top_direction(tables.phi, r_small=2).sentences[0]
+    random_only = tables.phi[tables.phi["comparison"] == "random"]
+    assert "No rank or seed pair" in F.init_control(random_only, F.shared_directions(random_only)).sentences[0]
 
 
 def test_loss_levelled_tells_a_falling_curve_from_a_flat_one():

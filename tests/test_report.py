@@ -10,10 +10,12 @@ import pytest
 from fabricate import QUICK_RUNS, fabricate_sweep, shared_sweep
 from omegaconf import OmegaConf
 
+from lora_analysis import findings as F
 from lora_analysis.cli import main as cli_main
+from lora_analysis.compare import AnalysisResult
 from lora_analysis.errors import LoraAnalysisError
-from lora_analysis.hydra_compose import compose
-from lora_analysis.report import ablation_section, build_report, experiment_table, write_report
+from lora_analysis.hydra_compose import compose, split_args
+from lora_analysis.report import Focus, ablation_section, build_report, experiment_table, side_by_side, write_report
 from lora_analysis.report_app import ReportConfig  # noqa: F401 - registers report_schema for compose
 
 SECTIONS = ["The experiment", "The paper's numbers and ours", "Our figures, beside the paper's",
@@ -110,12 +112,26 @@ def test_a_bad_sweep_is_one_line_and_exit_2(tmp_path, capsys, quick):
 
 
 def test_config_composes_and_checks_the_sweep():
-    cfg = OmegaConf.to_object(compose("report", ["sweep=['runs/paper']", "layer=2"]))
+    overrides, _ = split_args(["runs/paper", "layer=2"], "sweep", many=False)
+    cfg = OmegaConf.to_object(compose("report", overrides))
     assert (cfg.sweep, cfg.layer, cfg.out, cfg.analyze) == ("runs/paper", 2, None, True)
-    with pytest.raises(Exception, match="one sweep folder"):
-        OmegaConf.to_object(compose("report", ["sweep=[a,b]"]))
     with pytest.raises(LoraAnalysisError, match="no sweep folder"):
         OmegaConf.to_object(compose("report"))
+    assert cli_main(["report", "a", "b"]) == 2
+
+
+def test_side_by_side_keeps_rows_it_cannot_fill(report):
+    sweep, _, _ = report
+    tables = AnalysisResult.load(sweep / "analysis")
+    one_rank = tables.dw_vs_w[tables.dw_vs_w["r"] == 8]
+    found = {"top_direction": F.top_direction(tables.phi, r_small=2), "q_vs_v": F.q_vs_v(F.shared_directions(
+        tables.phi.iloc[0:0])), "amplification": F.amplification(one_rank, layer=0),
+        "w_dw_overlap": F.w_dw_overlap(tables.w_dw_phi.iloc[0:0], layer=0), "a_moved": F.a_moved(tables.modules)}
+    table = side_by_side(Focus("all", 0, "q", None, None), found).set_index("quantity")
+    assert table.filter(like="Figure 3", axis=0).iloc[:, 1].str.startswith("not measured: No rank pair").all()
+    assert table.loc["Table 7 (paper r=64)"].iloc[1] == "only r=8 in this sweep"
+    assert table.loc["Table 7 (paper r=4, ours r=8): amplification ||ΔW||_F / ||UᵀWVᵀ||_F"].iloc[1] == "5.0"
+    assert table.loc["Figure 8: φ(top 10% of W, top 4 of ΔW)"].iloc[1].startswith("not measured")
 
 
 def test_ablation_section_for_several_target_sets(tmp_path):
