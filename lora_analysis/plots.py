@@ -164,44 +164,64 @@ def _layers(phi: pd.DataFrame, mask: pd.Series) -> list[int]:
 
 @_styled
 def fig6_rank_similarity_layers(phi: pd.DataFrame, *, r_small: int = 8, r_large: int = 64, subject: str = "A",
-                                modules=None, seed: int | None = None) -> Figure:
-    """Figure 6: Figure 3 for every layer, one row per layer; per role the full grid and its zoom."""
-    modules = _two_roles(phi, modules)
+                                modules=None, seed: int | None = None, zoom: bool | None = None) -> Figure:
+    """Figure 6: Figure 3 for every layer, one row per layer, one column per role (default: q, v, FFN).
+
+    ``zoom`` adds the ``r_small x r_small`` zoom beside each grid; by default only for at most two roles.
+    """
+    modules = list(modules or shown_roles(phi))
+    zoom = len(modules) <= 2 if zoom is None else zoom
     mask = (phi["comparison"] == "rank") & (phi["subject"] == subject) & (phi["r_a"] == r_small)
     layers = _layers(phi, mask & (phi["r_b"] == r_large))
     if not layers or not modules:
         raise LoraAnalysisError(f"no phi rows for {subject}, r={r_small} vs r={r_large}")
-    fig = new_figure(4.6 * len(modules) + 0.8, 0.6 + 1.55 * len(layers))
-    axes = fig.subplots(len(layers), 2 * len(modules), squeeze=False,
-                        gridspec_kw={"width_ratios": [3, 1] * len(modules)})
+    per_role = 2 if zoom else 1
+    fig = new_figure((4.6 if zoom else 3.4) * len(modules) + 0.8, 0.6 + 1.55 * len(layers))
+    axes = fig.subplots(len(layers), per_role * len(modules), squeeze=False,
+                        gridspec_kw={"width_ratios": ([3, 1] if zoom else [1]) * len(modules)})
     image = shown = None
     for row, layer in enumerate(layers):
         for col, module in enumerate(modules):
             rows = pair_rows(phi, "rank", subject=subject, layer=layer, module=module, r_a=r_small, r_b=r_large,
                              seed=seed)
-            full, zoom = axes[row, 2 * col], axes[row, 2 * col + 1]
+            panels = axes[row, per_role * col:per_role * (col + 1)]
             if rows.empty:
-                full.set_axis_off(), zoom.set_axis_off()
+                for ax in panels:
+                    ax.set_axis_off()
                 continue
-            image, shown = _pair_heatmap(full, rows, f"layer {layer}, {module}"), rows
-            _pair_heatmap(zoom, rows, f"layer {layer}, {module}: zoom", zoom=r_small)
+            image, shown = _pair_heatmap(panels[0], rows, f"layer {layer}, {module}"), rows
+            if zoom:
+                _pair_heatmap(panels[1], rows, f"layer {layer}, {module}: zoom", zoom=r_small)
     fig.suptitle(f"Figure 6: φ(i, j) between {_label(subject)} at r={r_small} (i) and r={r_large} (j), every layer"
-                 f"{_seed_text(shown)}")
+                 f"{_seed_text(shown) if shown is not None else ''}")
     _colorbar(fig, image, axes)
     return fig
+
+
+def _space_dim(rows: pd.DataFrame) -> int:
+    """k, the dimension of the space a pair's bases live in, from its baseline ``max(i, j) / k``."""
+    first = rows.iloc[0]
+    return round(max(first["i"], first["j"]) / first["baseline"])
 
 
 @_styled
 def fig7_seed_similarity_layers(phi: pd.DataFrame, *, r: int = 64, subject: str = "A", modules=None,
                                 seed: int | None = None) -> Figure:
-    """Figure 7: Figure 4 for every layer: one row per layer, one column per role, then the Gaussian map."""
-    modules = _two_roles(phi, modules)
+    """Figure 7: Figure 4 for every layer: one row per layer, one column per role (default: q, v, FFN), then
+    one Gaussian map per input dimension k among those roles (the random level r / k depends on k)."""
+    modules = list(modules or shown_roles(phi))
     mask = (phi["comparison"] == "seed") & (phi["subject"] == subject) & (phi["r_a"] == r)
     layers = _layers(phi, mask)
     if not layers or not modules:
         raise LoraAnalysisError(f"no seed pair at r={r} for {subject}")
-    fig = new_figure(2.5 * (len(modules) + 1) + 0.8, 0.6 + 2.3 * len(layers))
-    axes = fig.subplots(len(layers), len(modules) + 1, squeeze=False)
+    randoms: dict[int, str] = {}
+    for module in modules:
+        rows = pair_rows(phi, "random", subject=subject, layer=layers[0], module=module, r_a=r, seed=seed)
+        if not rows.empty:
+            randoms.setdefault(_space_dim(rows), module)
+    columns = len(modules) + len(randoms)
+    fig = new_figure(2.5 * columns + 0.8, 0.6 + 2.3 * len(layers))
+    axes = fig.subplots(len(layers), columns, squeeze=False)
     image = None
     for row, layer in enumerate(layers):
         for col, module in enumerate(modules):
@@ -210,11 +230,12 @@ def fig7_seed_similarity_layers(phi: pd.DataFrame, *, r: int = 64, subject: str 
                 axes[row, col].set_axis_off()
                 continue
             image = _pair_heatmap(axes[row, col], rows, f"layer {layer}, {module}")
-        gauss = pair_rows(phi, "random", subject=subject, layer=layer, module=modules[0], r_a=r, seed=seed)
-        if gauss.empty:
-            axes[row, -1].set_axis_off()
-        else:
-            _pair_heatmap(axes[row, -1], gauss, f"random Gaussian ({modules[0]}'s k)")
+        for col, (k, module) in enumerate(randoms.items(), start=len(modules)):
+            gauss = pair_rows(phi, "random", subject=subject, layer=layer, module=module, r_a=r, seed=seed)
+            if gauss.empty:
+                axes[row, col].set_axis_off()
+            else:
+                _pair_heatmap(axes[row, col], gauss, f"random Gaussian, k={k}")
     fig.suptitle(f"Figure 7: φ(i, j) between two seeds of {_label(subject)} at r={r}, every layer; right: random")
     _colorbar(fig, image, axes)
     return fig

@@ -66,12 +66,15 @@ def test_fig4_two_seeds_beside_random(tables):
 
 def test_fig6_and_fig7_one_row_per_layer(tables):
     fig6 = plots.fig6_rank_similarity_layers(tables.phi, subject="A")
-    maps = heatmaps(fig6, 2 * 2 * 2)  # layers x (q, v) x (full, zoom)
+    maps = heatmaps(fig6, 2 * 3)  # layers x (q, v, ffn_out), no zoom for three roles
     assert {ax.get_title().split(",")[0] for ax in maps} == {"layer 0", "layer 1"}
     assert "Figure 6" in fig6.get_suptitle() and "every layer" in fig6.get_suptitle()
+    zoomed = plots.fig6_rank_similarity_layers(tables.phi, subject="A", modules=("q", "v"))
+    assert sum("zoom" in ax.get_title() for ax in heatmaps(zoomed, 2 * 2 * 2)) == 4  # layers x roles x (full, zoom)
     fig7 = plots.fig7_seed_similarity_layers(tables.phi, subject="dW")
-    maps = heatmaps(fig7, 2 * 3)  # layers x (q, v, random)
-    assert "ΔW" in fig7.get_suptitle() and sum("random" in ax.get_title() for ax in maps) == 2
+    maps = heatmaps(fig7, 2 * 5)  # layers x (q, v, ffn_out, random k=384, random k=1536)
+    assert "ΔW" in fig7.get_suptitle()
+    assert [ax.get_title() for ax in maps[3:5]] == ["random Gaussian, k=384", "random Gaussian, k=1536"]
 
 
 def test_fig8_one_panel_per_rank_and_the_baseline(tables):
