@@ -437,15 +437,15 @@ def accuracy_pivot(table: pd.DataFrame) -> pd.DataFrame:
     return wide.reset_index()
 
 
-def ablation_section(runs: pd.DataFrame, metric: str | None = None,
-                     title: str = "Accuracy against rank and target set (Tables 5 and 6)",
+def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str | None = None,
                      sentences: bool = True) -> Section:
     """Test metric per (target set, rank): table and figure, the budget-matched variant, full fine-tuning.
 
     ``sentences`` adds the accuracy finding (off when a Findings section already states it).
     """
-    section = Section(title)
     metric = metric or F.metric_column(runs)
+    what = "Accuracy" if metric in (None, "test_accuracy") else metric.replace("_", " ").capitalize()
+    section = Section(title or f"{what} against rank and target set (Tables 5 and 6)")
     table = F.accuracy_table(runs, metric)
     if table.empty:
         section.text("No finished LoRA run with a test metric in runs.parquet.")
@@ -454,8 +454,10 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None,
     full = F.full_reference(runs, metric)
     section.text(f"Full fine-tuning reference: {F.fmt(full['mean'], 3)} (n={full['n']})." if full else
                  "No full fine-tuning run in this sweep: no reference line.")
+    lines = (["black: full fine-tuning"] if full else []) + (
+        ["dotted: majority class"] if metric == "test_accuracy" and "majority_accuracy" in runs else [])
     section.plot("accuracy_rank", lambda: plots.accuracy_vs_rank(runs, metric=metric),
-                 f"{metric} against rank, one line per target set; black: full fine-tuning, dotted: majority class.")
+                 f"{metric} against rank, one line per target set" + "".join(f"; {x}" for x in lines) + ".")
     budgeted = runs[runs["lora.budget"].notna()] if "lora.budget" in runs else runs.iloc[0:0]
     if not budgeted.empty:
         budget = F.accuracy_table(budgeted, metric)
