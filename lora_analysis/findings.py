@@ -235,7 +235,8 @@ def q_vs_v(shared: pd.DataFrame, *, r: int = 64, subjects: tuple[str, ...] = ("A
                 + (f". Other roles: {others}." if others else ".")
             )
         else:
-            sentences.append(f"{label} at r={r}: no q and v pair to compare; shared directions by role: {others}.")
+            every = ", ".join(f"{m} {fmt(v, 1)}" for m, v in role_means.items())
+            sentences.append(f"{label} at r={r}: no q and v pair to compare; shared directions by role: {every}.")
     sentences.append("A direction is shared when its energy in the other run's subspace reaches (1 + b) / 2, "
                      "halfway between the random expectation b = r / k and 1.")
     return Finding(key, title, sentences, table, values)

@@ -36,8 +36,8 @@ def report(tmp_path_factory):
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     """A quick-preset sweep without base weights (empty W tables), one table file and one history gone."""
-    sweep = fabricate_sweep(tmp_path_factory.mktemp("report") / "quick", QUICK_RUNS, layers=(0,),
-                            modules=("q", "v"), w_tables=False)
+    sweep = fabricate_sweep(tmp_path_factory.mktemp("report") / "quick", QUICK_RUNS, layers=(0,), modules=("q",),
+                            w_tables=False)
     (sweep / "analysis" / "intruders.parquet").unlink()
     (sweep / "r64-seed1" / "history.csv").unlink()
     return sweep
@@ -94,7 +94,8 @@ def test_cli_reports_a_quick_sweep_with_gaps(quick, capsys):
                 "Table 7: no rows in the analysis", "Not drawn — Figure 8",
                 "no full fine-tuning run in the sweep", "No full fine-tuning run in this sweep"):
         assert gap in markdown, gap
-    assert "fig3_rank_A_delta.png" in markdown and "q shares 6.0 directions" in markdown
+    assert "fig3_rank_A_delta.png" in markdown and "no q and v pair to compare; shared directions by role: q 6.0" \
+        in markdown
     assert not (quick / "report" / "figures" / "fig8_w_dw.png").exists()
 
 
