@@ -471,7 +471,7 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str |
 
 
 def figures_section(tables: dict[str, pd.DataFrame], focus: Focus, found: dict[str, F.Finding]) -> Section:
-    """Figures 3, 4, 6, 7 and 8 for our runs, each with the finding it shows."""
+    """Figures 3, 4, 6, 7 and 8 and the ΔW spectra for our runs; captions carry the headline number."""
     section = Section("Our figures, beside the paper's")
     phi, layer = tables["phi"], focus.layer
     if phi.empty:
@@ -507,7 +507,7 @@ def figures_section(tables: dict[str, pd.DataFrame], focus: Focus, found: dict[s
     return section
 
 
-def controls_section(tables: dict[str, pd.DataFrame], focus: Focus, found: dict[str, F.Finding]) -> Section:
+def controls_section(tables: dict[str, pd.DataFrame], focus: Focus) -> Section:
     """A_init, A - A_init, dW beside A for the same pairs; how far A moved; intruder dimensions."""
     section = Section("Controls the paper lacks")
     section.text("With B = 0 at init, A learns slowly and can stay close to its random init. The same pairs are "
@@ -623,7 +623,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, la
         experiment_section(data, focus),
         paper_section(data, focus, found),
         figures_section(tables, focus, found),
-        controls_section(tables, focus, found),
+        controls_section(tables, focus),
         findings_section(found),
         ablation_section(data.runs, sentences=False),
         runs_section(data.runs, data.histories),
