@@ -508,7 +508,7 @@ def figures_section(tables: dict[str, pd.DataFrame], focus: Focus, found: dict[s
 
 
 def controls_section(tables: dict[str, pd.DataFrame], focus: Focus) -> Section:
-    """A_init, A - A_init, dW beside A for the same pairs; how far A moved; intruder dimensions."""
+    """A_init, A - A_init and dW beside A for the same rank and seed pairs (their numbers are in Findings)."""
     section = Section("Controls the paper lacks")
     section.text("With B = 0 at init, A learns slowly and can stay close to its random init. The same pairs are "
                  "therefore shown for A_init (should sit at the random baseline), A − A_init (what training "
