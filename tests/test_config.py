@@ -104,3 +104,9 @@ def test_bad_input_gives_one_line_and_no_output(tiny, tmp_path, capsys, case):
     assert expected in err
     leftovers = [p for p in Path(out).rglob("*") if p.is_file() and ".cache" not in p.parts]
     assert leftovers == []
+
+
+def test_public_api_resolves():
+    import lora_analysis
+
+    assert all(getattr(lora_analysis, name) is not None for name in lora_analysis.__all__)

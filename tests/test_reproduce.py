@@ -1,0 +1,43 @@
+"""``lora-analysis reproduce preset=quick`` end to end on the embedded default (slow: ~3 minutes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from lora_analysis.reproduce import main as reproduce_main
+
+
+@pytest.mark.slow
+def test_quick_preset_end_to_end(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "lora_analysis", "reproduce", "preset=quick", f"out_dir={tmp_path}",
+                          f"figures={tmp_path / 'published'}"], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    sweep = tmp_path / "quick"
+    assert run.stdout.strip().splitlines()[-1] == f"report: {sweep / 'report' / 'report.html'}"
+    assert "run 3 of 3: r64-seed1" in run.stderr
+    table = pd.read_parquet(sweep / "runs.parquet")
+    assert sorted(table["run"]) == ["r64-seed0", "r64-seed1", "r8-seed0"]
+    phi = pd.read_parquet(sweep / "analysis" / "phi.parquet")
+    assert {"rank", "seed", "random"} <= set(phi["comparison"].astype(str))
+    html = (sweep / "report" / "report.html").read_text()
+    assert html.count("data:image/png;base64") >= 8 and "The paper" in html
+    for name in ("fig3_rank_A", "fig4_seed_A", "fig8_w_dw", "controls_rank", "spectra_dw"):
+        assert (tmp_path / "published" / "figures" / f"{name}.png").is_file()
+        assert (tmp_path / "published" / "figures" / f"{name}.pdf").is_file()
+    timing = json.loads((sweep / "reproduce.json").read_text())
+    assert set(timing["train_seconds"]) == {"r8-seed0", "r64-seed0", "r64-seed1"}
+
+
+def test_reproduce_help_and_bad_preset(capsys):
+    assert reproduce_main(["--help"]) == 0
+    assert "preset" in capsys.readouterr().out
+    from lora_analysis import cli
+
+    assert cli.main(["reproduce", "preset=nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "preset/nope" in err and "quick" in err
