@@ -22,13 +22,12 @@ import torch
 from lora_analysis.subspace import (
     Basis,
     Frame,
+    column_basis,
     frobenius,
-    left_basis_from_frame,
     mm,
     numerical_rank,
     phi_from_overlap,
     qr_frame,
-    right_basis_from_frame,
     svd_small,
 )
 
@@ -62,18 +61,17 @@ class DeltaSVD:
 
 
 def delta_svd_from_frames(frame_A: Frame, frame_B: Frame, scale: float, rtol: float | None = None) -> DeltaSVD:
-    """SVD of dW from ``frame_A`` = QR of ``A^T: (k, r)`` and ``frame_B`` = QR of ``B: (d, r)``.
+    """SVD of dW from ``frame_A`` of ``A^T: (k, r)`` and ``frame_B`` of ``B: (d, r)`` (``X = Q R`` each).
 
     1) core ``K = Rb Ra^T: (pb, pa)``; 2) ``K = Uk diag(sk) Vkh``; 3) dW's left vectors are
     ``Qb Uk``, right vectors ``Qa Vkh^T``, singular values ``|scale| * sk``.
     """
     U, s, Vh = svd_small(mm(frame_B.R, frame_A.R.T))
-    d = frame_B.R.shape[0] if frame_B.Q is None else frame_B.Q.shape[0]
-    rho = numerical_rank(s, (d, frame_A.Q.shape[0]), rtol)
+    rho = numerical_rank(s, (frame_B.shape[0], frame_A.shape[0]), rtol)
     sign = -1.0 if scale < 0 else 1.0
     values = abs(scale) * s
-    left = None if frame_B.Q is None else Basis(frame_B.Q, sign * U[:, :rho], values[:rho])
-    right = Basis(frame_A.Q, Vh[:rho].T.copy(), values[:rho])
+    left = Basis(frame_B, sign * U[:, :rho], values[:rho]) if frame_B.has_q else None
+    right = Basis(frame_A, Vh[:rho].T.copy(), values[:rho])
     return DeltaSVD(left, right, values[:rho], values)
 
 
@@ -142,38 +140,29 @@ def module_factors(
     """
     want_left = dense_left or "B" in subjects or "dW_left" in subjects
     fa, fb = qr_frame(A.T), qr_frame(B, with_q=want_left)
-    bases, spectra = {}, {}
-    bases["A"], spectra["A"] = right_basis_from_frame(fa, rtol)
+    bases = {"A": column_basis(fa, rtol)}
+    spectra = {"A": fa.s, "B": fb.s}
     dw = delta_svd_from_frames(fa, fb, scale, rtol)
     spectra["dW"] = dw.all_values
     bases["dW"] = dw.right
     if dw.left is not None:
         bases["dW_left"] = dw.left
-        bases["B"], spectra["B"] = left_basis_from_frame(fb, rtol)
-    else:
-        spectra["B"] = svd_small(fb.R)[1]
+        bases["B"] = column_basis(fb, rtol)
     a_moved = math.nan
     if A_init is not None:
         delta = A - A_init
         f_delta = qr_frame(delta.T, with_q="A_delta" in subjects)
-        if f_delta.Q is None:
-            spectra["A_delta"] = svd_small(f_delta.R.T)[1]
-        else:
-            bases["A_delta"], spectra["A_delta"] = right_basis_from_frame(f_delta, rtol)
+        spectra["A_delta"] = f_delta.s
+        if f_delta.has_q:
+            bases["A_delta"] = column_basis(f_delta, rtol)
         if "A_init" in subjects:
-            bases["A_init"] = right_basis_from_frame(qr_frame(A_init.T), rtol)[0]
-        a_moved = relative_change(A, A_init)
+            bases["A_init"] = column_basis(qr_frame(A_init.T), rtol)
+        init_norm = frobenius(A_init)
+        a_moved = frobenius(f_delta.s) / init_norm if init_norm > 0 else math.nan
     keep = set(subjects) | ({"dW_left"} if dense_left else set())
     bases = {name: basis for name, basis in bases.items() if name in keep}
-    return ModuleFactors(
-        bases,
-        spectra,
-        dw,
-        frobenius(A),
-        frobenius(B),
-        a_moved,
-        numerical_rank(spectra["A"], A.shape, rtol),
-    )
+    norm_A, norm_B = frobenius(fa.s), frobenius(fb.s)  # ||X||_F = ||singular values||_2
+    return ModuleFactors(bases, spectra, dw, norm_A, norm_B, a_moved, numerical_rank(fa.s, A.shape, rtol))
 
 
 @dataclass(frozen=True)

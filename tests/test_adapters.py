@@ -32,8 +32,11 @@ def peft_deltas(family, folder, adapter_name="default"):
     out = {}
     for name, module in model.base_model.model.named_modules():
         if hasattr(module, "get_delta_weight") and adapter_name in getattr(module, "lora_A", {}):
-            out[name] = (module.get_delta_weight(adapter_name).double().numpy(), module.r[adapter_name],
-                         module.scaling[adapter_name])
+            out[name] = (
+                module.get_delta_weight(adapter_name).double().numpy(),
+                module.r[adapter_name],
+                module.scaling[adapter_name],
+            )
     return out
 
 
@@ -70,8 +73,10 @@ def test_gpt2_fused_qkv_fan_in_fan_out_and_rslora(root):
     check_against_peft(adapter, peft_deltas("gpt2", folder), transpose=True)  # Conv1D: PEFT gives (in, out)
     base = BaseWeights(save_base("gpt2", root / "gpt2-base"))
     model = tiny_model("gpt2")
-    for path, module in (("transformer.h.0.attn.c_attn", model.transformer.h[0].attn.c_attn),
-                         ("transformer.h.1.attn.c_proj", model.transformer.h[1].attn.c_proj)):  # square: by family
+    for path, module in (
+        ("transformer.h.0.attn.c_attn", model.transformer.h[0].attn.c_attn),
+        ("transformer.h.1.attn.c_proj", model.transformer.h[1].attn.c_proj),
+    ):  # square: by family
         m = adapter.modules[path]
         W = base.weight(path, m.out_features, m.in_features, adapter.fan_in_fan_out)
         np.testing.assert_array_equal(W, module.weight.detach().double().numpy().T)
@@ -79,8 +84,13 @@ def test_gpt2_fused_qkv_fan_in_fan_out_and_rslora(root):
 
 def test_llama_named_adapter_with_rank_and_alpha_patterns(root):
     folder = peft_adapter(
-        "llama", root / "llama", r=4, alpha=8, adapter_name="task",
-        rank_pattern={"v_proj": 2, r"layers\.1\.mlp\.down_proj": 6}, alpha_pattern={"k_proj": 3.0},
+        "llama",
+        root / "llama",
+        r=4,
+        alpha=8,
+        adapter_name="task",
+        rank_pattern={"v_proj": 2, r"layers\.1\.mlp\.down_proj": 6},
+        alpha_pattern={"k_proj": 3.0},
     )
     assert folder.name == "task"
     adapter = Adapter(folder)
@@ -96,8 +106,14 @@ def test_llama_named_adapter_with_rank_and_alpha_patterns(root):
 
 def test_pattern_key_matches_peft():
     patterns = ["v_proj", r"layers\.1\.mlp\.down_proj", "self_attn.q_proj", "query"]
-    for path in ("model.layers.0.self_attn.v_proj", "model.layers.1.mlp.down_proj", "model.layers.11.mlp.down_proj",
-                 "model.layers.2.self_attn.q_proj", "bert.encoder.layer.0.attention.self.query", "x.key"):
+    for path in (
+        "model.layers.0.self_attn.v_proj",
+        "model.layers.1.mlp.down_proj",
+        "model.layers.11.mlp.down_proj",
+        "model.layers.2.self_attn.q_proj",
+        "bert.encoder.layer.0.attention.self.query",
+        "x.key",
+    ):
         assert pattern_key(patterns, path) == get_pattern_key(patterns, path)
 
 
@@ -163,6 +179,18 @@ def test_not_an_adapter(root, tmp_path):
         Adapter(tmp_path)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_tensors_upcast_exactly(root, dtype):
+    source = peft_adapter("bert", root / "bert")
+    folder = copy_adapter(source, root / f"half-{str(dtype)[6:]}")
+    edit_tensors(folder, lambda t: t.update({k: v.to(dtype) for k, v in t.items()}))
+    stored = load_file(folder / "adapter_model.safetensors")
+    A, B = Adapter(folder).factors("bert.encoder.layer.1.attention.self.value")
+    key = "base_model.model.bert.encoder.layer.1.attention.self.value.lora_{}.weight"
+    np.testing.assert_array_equal(A, stored[key.format("A")].double().numpy())
+    np.testing.assert_array_equal(B, stored[key.format("B")].double().numpy())
+
+
 def test_bin_weights_only(root):
     source = peft_adapter("bert", root / "bert")
     folder = root / "bin"
@@ -203,8 +231,9 @@ def test_minilm_base_by_suffix():
     base = BaseWeights()  # the embedded default
     assert base.key_for("bert.encoder.layer.5.output.dense") == "encoder.layer.5.output.dense.weight"
     W = base.weight("bert.encoder.layer.0.attention.self.query", 384, 384)
-    np.testing.assert_array_equal(W, load_file(minilm_dir() / "model.safetensors")[
-        "encoder.layer.0.attention.self.query.weight"].double().numpy())
+    np.testing.assert_array_equal(
+        W, load_file(minilm_dir() / "model.safetensors")["encoder.layer.0.attention.self.query.weight"].double().numpy()
+    )
     with pytest.raises(LoraAnalysisError, match=r"has shape \(384, 1536\), but .* expects \(384, 3072\)"):
         base.weight("bert.encoder.layer.0.output.dense", 384, 1536 * 2)
 

@@ -7,13 +7,18 @@ import pytest
 import scipy.linalg
 
 from lora_analysis.subspace import (
+    GRAM_MAX_COND,
     analytic_baseline,
+    column_basis,
+    frame_product,
     gaussian_right_basis,
     left_singular,
     numerical_rank,
+    overlap,
     phi_cell,
     phi_from_overlap,
     phi_grid,
+    qr_frame,
     right_singular,
     sampled_baseline,
 )
@@ -141,3 +146,41 @@ def test_bad_shapes_are_named():
         phi_cell(orthonormal(10, 2, 0), orthonormal(10, 2, 1), 3, 1)
     with pytest.raises(ValueError, match="shape"):
         right_singular(np.zeros(5))
+
+
+def with_spectrum(n: int, s: np.ndarray, seed: int) -> np.ndarray:
+    """A tall ``(n, len(s))`` matrix with singular values ``s``."""
+    return orthonormal(n, len(s), seed) * s @ orthonormal(len(s), len(s), seed + 1).T
+
+
+@pytest.mark.parametrize("cond", [3.0, 0.5 * GRAM_MAX_COND, 1e6])
+def test_frame_is_an_exact_thin_svd_on_both_routes(cond):
+    """Gram route below GRAM_MAX_COND, Householder above: both give X = Q U diag(s) Vh exactly."""
+    s_true = np.geomspace(1.0, 1.0 / cond, 6)
+    X = with_spectrum(200, s_true, 20)
+    frame = qr_frame(X)
+    assert np.array_equal(frame.U, np.eye(6)) == (cond < GRAM_MAX_COND)  # the Gram route has U = I
+    np.testing.assert_allclose(frame.s, s_true, rtol=1e-9)
+    np.testing.assert_allclose(frame.Q.T @ frame.Q, np.eye(6), atol=1e-10)
+    np.testing.assert_allclose((frame.Q @ frame.U) * frame.s @ frame.Vh, X, atol=1e-12)
+    np.testing.assert_allclose(frame.Q @ frame.R, X, atol=1e-12)
+
+
+def test_frame_without_q_gives_the_same_r_spectrum():
+    X = with_spectrum(100, np.array([2.0, 1.0, 0.5]), 30)
+    full, r_only = qr_frame(X), qr_frame(X, with_q=False)
+    assert not r_only.has_q and r_only.shape == (100, 3)
+    np.testing.assert_allclose(r_only.s, full.s, rtol=1e-12)
+    np.testing.assert_allclose(r_only.R.T @ r_only.R, X.T @ X, rtol=1e-10)
+
+
+@pytest.mark.parametrize("cond", [2.0, 0.99 * GRAM_MAX_COND])
+def test_implicit_frame_products_match_dense_svd_bases(cond):
+    """Products of Gram-route frames never form Q; phi from them equals phi from numpy's SVD."""
+    A1 = with_spectrum(1000, np.geomspace(1.0, 1.0 / cond, 16), 40).T * 3.0
+    A2 = with_spectrum(1000, np.geomspace(1.0, 1.0 / cond, 12), 41).T + 0.5 * A1[:12]
+    b1, b2 = column_basis(qr_frame(A1.T)), column_basis(qr_frame(A2.T))
+    assert b1.frame.X is not None and b2.frame.X is not None  # the implicit route was taken
+    V1, V2 = (np.linalg.svd(A, full_matrices=False)[2].T for A in (A1, A2))
+    np.testing.assert_allclose(phi_from_overlap(overlap(b1, b2)), phi_grid(V1, V2), atol=1e-11)
+    np.testing.assert_allclose(frame_product(b1.frame, b2.frame), b1.frame.Q.T @ b2.frame.Q, atol=1e-12)
