@@ -175,7 +175,7 @@ def _warn_rank(name: str, shape: tuple[int, ...], rank: int, full: int) -> None:
 
 
 def right_singular(A: np.ndarray, rtol: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Right-singular vectors of ``A: (r, k)``: returns ``s: (rho,)`` and ``V: (k, rho)`` (= ``Vh[:rho].T``).
+    """Right-singular vectors of ``A: (r, k)``: returns ``V: (k, rho)`` (= ``Vh[:rho].T``) and ``s: (rho,)``.
 
     A zero or rank-deficient ``A`` keeps only its numerical rank ``rho`` and warns.
     """
@@ -183,16 +183,16 @@ def right_singular(A: np.ndarray, rtol: float | None = None) -> tuple[np.ndarray
         raise ValueError(f"A must be (r, in_features), got shape {A.shape}")
     basis = column_basis(qr_frame(A.T), rtol)
     _warn_rank("A", A.shape, basis.rank, min(A.shape))
-    return basis.values, basis.vectors
+    return basis.vectors, basis.values
 
 
 def left_singular(B: np.ndarray, rtol: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Left-singular vectors of ``B: (d, r)``: returns ``s: (rho,)`` and ``U: (d, rho)``; warns if rank-deficient."""
+    """Left-singular vectors of ``B: (d, r)``: returns ``U: (d, rho)`` and ``s: (rho,)``; warns if rank-deficient."""
     if B.ndim != 2:
         raise ValueError(f"B must be (out_features, r), got shape {B.shape}")
     basis = column_basis(qr_frame(B), rtol)
     _warn_rank("B", B.shape, basis.rank, min(B.shape))
-    return basis.values, basis.vectors
+    return basis.vectors, basis.values
 
 
 def overlap(b1: Basis, b2: Basis, frames: np.ndarray | None = None) -> np.ndarray:
@@ -252,8 +252,7 @@ def analytic_baseline(r1: int, r2: int, k: int) -> np.ndarray:
 
 def gaussian_right_basis(r: int, k: int, rng: np.random.Generator) -> np.ndarray:
     """Right-singular basis ``(k, min(r, k))`` of a standard Gaussian ``(r, k)`` matrix drawn from ``rng``."""
-    _, V = right_singular(rng.standard_normal((r, k)))
-    return V
+    return right_singular(rng.standard_normal((r, k)))[0]
 
 
 def sampled_baseline(r1: int, r2: int, k: int, rng: np.random.Generator) -> np.ndarray:

@@ -93,7 +93,7 @@ def test_module_factors_share_frames_and_match_direct_svds():
     f = module_factors(A, B, 0.5, A0, subjects=("A", "A_init", "A_delta", "B", "dW"))
     assert f.bases["A"].frame is f.bases["dW"].frame  # one QR of A^T for both
     for name, matrix in (("A", A), ("A_init", A0), ("A_delta", A - A0)):
-        np.testing.assert_allclose(projector(f.bases[name].vectors), projector(right_singular(matrix)[1]), atol=1e-10)
+        np.testing.assert_allclose(projector(f.bases[name].vectors), projector(right_singular(matrix)[0]), atol=1e-10)
     np.testing.assert_allclose(f.spectra["B"], np.linalg.svd(B, compute_uv=False), rtol=1e-10)
     np.testing.assert_allclose(f.spectra["A_delta"], np.linalg.svd(A - A0, compute_uv=False), rtol=1e-10)
     assert f.a_moved == pytest.approx(np.linalg.norm(A - A0) / np.linalg.norm(A0))

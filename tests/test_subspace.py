@@ -37,7 +37,7 @@ def test_identical_subspaces_give_one_and_orthogonal_give_zero():
 
 def test_phi_of_a_matrix_with_itself_and_its_row_space():
     A = np.random.default_rng(2).standard_normal((5, 30))
-    _, V = right_singular(A)
+    V, _ = right_singular(A)
     np.testing.assert_allclose(phi_grid(V, V), 1.0, atol=1e-12)
     _, V_dense = np.linalg.svd(A, full_matrices=False)[1:]
     np.testing.assert_allclose(np.abs(np.sum(V * V_dense.T, axis=0)), 1.0, atol=1e-10)  # same vectors up to sign
@@ -61,12 +61,12 @@ def test_symmetry():
 def test_invariance_under_sign_flips_and_orthogonal_mixing():
     rng = np.random.default_rng(7)
     A1, A2 = rng.standard_normal((4, 25)), rng.standard_normal((6, 25))
-    base = phi_grid(right_singular(A1)[1], right_singular(A2)[1])
+    base = phi_grid(right_singular(A1)[0], right_singular(A2)[0])
     signs = np.diag([1.0, -1.0, -1.0, 1.0])
     rotation = np.linalg.qr(rng.standard_normal((4, 4)))[0]  # A -> O A (O orthogonal) keeps the singular vectors
     for transformed in (signs @ A1, rotation @ A1):
-        np.testing.assert_allclose(phi_grid(right_singular(transformed)[1], right_singular(A2)[1]), base, atol=1e-10)
-    V1, V2 = right_singular(A1)[1], right_singular(A2)[1]
+        np.testing.assert_allclose(phi_grid(right_singular(transformed)[0], right_singular(A2)[0]), base, atol=1e-10)
+    V1, V2 = right_singular(A1)[0], right_singular(A2)[0]
     np.testing.assert_allclose(phi_grid(V1 * np.array([-1, 1, -1, 1]), V2), base, atol=1e-12)
 
 
@@ -74,10 +74,10 @@ def test_invertible_mixing_keeps_the_whole_subspace():
     rng = np.random.default_rng(8)
     A1, A2 = rng.standard_normal((4, 25)), rng.standard_normal((6, 25))
     Q = rng.standard_normal((4, 4)) + 3 * np.eye(4)  # invertible, not orthogonal: order changes, span does not
-    before = phi_grid(right_singular(A1)[1], right_singular(A2)[1])[-1, -1]
-    after = phi_grid(right_singular(Q @ A1)[1], right_singular(A2)[1])[-1, -1]
+    before = phi_grid(right_singular(A1)[0], right_singular(A2)[0])[-1, -1]
+    after = phi_grid(right_singular(Q @ A1)[0], right_singular(A2)[0])[-1, -1]
     assert after == pytest.approx(before, abs=1e-10)
-    assert phi_grid(right_singular(Q @ A1)[1], right_singular(A1)[1])[-1, -1] == pytest.approx(1.0, abs=1e-10)
+    assert phi_grid(right_singular(Q @ A1)[0], right_singular(A1)[0])[-1, -1] == pytest.approx(1.0, abs=1e-10)
 
 
 def test_phi_from_overlap_by_hand():
@@ -109,13 +109,13 @@ def test_gaussian_basis_is_orthonormal_and_deterministic():
 
 def test_zero_and_rank_deficient_A_warn_and_use_numerical_rank():
     with pytest.warns(UserWarning, match="numerical rank 0"):
-        s, V = right_singular(np.zeros((4, 10)))
+        V, s = right_singular(np.zeros((4, 10)))
     assert V.shape == (10, 0) and s.size == 0
     rng = np.random.default_rng(10)
     A = rng.standard_normal((4, 10))
     A[3] = A[0] - 2 * A[1]
     with pytest.warns(UserWarning, match="numerical rank 3"):
-        _, V = right_singular(A)
+        V, _ = right_singular(A)
     assert V.shape == (10, 3)
     np.testing.assert_allclose(A @ V @ V.T, A, atol=1e-10)  # the basis spans every row of A
 
@@ -128,14 +128,14 @@ def test_numerical_rank_tolerance():
 
 def test_left_singular_of_B():
     B = np.random.default_rng(11).standard_normal((20, 3))
-    s, U = left_singular(B)
+    U, s = left_singular(B)
     U_dense, s_dense, _ = np.linalg.svd(B, full_matrices=False)
     np.testing.assert_allclose(s, s_dense, rtol=1e-12)
     np.testing.assert_allclose(U @ U.T, U_dense @ U_dense.T, atol=1e-12)
 
 
 def test_rank_larger_than_dimension():
-    s, V = right_singular(np.random.default_rng(12).standard_normal((8, 5)))
+    V, s = right_singular(np.random.default_rng(12).standard_normal((8, 5)))
     assert V.shape == (5, 5) and len(s) == 5
 
 
