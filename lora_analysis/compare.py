@@ -76,7 +76,7 @@ class AnalyzeConfig:
     intruder_top_k: int = 10
     intruder_threshold: float = 0.5
     intruder_side: str = "left"  # singular vectors compared: left (output space) or right
-    workers: int = 2  # modules analysed in parallel threads
+    workers: int = 2  # threads; a module's runs (then its pairs) are analysed in parallel
     progress: bool = True  # progress bar over modules on stderr
 
     def __post_init__(self) -> None:
@@ -322,7 +322,6 @@ def _run_module(index: int, path: str, ctx: _Context, w_cache: dict) -> tuple[Mo
         )
     subjects = tuple(ctx.internal_subject(s) for s in cfg.subjects)
     f = module_factors(A, B, m.scale, A_init, subjects, dense_left=w_needed, rtol=cfg.rank_rtol)
-    ids = _ids(run, m)
     if f.numerical_rank_A < min(m.r, m.in_features):
         notes.append(
             f"{run.label} {m.path}: A has numerical rank {f.numerical_rank_A} < r={m.r}; "
@@ -330,32 +329,26 @@ def _run_module(index: int, path: str, ctx: _Context, w_cache: dict) -> tuple[Mo
         )
     if f.dw.right.rank == 0:
         notes.append(f"{run.label} {m.path}: dW is zero (B = 0?); it has no subspace to compare")
-    dw_values = f.spectra["dW"]
+    _module_rows(out, run, m, f)
+    if w_needed:
+        _w_rows(m, A, B, f, w_cache[ctx.bases[index].dir], cfg, out, _ids(run, m))
+    return f, out, notes
+
+
+def _module_rows(out: dict, run: Run, m: LoraModule, f: ModuleFactors) -> None:
+    """The ``modules`` row and the ``spectra`` rows of one run's module."""
+    ids, dw_values = _ids(run, m), f.spectra["dW"]
     out["modules"].add(
-        1,
-        **ids,
-        targets=run.targets,
-        path=m.path,
-        in_features=m.in_features,
-        out_features=m.out_features,
-        scale=m.scale,
-        norm_A=f.norm_A,
-        norm_B=f.norm_B,
-        norm_dW=frobenius(dw_values),
-        a_moved=f.a_moved,
-        effective_rank_dW=effective_rank(dw_values),
-        stable_rank_dW=stable_rank(dw_values),
+        1, **ids, targets=run.targets, path=m.path, in_features=m.in_features, out_features=m.out_features,
+        scale=m.scale, norm_A=f.norm_A, norm_B=f.norm_B, norm_dW=frobenius(dw_values), a_moved=f.a_moved,
+        effective_rank_dW=effective_rank(dw_values), stable_rank_dW=stable_rank(dw_values),
         numerical_rank_A=f.numerical_rank_A,
-    )
+    )  # fmt: skip
     for subject in ("dW", "A", "B", "A_delta"):
         if subject in f.spectra:
             s = f.spectra[subject]
-            out["spectra"].add(
-                len(s), **ids, subject=subject, index=np.arange(1, len(s) + 1, dtype=np.int32), singular_value=s
-            )
-    if w_needed:
-        _w_rows(m, A, B, f, w_cache[ctx.bases[index].dir], cfg, out, ids)
-    return f, out, notes
+            index = np.arange(1, len(s) + 1, dtype=np.int32)
+            out["spectra"].add(len(s), **ids, subject=subject, index=index, singular_value=s)
 
 
 def _w_rows(m, A, B, f, w_and_svd, cfg, out, ids) -> None:

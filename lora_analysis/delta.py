@@ -5,10 +5,11 @@ This module is the one place that defines the scale and dW (PAPER.md, "Notation"
     scale = alpha / r            (rsLoRA: alpha / sqrt(r))
     dW    = scale * B @ A        A: (r, k) = (r, in_features), B: (d, r) = (out_features, r)
 
-dW is never formed for its SVD: with ``B = Qb Rb`` and ``A^T = Qa Ra`` (thin QR),
-``dW = scale * Qb (Rb Ra^T) Qa^T``, so the SVD of the small core ``Rb Ra^T`` gives the singular
-triplets. The right-singular vectors of dW live in the same frame ``Qa`` as those of ``A``.
-Only the W-dependent diagnostics (Table 7, Figure 8, intruder dimensions) need dense matrices.
+dW is never formed for its SVD: with ``B = Qb Rb`` and ``A^T = Qa Ra`` (thin orthonormal
+factorisations, ``subspace.qr_frame``), ``dW = scale * Qb (Rb Ra^T) Qa^T``, so the SVD of the small
+core ``Rb Ra^T`` gives the singular triplets. The right-singular vectors of dW live in the same frame
+``Qa`` as those of ``A``. Only the W-dependent diagnostics (Table 7, Figure 8, intruder dimensions)
+need dense matrices.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def module_factors(
 ) -> ModuleFactors:
     """Bases, spectra and norms of one module: ``A: (r, k)``, ``B: (d, r)``, ``A_init: (r, k)`` or None.
 
-    One QR per matrix, reused: ``A``'s frame serves both ``A`` and dW's right vectors; ``B``'s Q is
+    One factorisation per matrix (``qr_frame``), reused: ``A``'s frame serves both ``A`` and dW's right vectors; ``B``'s Q is
     formed only if a left basis is needed (subject ``B``, ``dW_left`` or ``dense_left``).
     """
     want_left = dense_left or "B" in subjects or "dW_left" in subjects

@@ -7,8 +7,9 @@ are orthonormal and ordered by decreasing singular value, ``rho`` being the nume
 
     phi(V1, V2, i, j) = ||V1[:, :i]^T V2[:, :j]||_F^2 / min(i, j)
 
-Everything is float64. Large products, QR and SVD go through torch (MKL): numpy's OpenBLAS threads
+Everything is float64. Products, QR, eigh and SVD go through torch (MKL): numpy's OpenBLAS threads
 slow small products down a hundredfold when the cores are busy, and MKL's QR is several times faster.
+A matrix's bases come from one orthonormal factorisation (``qr_frame``) shared by every use of it.
 """
 
 from __future__ import annotations
