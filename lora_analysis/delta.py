@@ -136,8 +136,8 @@ def module_factors(
 ) -> ModuleFactors:
     """Bases, spectra and norms of one module: ``A: (r, k)``, ``B: (d, r)``, ``A_init: (r, k)`` or None.
 
-    One factorisation per matrix (``qr_frame``), reused: ``A``'s frame serves both ``A`` and dW's right vectors; ``B``'s Q is
-    formed only if a left basis is needed (subject ``B``, ``dW_left`` or ``dense_left``).
+    One factorisation per matrix (``qr_frame``), reused: ``A``'s frame serves both ``A`` and dW's right
+    vectors; ``B``'s Q is kept only if a left basis is needed (subject ``B``, ``dW_left`` or ``dense_left``).
     """
     want_left = dense_left or "B" in subjects or "dW_left" in subjects
     fa, fb = qr_frame(A.T), qr_frame(B, with_q=want_left)
