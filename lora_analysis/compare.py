@@ -62,7 +62,7 @@ class AnalyzeConfig:
 
     inputs: list[str] = field(default_factory=list)  # a sweep folder, run folders or PEFT adapter folders
     out: str | None = None  # None: <input>/analysis, or <common parent of the inputs>/analysis
-    base: str | None = None  # base model dir (or cached hub id) for every run; None: each run's own
+    base: str | None = None  # base model dir (or cached hub id) for runs whose own base is not found locally
     subjects: list[str] = field(default_factory=lambda: list(SUBJECTS))
     comparisons: list[str] = field(default_factory=lambda: list(COMPARISONS))
     dw_side: str = "right"  # singular vectors of dW in the phi table: right (input space, like A) or left
@@ -584,7 +584,8 @@ def _module_paths(runs: list[Run]) -> list[str]:
 
 
 def _bases(runs: list[Run], cfg: AnalyzeConfig, notes: list[str]) -> list[BaseWeights | None]:
-    """Each run's base weights (shared per directory); None, with a note, where none is found."""
+    """Each run's base weights (shared per directory): its own base (config.yaml or adapter_config.json)
+    if found locally, else ``base=``; None, with a note, where neither is found."""
     if not cfg.w_tables:
         return [None] * len(runs)
     if cfg.base is not None and resolve_base(cfg.base) is None:
@@ -592,7 +593,7 @@ def _bases(runs: list[Run], cfg: AnalyzeConfig, notes: list[str]) -> list[BaseWe
     opened: dict[Path, BaseWeights] = {}
     bases = []
     for run in runs:
-        path = resolve_base(cfg.base or run.base)
+        path = resolve_base(run.base) or (resolve_base(cfg.base) if cfg.base else None)
         if path is None:
             notes.append(
                 f"{run.label}: base model {run.base!r} not found; dw_vs_w, w_dw_phi and intruders "

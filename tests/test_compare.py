@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from _tiny_models import bert_sweep, peft_adapter
 from omegaconf import OmegaConf
@@ -216,3 +217,38 @@ def test_cli_writes_parquet(sweep, result, tmp_path, capsys):
     for name in COLUMNS:
         pd.testing.assert_frame_equal(pd.read_parquet(out / f"{name}.parquet"), getattr(result, name), obj=name)
     assert analyze_main(["--help"]) == 0 and "intruder_threshold" in capsys.readouterr().out
+
+
+def test_embedded_minilm_base_end_to_end(tmp_path):
+    """A run on the real embedded model (``embedded:minilm``): W found by suffix, Table 7 on real weights."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import BertForSequenceClassification
+
+    from lora_analysis.embedded import minilm_dir
+
+    model = BertForSequenceClassification.from_pretrained(minilm_dir(), num_labels=2)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"],
+                                                  init_lora_weights="gaussian"))
+    _fake_train(peft_model)
+    run = tmp_path / "sweep" / "r4-seed0"
+    peft_model.save_pretrained(run)
+    config = {"run_name": "r4-seed0", "seed": 0, "method": "lora", "model": {"name_or_path": "embedded:minilm"},
+              "lora": {"r": 4, "alpha": 8.0, "targets": "q+v"}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "DONE").write_text("{}")
+    result = analyze(tmp_path / "sweep", progress=False, subjects=["A", "dW"], w_directions=16)
+    assert len(result.modules) == 12 and set(result.modules["in_features"]) == {384}
+    W = load_file(minilm_dir() / "model.safetensors")["encoder.layer.3.attention.self.value.weight"].astype(np.float64)
+    t7 = result.dw_vs_w.set_index(["layer", "module", "source"]).loc[(3, "v", "W")]
+    s = np.linalg.svd(W, compute_uv=False)
+    assert t7["projection_norm"] == pytest.approx(np.sqrt(np.sum(s[:4] ** 2)), rel=1e-9)
+    assert t7["w_norm"] == pytest.approx(np.linalg.norm(W), rel=1e-12)
+    assert result.w_dw_phi["i"].max() == 16 and len(result.intruders) == 12 * 10
+
+
+def _fake_train(peft_model) -> None:
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if ".lora_B." in name:
+                param.copy_(0.05 * torch.randn(param.shape, generator=generator))
