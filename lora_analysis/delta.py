@@ -76,7 +76,9 @@ def delta_svd_from_frames(frame_A: Frame, frame_B: Frame, scale: float, rtol: fl
     return DeltaSVD(left, right, values[:rho], values)
 
 
-def delta_svd(A: np.ndarray, B: np.ndarray, scale: float, rtol: float | None = None):
+def delta_svd(
+    A: np.ndarray, B: np.ndarray, scale: float, rtol: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """SVD of ``dW = scale * B @ A`` without forming it: returns ``U: (d, rho)``, ``s: (rho,)``, ``Vh: (rho, k)``."""
     if A.ndim != 2 or B.ndim != 2 or B.shape[1] != A.shape[0]:
         raise ValueError(f"need A: (r, in) and B: (out, r), got A {A.shape} and B {B.shape}")
