@@ -22,13 +22,17 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 reproduce: venv
-	$(VENV)/bin/lora-analysis reproduce $(ARGS)
+	$(VENV)/bin/lora-analysis reproduce figures=figures/paper $(ARGS)
 
 test: venv
 	$(PY) -m pytest $(ARGS)
 
 test-fast: venv
 	$(PY) -m pytest -m "not slow" $(ARGS)
+
+bench: venv
+	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/analysis_speed.py
 
 lint: venv
 	$(VENV)/bin/ruff check lora_analysis tests benchmarks

@@ -32,7 +32,7 @@ _EXPORTS = {
     "lora_params": "lora_analysis.budget",
     # analysis
     "analyze": "lora_analysis.compare",
-    "AnalysisResult": "lora_analysis.compare",
+    "AnalysisResult": "lora_analysis.tables",
     "load_adapter": "lora_analysis.adapters",
     "BaseWeights": "lora_analysis.base_weights",
     "phi_grid": "lora_analysis.subspace",

@@ -1,7 +1,7 @@
 """Findings: numbers and short sentences computed from the analysis tables and the sweep table.
 
 Pure functions over the tidy tables of the analysis (``phi``, ``spectra``, ``modules``, ``dw_vs_w``,
-``w_dw_phi``, ``intruders``; see ``lora_analysis.compare.SCHEMAS``) and ``runs.parquet``. A finding's
+``w_dw_phi``, ``intruders``; see ``lora_analysis.tables.SCHEMAS``) and ``runs.parquet``. A finding's
 sentences quote the numbers they rest on and its table holds them all. Missing data gives a finding
 whose sentence says what is missing, never an exception, so the report of a partial sweep still builds.
 
@@ -420,6 +420,50 @@ def accuracy(runs: pd.DataFrame, metric: str | None = None) -> Finding:
         tail += f"; majority class {fmt(runs['majority_accuracy'].dropna().iloc[0], 3)}"
     sentences.append(tail + ".")
     values = {"best": float(best["mean"])} | ({"full": float(full["mean"])} if full else {})
+    return Finding(key, title, sentences, table, values)
+
+
+FFN_ROLES = {"ffn_gate", "ffn_in", "ffn_out"}
+
+
+def ffn_under_budget(runs: pd.DataFrame, metric: str | None = None) -> Finding:
+    """Does adapting FFN matrices help at one parameter budget? Differences with their standard errors.
+
+    Each budget-matched target set gets its mean over seeds and a standard error: ``std / sqrt(n)``
+    over seeds, or with a single seed the binomial error of an accuracy on the test set,
+    ``sqrt(p (1 - p) / n_test)``. Sets that adapt FFN matrices are compared with sets that do not
+    (mean of set means, errors combined in quadrature), and ``all`` with ``attn``; a difference counts
+    as clear when it exceeds twice its standard error.
+    """
+    from lora_analysis.targets import expand_roles
+
+    metric = metric or metric_column(runs)
+    key, title = "ffn_budget", "FFN matrices under a fixed parameter budget (Table 5 analogue)"
+    budgeted = lora_runs(runs)
+    budgeted = budgeted[budgeted["lora.budget"].notna()] if "lora.budget" in budgeted else budgeted.iloc[0:0]
+    table = accuracy_table(budgeted, metric)
+    if table.empty:
+        return Finding.missing(key, title, "No budget-matched runs (lora.budget) in this sweep.")
+    n_test = float(budgeted["test_examples"].iloc[0]) if "test_examples" in budgeted else math.nan
+    binomial = np.sqrt(table["mean"] * (1 - table["mean"]) / n_test) if metric == "test_accuracy" else np.nan
+    table["se"] = np.where(table["n"] > 1, table["std"] / np.sqrt(table["n"]), binomial)
+    table["ffn"] = [bool(FFN_ROLES & set(expand_roles(str(t)))) for t in table["targets"]]
+    better = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    sentences = [f"Budget {', '.join(sorted(map(str, budgeted['lora.budget'].unique())))}: " + ", ".join(
+        f"{row.targets} (r={row.r}, {int(row.lora_params):,} parameters) {fmt(row.mean, 3)} ± {fmt(row.se, 3)}"
+        for row in table.sort_values("mean", ascending=better < 0).itertuples()) + " (mean ± standard error)."]
+    values = {}
+    for label, a, b in (("FFN sets against attention-only sets", table[table["ffn"]], table[~table["ffn"]]),
+                        ("all against attn", table[table["targets"] == "all"], table[table["targets"] == "attn"])):
+        if a.empty or b.empty:
+            continue
+        diff = a["mean"].mean() - b["mean"].mean()
+        se = math.sqrt((a["se"] ** 2).sum() / len(a) ** 2 + (b["se"] ** 2).sum() / len(b) ** 2)
+        verdict = ("no clear difference" if not abs(diff) > 2 * se else
+                   "the FFN side is clearly better" if better * diff > 0 else "the FFN side is clearly worse")
+        values[label] = float(diff)
+        sentences.append(f"{label}: {fmt(a['mean'].mean(), 3)} against {fmt(b['mean'].mean(), 3)}, difference "
+                         f"{diff:+.3f} ± {fmt(se, 3)}: {verdict} (clear means beyond twice the standard error).")
     return Finding(key, title, sentences, table, values)
 
 

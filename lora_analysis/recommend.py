@@ -142,7 +142,7 @@ def _role_key(role: str, paths: pd.Series) -> str:
 
 def recommend(sweep: str | Path, subject: str = "dW", targets: str | None = None) -> Recommendation:
     """Recommend a rank per role from a sweep folder with its ``analysis/`` (run ``analyze`` first)."""
-    from lora_analysis.compare import AnalysisResult
+    from lora_analysis.tables import AnalysisResult
 
     sweep = Path(sweep)
     analysis = AnalysisResult.load(sweep / "analysis")

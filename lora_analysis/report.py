@@ -9,25 +9,19 @@ What is missing (a table, a run, a rank) is said where it would have been shown,
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import os
 import platform
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
-from matplotlib.figure import Figure
 
 from lora_analysis import findings as F
 from lora_analysis import plots
-from lora_analysis.atomic import write_bytes, write_text
 from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.report_document import Section, write_report
 
 TABLES = ("phi", "spectra", "modules", "dw_vs_w", "w_dw_phi", "intruders")
 W_TABLES = ("dw_vs_w", "w_dw_phi", "intruders")
@@ -79,7 +73,7 @@ def load_sweep(sweep_dir: str | Path) -> SweepData:
 
 def _load_analysis(folder: Path, missing: list[str]) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """The analysis tables through ``AnalysisResult.load``; table by table if some are absent."""
-    from lora_analysis.compare import AnalysisResult
+    from lora_analysis.tables import AnalysisResult
 
     try:
         result = AnalysisResult.load(folder)
@@ -145,133 +139,6 @@ def focus_tables(data: SweepData, focus: Focus) -> dict[str, pd.DataFrame]:
     out = {name: t[t["run"].astype(str).isin(runs)] if "run" in t else t for name, t in tables.items()}
     out["phi"] = tables["phi"][tables["phi"]["targets"] == focus.targets]
     return out
-
-
-# --- the document: sections of blocks, rendered as HTML and as Markdown
-
-
-@dataclass
-class Section:
-    """A titled list of blocks: ``("p", text)``, ``("ul", items)``, ``("table", frame, caption)``,
-    ``("figure", name, Figure, caption)``. ``plot`` draws lazily and says why when there is nothing to draw."""
-
-    title: str
-    blocks: list[tuple] = field(default_factory=list)
-
-    def text(self, paragraph: str) -> None:
-        self.blocks.append(("p", paragraph))
-
-    def bullets(self, items: list[str]) -> None:
-        if items:
-            self.blocks.append(("ul", list(items)))
-
-    def table(self, frame: pd.DataFrame, caption: str = "") -> None:
-        self.blocks.append(("table", frame, caption))
-
-    def plot(self, name: str, draw: Callable[[], Figure], caption: str) -> None:
-        try:
-            self.blocks.append(("figure", name, draw(), caption))
-        except LoraAnalysisError as missing:
-            self.text(f"Not drawn — {caption} Reason: {missing}.")
-
-
-def cell(value) -> str:
-    """One table cell: em dash for missing values, thousands separators, 4 significant digits."""
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int) or (hasattr(value, "dtype") and getattr(value.dtype, "kind", "") in "iu"):
-        return f"{int(value):,}"
-    if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
-    return str(value)
-
-
-CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
-color:#222;line-height:1.45}
-h1{font-size:1.6em}h2{font-size:1.3em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.85em}th,td{border:1px solid #ccc;padding:.25em .5em;
-text-align:left;vertical-align:top}th{background:#f2f2f2}caption{caption-side:top;text-align:left;font-weight:600;
-padding:.3em 0}figure{margin:1em 0 1.5em}img{max-width:100%;height:auto;border:1px solid #eee}
-figcaption{font-size:.9em;color:#444}code{background:#f4f4f4;padding:0 .2em}
-"""
-
-
-def _inline(text: str) -> str:
-    """HTML for a paragraph with **bold** and `code` marks (the same text the Markdown shows)."""
-    parts = html.escape(text).split("**")
-    text = "".join(f"<strong>{p}</strong>" if k % 2 else p for k, p in enumerate(parts))
-    parts = text.split("`")
-    return "".join(f"<code>{p}</code>" if k % 2 else p for k, p in enumerate(parts))
-
-
-def _html_block(block: tuple, pngs: dict[str, bytes]) -> str:
-    kind = block[0]
-    if kind == "p":
-        return f"<p>{_inline(block[1])}</p>"
-    if kind == "ul":
-        return "<ul>" + "".join(f"<li>{_inline(item)}</li>" for item in block[1]) + "</ul>"
-    if kind == "table":
-        frame, caption = block[1], block[2]
-        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(v))}</td>" for v in row) + "</tr>"
-                       for row in frame.itertuples(index=False))
-        return f"<table><caption>{_inline(caption)}</caption><tr>{head}</tr>{body}</table>"
-    name, caption = block[1], block[3]
-    data = base64.b64encode(pngs[name]).decode("ascii")
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
-            f"<figcaption>{_inline(caption)} ({html.escape(name)}.png)</figcaption></figure>")
-
-
-def _md_block(block: tuple) -> str:
-    kind = block[0]
-    if kind == "p":
-        return block[1]
-    if kind == "ul":
-        return "\n".join(f"- {item}" for item in block[1])
-    if kind == "table":
-        frame, caption = block[1], block[2]
-        escape = lambda v: cell(v).replace("|", "\\|")  # noqa: E731
-        lines = [f"*{caption}*", "", "| " + " | ".join(escape(c) for c in frame.columns) + " |",
-                 "|" + "---|" * len(frame.columns)]
-        lines += ["| " + " | ".join(escape(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-        return "\n".join(lines)
-    name, caption = block[1], block[3]
-    return f"![{caption}](figures/{name}.png)\n\n*{caption}* ([PDF](figures/{name}.pdf))"
-
-
-def save_figures(sections: list[Section], figures_dir: Path, dpi: int = 110) -> dict[str, bytes]:
-    """Each figure as ``<name>.png`` and ``<name>.pdf`` (atomic writes); returns the PNG bytes by name."""
-    pngs = {}
-    for section in sections:
-        for block in section.blocks:
-            if block[0] != "figure":
-                continue
-            name, figure = block[1], block[2]
-            for fmt in ("png", "pdf"):
-                buffer = io.BytesIO()
-                figure.savefig(buffer, format=fmt, dpi=dpi)
-                write_bytes(figures_dir / f"{name}.{fmt}", buffer.getvalue())
-                if fmt == "png":
-                    pngs[name] = buffer.getvalue()
-                    figure.set_layout_engine("none")  # keep the layout just computed: half the cost for the PDF
-    return pngs
-
-
-def write_report(title: str, sections: list[Section], out_dir: str | Path) -> tuple[Path, Path]:
-    """Save the figures under ``out_dir/figures`` and write ``report.html`` and ``report.md``; returns both paths."""
-    out_dir = Path(out_dir)
-    pngs = save_figures(sections, out_dir / "figures")
-    stamp = f"Built {time.strftime('%Y-%m-%d %H:%M')} by lora-analysis report."
-    body = "".join(f"<h2>{html.escape(s.title)}</h2>" + "".join(_html_block(b, pngs) for b in s.blocks)
-                   for s in sections)
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1><p>{stamp}</p>{body}</body></html>\n")
-    markdown = f"# {title}\n\n{stamp}\n\n" + "\n\n".join(
-        f"## {s.title}\n\n" + "\n\n".join(_md_block(b) for b in s.blocks) for s in sections) + "\n"
-    return write_text(out_dir / "report.html", page), write_text(out_dir / "report.md", markdown)
 
 
 def environment_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -465,6 +332,7 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str |
                       f"Budget-matched runs ({', '.join(sorted(map(str, budgeted['lora.budget'].unique())))})")
         section.plot("accuracy_budget", lambda: plots.accuracy_by_targets(runs, metric=metric),
                      "Test metric per target set at one parameter budget, with each set's rank and parameter count.")
+        section.bullets(F.ffn_under_budget(runs, metric).sentences)
     if sentences:
         section.bullets(F.accuracy(runs, metric).sentences)
     return section

@@ -1,4 +1,4 @@
-"""A fabricated sweep folder with planted structure, following the table contracts of ``compare.SCHEMAS``.
+"""A fabricated sweep folder with planted structure, following the table contracts of ``tables.SCHEMAS``.
 
 Phi grids come from real orthonormal bases (so every grid is a possible one): run a's first n
 directions are built to have a chosen energy ``e`` in run b's subspace, the others are random. Planted:
@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 import yaml
 
-from lora_analysis.compare import SCHEMAS, AnalysisResult
+from lora_analysis.tables import SCHEMAS, AnalysisResult
 
 DELTA_TOP, DW_TOP, SEED_ENERGY = 0.8, 0.7, 0.9
 SEED_SHARED = {"q": 6, "v": 2, "ffn_in": 3, "ffn_out": 1}

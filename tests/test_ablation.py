@@ -10,6 +10,7 @@ import torch
 import yaml
 from peft import LoraConfig
 from safetensors.torch import save_file
+from tiny import build_tiny_model
 
 from lora_analysis import cli
 from lora_analysis.budget import budget_params, lora_params, rank_for_budget
@@ -19,7 +20,6 @@ from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.modeling import skeleton, target_shapes
 from lora_analysis.recommend import recommend
 from lora_analysis.runs import write_sweep_table
-from tests.tiny import build_tiny_model
 
 # (out, in) per block, by role. BERT-base: hidden 768, FFN 3072. GPT-2 small: fused qkv 768 -> 2304.
 # Llama-3-8B: hidden 4096, 8 KV heads of 128 (k, v: 4096 -> 1024), FFN 14336.

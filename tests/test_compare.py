@@ -16,10 +16,11 @@ from safetensors.numpy import load_file
 from lora_analysis.adapters import find_runs
 from lora_analysis.analyze_app import main as analyze_main
 from lora_analysis.cli import main as cli_main
-from lora_analysis.compare import AnalysisResult, AnalyzeConfig, analyze, plan_pairs
+from lora_analysis.compare import AnalyzeConfig, analyze, plan_pairs
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.hydra_compose import compose
 from lora_analysis.subspace import phi_grid
+from lora_analysis.tables import AnalysisResult
 
 COLUMNS = {  # the contract with the plotting and report code
     "phi": ["comparison", "run_a", "run_b", "r_a", "r_b", "seed_a", "seed_b", "targets", "layer", "module",

@@ -14,24 +14,12 @@ from fabricate import (
     grid_rows,
     phi_of,
     planted_bases,
-    shared_sweep,
 )
 
 from lora_analysis import findings as F
-from lora_analysis.compare import AnalysisResult
 
 IDS = dict(comparison="seed", run_a="a", run_b="b", r_a=16, r_b=16, seed_a=0, seed_b=1, targets="all", layer=0,
            module="q", subject="A_delta")
-
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    return shared_sweep(tmp_path_factory, layers=(0, 1), modules=("q", "v", "ffn_out"))
-
-
-@pytest.fixture(scope="module")
-def tables(sweep):
-    return AnalysisResult.load(sweep / "analysis")
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +128,26 @@ def test_choosing_what_to_show(tables):
     assert F.main_targets(tables.modules) == "all"
     rows = F.pair_rows(tables.phi, "rank", subject="A", layer=1, module="v", r_a=8, r_b=64)
     assert set(rows["run_a"].astype(str)) == {"r8-seed0"} and F.phi_matrix(rows).shape == (8, 64)
+
+
+def budget_runs(scores: dict[str, list[float]]) -> pd.DataFrame:
+    rows = []
+    for targets, values in scores.items():
+        for seed, value in enumerate(values):
+            rows.append({"run": f"{targets}-seed{seed}", "method": "lora", "lora.targets": targets, "lora.r": 4,
+                         "seed": seed, "lora.budget": "r32@q", "test_accuracy": value, "lora_params": 1000,
+                         "test_examples": 2000})
+    return pd.DataFrame(rows)
+
+
+def test_ffn_under_budget_states_the_difference_with_its_error():
+    clear = F.ffn_under_budget(budget_runs({"q": [0.80, 0.81], "attn": [0.80, 0.80], "ffn": [0.84, 0.85],
+                                            "all": [0.85, 0.86]}))
+    assert clear.values["all against attn"] == pytest.approx(0.055)
+    assert "all against attn: 0.855 against 0.800, difference +0.055" in " ".join(clear.sentences)
+    assert "the FFN side is clearly better" in clear.sentences[-1]
+    unclear = F.ffn_under_budget(budget_runs({"attn": [0.80, 0.82], "all": [0.81, 0.80]}))
+    assert "no clear difference" in unclear.sentences[-1]
+    single = F.ffn_under_budget(budget_runs({"attn": [0.80], "all": [0.81]}))  # binomial error of 2,000 texts
+    assert "± 0.013" in single.sentences[-1] and "no clear difference" in single.sentences[-1]
+    assert F.ffn_under_budget(budget_runs({"q": [0.8]}).drop(columns="lora.budget")).sentences[0].startswith("No")

@@ -7,22 +7,11 @@ import io
 import numpy as np
 import pandas as pd
 import pytest
-from fabricate import DELTA_TOP, shared_sweep
+from fabricate import DELTA_TOP
 from matplotlib.figure import Figure
 
 from lora_analysis import plots
-from lora_analysis.compare import AnalysisResult
 from lora_analysis.errors import LoraAnalysisError
-
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    return shared_sweep(tmp_path_factory, layers=(0, 1), modules=("q", "v", "ffn_out"))
-
-
-@pytest.fixture(scope="module")
-def tables(sweep):
-    return AnalysisResult.load(sweep / "analysis")
 
 
 @pytest.fixture(scope="module")

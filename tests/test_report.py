@@ -12,11 +12,11 @@ from omegaconf import OmegaConf
 
 from lora_analysis import findings as F
 from lora_analysis.cli import main as cli_main
-from lora_analysis.compare import AnalysisResult
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.hydra_compose import compose, split_args
 from lora_analysis.report import Focus, ablation_section, build_report, experiment_table, side_by_side, write_report
 from lora_analysis.report_app import ReportConfig  # noqa: F401 - registers report_schema for compose
+from lora_analysis.tables import AnalysisResult
 
 SECTIONS = ["The experiment", "The paper's numbers and ours", "Our figures, beside the paper's",
             "Controls the paper lacks", "Findings", "Accuracy against rank and target set (Tables 5 and 6)", "Runs",

@@ -41,3 +41,23 @@ def test_reproduce_help_and_bad_preset(capsys):
     assert cli.main(["reproduce", "preset=nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "preset/nope" in err and "quick" in err
+
+
+@pytest.mark.slow
+def test_reproduce_on_a_named_model_and_data(tmp_path):
+    from tiny import build_tiny_model, tiny_overrides, write_tiny_csv
+
+    from lora_analysis.reproduce import Preset, ReproduceConfig, reproduce
+
+    model, csv = build_tiny_model("llama", tmp_path / "llama"), write_tiny_csv(tmp_path / "reviews.csv")
+    train = [o for o in tiny_overrides(model, csv, tmp_path / "unused") if o.split("=")[0] not in ("lora.r", "out_dir")]
+    preset = Preset(name="tiny", common=["lora.targets=all", "optim.steps=3"],
+                    runs=[["lora.r=2", "seed=0"], ["lora.r=8", "seed=0"], ["lora.r=8", "seed=1"]])
+    html = reproduce(ReproduceConfig(preset=preset, out_dir=str(tmp_path)), train)
+    sweep = tmp_path / "tiny"
+    assert html == sweep / "report" / "report.html" and html.is_file()
+    modules = pd.read_parquet(sweep / "analysis" / "modules.parquet")
+    assert set(modules["module"].astype(str)) == {"q", "k", "v", "o", "ffn_gate", "ffn_in", "ffn_out"}
+    table7 = pd.read_parquet(sweep / "analysis" / "dw_vs_w.parquet")
+    assert not table7.empty  # the tiny model's own weights were found for W
+    assert "ffn_gate" in (sweep / "report" / "report.md").read_text()

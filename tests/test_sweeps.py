@@ -7,8 +7,7 @@ import sys
 
 import pandas as pd
 import pytest
-
-from tests.tiny import build_tiny_model, tiny_overrides, write_tiny_csv
+from tiny import build_tiny_model, tiny_overrides, write_tiny_csv
 
 
 @pytest.fixture(scope="module")

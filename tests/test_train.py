@@ -9,12 +9,12 @@ import torch
 import yaml
 from peft import PeftModel
 from safetensors.torch import load_file
+from tiny import build_tiny_model, tiny_overrides, write_tiny_csv
 from transformers import AutoModelForSequenceClassification
 
 from lora_analysis import trainer
 from lora_analysis.runs import DONE, collect_runs
 from lora_analysis.train_app import run_overrides
-from tests.tiny import build_tiny_model, tiny_overrides, write_tiny_csv
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +144,26 @@ def test_sweep_table_lists_every_run(tiny, tmp_path):
     table = collect_runs(tmp_path / "runs" / "default")
     assert sorted(table["lora.r"]) == [1, 2] and "test_accuracy" in table
     assert (tmp_path / "runs" / "default" / "runs.parquet").is_file()
+
+
+def init_A(model_dir, r, stream, seed=0):
+    from lora_analysis.config import LoraSettings, Task
+    from lora_analysis.modeling import add_lora, lora_state
+
+    base = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    model, _ = add_lora(base, LoraSettings(r=r, targets="q", init_stream=stream), Task.classification, seed)
+    return {k: v for k, v in lora_state(model).items() if ".lora_A." in k}
+
+
+def test_init_streams_per_module_and_shared(tiny):
+    models, _ = tiny
+    r2, r4 = init_A(models["bert"], 2, "per_module"), init_A(models["bert"], 4, "per_module")
+    for key in r2:  # independent draws: no row of rank 2 is a rescaled row of rank 4
+        assert not torch.allclose(r2[key] * 2, r4[key][:2] * 4)
+    assert all(torch.equal(a, b) for a, b in zip(r4.values(), init_A(models["bert"], 4, "per_module").values(),
+                                                    strict=True))
+    s2, s4 = init_A(models["bert"], 2, "shared"), init_A(models["bert"], 4, "shared")
+    for key in s2:  # Gaussian A ~ N(0, 1/r^2): the same standard normal rows, scaled by 1/r
+        torch.testing.assert_close(s2[key] * 2, s4[key][:2] * 4)
+    layers = list(s4.values())
+    assert not torch.allclose(layers[0], layers[1])  # every module has a stream of its own

@@ -1,0 +1,173 @@
+"""The analysis tables: their schemas, how they are assembled fast, and ``AnalysisResult``.
+
+Every table is tidy (one row per item, ID columns first) and round-trips through Parquet unchanged:
+``AnalysisResult.load(folder)`` gives frames equal to the saved ones, dtypes included.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lora_analysis.atomic import write_atomic, write_json
+from lora_analysis.errors import LoraAnalysisError
+
+# --- table schemas: ID columns first; "cat" = categorical of strings, "Int64" = nullable integer
+_IDS = {"run": "cat", "r": "int64", "seed": "Int64"}
+_MODULE_IDS = {"layer": "Int64", "module": "cat"}
+SCHEMAS: dict[str, dict[str, str]] = {
+    "phi": {
+        "comparison": "cat", "run_a": "cat", "run_b": "cat", "r_a": "int64", "r_b": "int64",
+        "seed_a": "Int64", "seed_b": "Int64", "targets": "cat", **_MODULE_IDS, "subject": "cat",
+        "i": "int32", "j": "int32", "phi": "float64", "baseline": "float64",
+    },
+    "spectra": {**_IDS, **_MODULE_IDS, "subject": "cat", "index": "int32", "singular_value": "float64"},
+    "modules": {
+        **_IDS, "targets": "cat", **_MODULE_IDS, "path": "str", "in_features": "int64",
+        "out_features": "int64", "scale": "float64", "norm_A": "float64", "norm_B": "float64",
+        "norm_dW": "float64", "a_moved": "float64", "effective_rank_dW": "float64",
+        "stable_rank_dW": "float64", "numerical_rank_A": "int64",
+    },
+    "dw_vs_w": {
+        **_IDS, **_MODULE_IDS, "source": "cat", "top": "int64", "projection_norm": "float64",
+        "w_norm": "float64", "dw_norm": "float64", "amplification": "float64",
+    },
+    "w_dw_phi": {
+        **_IDS, **_MODULE_IDS, "side": "cat", "i": "int32", "j": "int32", "phi": "float64",
+        "baseline": "float64",
+    },
+    "intruders": {
+        **_IDS, **_MODULE_IDS, "index": "int32", "max_abs_cos": "float64", "is_intruder": "bool",
+        "threshold": "float64",
+    },
+    "runs": {
+        "run": "cat", "folder": "str", "r": "int64", "seed": "Int64", "targets": "cat", "base": "str",
+        "modules": "int64", "has_init": "bool",
+    },
+}  # fmt: skip
+
+
+class TableBuilder:
+    """Rows collected in blocks (scalars broadcast over a block, or arrays), assembled once at the end."""
+
+    def __init__(self, schema: dict[str, str]) -> None:
+        self.schema, self.blocks = schema, []
+
+    def add(self, n: int, **columns) -> None:
+        if set(columns) != set(self.schema):
+            raise ValueError(f"columns {sorted(columns)} do not match {sorted(self.schema)}")
+        if n:
+            self.blocks.append((n, columns))
+
+    def frame(self) -> pd.DataFrame:
+        """The rows as a DataFrame; the blocks are released (a phi table can hold millions of rows)."""
+        lengths = np.array([n for n, _ in self.blocks], dtype=np.int64)
+        columns = {c: _column([b[c] for _, b in self.blocks], lengths, k) for c, k in self.schema.items()}
+        self.blocks = []
+        return pd.DataFrame(columns, copy=False)  # one block per column: no consolidated 2-D copy
+
+
+def _column(values: list, lengths: np.ndarray, kind: str):
+    """One column from per-block values: a scalar repeated over its block, or an array of the block's length."""
+    if kind == "cat":
+        categories = list(dict.fromkeys(values))
+        code_type = np.int8 if len(categories) < 128 else np.int32
+        codes = np.repeat(np.array([categories.index(v) for v in values], dtype=code_type), lengths)
+        return pd.Categorical.from_codes(codes, categories=pd.Index(categories, dtype="str"))
+    if kind == "Int64":
+        filled = np.repeat(np.array([0 if v is None else v for v in values], dtype=np.int64), lengths)
+        mask = np.repeat(np.array([v is None for v in values], dtype=bool), lengths)
+        return pd.arrays.IntegerArray(filled, mask)
+    if kind == "str":
+        return pd.array(np.repeat(np.array(values, dtype=object), lengths), dtype="str")
+    if not any(isinstance(v, np.ndarray) for v in values):
+        return np.repeat(np.array(values, dtype=kind), lengths)
+    if all(isinstance(v, np.ndarray) for v in values):
+        return np.concatenate([np.asarray(v, dtype=kind).ravel() for v in values])
+    parts = [
+        np.asarray(v, dtype=kind).ravel() if isinstance(v, np.ndarray) else np.full(n, v, dtype=kind)
+        for v, n in zip(values, lengths, strict=True)
+    ]
+    return np.concatenate(parts)
+
+
+def restore_dtypes(frame: pd.DataFrame, schema: dict[str, str]) -> pd.DataFrame:
+    """Undo what Parquet loses: categories of an empty categorical column come back as objects."""
+    for column, kind in schema.items():
+        if kind == "cat" and frame[column].cat.categories.dtype != "str":
+            frame[column] = pd.Categorical.from_codes(
+                frame[column].cat.codes, pd.Index(frame[column].cat.categories.astype(str), dtype="str")
+            )
+    return frame
+
+
+@dataclass
+class AnalysisResult:
+    """The analysis tables (see ``SCHEMAS``), the notes on what was skipped, and the settings used."""
+
+    phi: pd.DataFrame
+    spectra: pd.DataFrame
+    modules: pd.DataFrame
+    dw_vs_w: pd.DataFrame
+    w_dw_phi: pd.DataFrame
+    intruders: pd.DataFrame
+    runs: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {name: getattr(self, name) for name in SCHEMAS}
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``<table>.parquet`` for each table and ``analysis.json`` (settings, notes) into ``folder``."""
+        folder = Path(folder)
+        with small_pages():
+            for name, frame in self.tables().items():
+                write_atomic(folder / f"{name}.parquet", partial(_to_parquet, frame, name=name))
+        write_json(folder / "analysis.json", {"config": self.config, "notes": self.notes})
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> AnalysisResult:
+        """Read a folder written by ``save``; the tables compare equal to the saved ones."""
+        folder = Path(folder)
+        missing = [n for n in SCHEMAS if not (folder / f"{n}.parquet").is_file()]
+        if missing or not (folder / "analysis.json").is_file():
+            raise LoraAnalysisError(f"{folder} is not an analysis folder (missing {missing or 'analysis.json'})")
+        meta = json.loads((folder / "analysis.json").read_text())
+        frames = {n: restore_dtypes(pd.read_parquet(folder / f"{n}.parquet"), s) for n, s in SCHEMAS.items()}
+        return cls(**frames, notes=meta.get("notes", []), config=meta.get("config", {}))
+
+
+def _to_parquet(frame: pd.DataFrame, path: Path, name: str) -> None:
+    """Write one table: ``write_atomic`` calls this with a temporary path."""
+    # Dictionary encoding only where values repeat (categorical columns), lz4, no column statistics
+    # (with row groups of 1M rows they would prune little): 2x faster than the defaults on a phi
+    # table of millions of rows, and half the size.
+    categorical = [c for c, kind in SCHEMAS[name].items() if kind == "cat"]
+    frame.to_parquet(path, index=False, compression="lz4", use_dictionary=categorical, write_statistics=False)
+
+
+@contextmanager
+def small_pages() -> Iterator[None]:
+    """numpy's transparent-huge-page hint off for the block, restored after.
+
+    The analysis allocates many short-lived arrays of a few MB and one big table; where the kernel
+    compacts memory synchronously for huge pages (THP defrag=madvise), each fresh array waits for it:
+    measured on the benchmark VM, table assembly 1.43 s -> 0.34 s and the whole analysis 7.7 s -> 5.9 s.
+    """
+    toggle = getattr(getattr(np, "_core", None), "multiarray", None)
+    toggle = getattr(toggle, "_set_madvise_hugepage", None)
+    previous = toggle(False) if toggle else None
+    try:
+        yield
+    finally:
+        if toggle:
+            toggle(previous)

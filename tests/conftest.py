@@ -1,0 +1,18 @@
+"""Fixtures shared by the plot and findings tests: one fabricated sweep with planted structure."""
+
+from __future__ import annotations
+
+import pytest
+from fabricate import shared_sweep
+
+from lora_analysis.tables import AnalysisResult
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    return shared_sweep(tmp_path_factory, layers=(0, 1), modules=("q", "v", "ffn_out"))
+
+
+@pytest.fixture(scope="module")
+def tables(sweep):
+    return AnalysisResult.load(sweep / "analysis")
