@@ -281,13 +281,16 @@ def a_moved(modules: pd.DataFrame) -> Finding:
                                modules=("a_moved", "size")).reset_index()
     by_r = ", ".join(f"{fmt(100 * row['mean'], 0)}% at r={int(row['r'])} (range {fmt(100 * row['min'], 0)}–"
                      f"{fmt(100 * row['max'], 0)}%)" for _, row in table.iterrows())
-    overall = m["a_moved"].mean()
-    implication = (
-        "A is still mostly its random init, so the subspace of A alone mostly shows the init: "
-        "read A − A_init and ΔW for what training learned"
-        if overall < 0.5 else "A moved far from its init, so A itself reflects training"
-    )
-    sentence = f"A moved ||A − A_init||_F / ||A_init||_F = {by_r} on average over modules; {implication}."
+    near = [int(r) for r, v in zip(table["r"], table["mean"], strict=True) if v < 0.5]
+    far = [int(r) for r in table["r"] if int(r) not in near]
+    parts = []
+    if near:
+        parts.append(f"at r={', '.join(map(str, near))} A is still mostly its random init, so the subspace of A "
+                     "alone mostly shows the init: read A − A_init and ΔW for what training learned")
+    if far:
+        parts.append(f"at r={', '.join(map(str, far))} A moved by half its init's norm or more, so A itself "
+                     "reflects training")
+    sentence = f"A moved ||A − A_init||_F / ||A_init||_F = {by_r} on average over modules; {'; '.join(parts)}."
     return Finding(key, title, [sentence], table, _by_rank(table, "mean"))
 
 

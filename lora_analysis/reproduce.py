@@ -10,10 +10,13 @@ runs the same reproduction on another model and task; ``device=auto`` takes a GP
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import shutil
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +44,7 @@ class ReproduceConfig:
     out_dir: str = "runs"
     name: str | None = None  # the sweep folder; None: the preset's name
     figures: str | None = None  # copy report.html, report.md and figures/ here (the repository's figures/)
+    workers: int | None = None  # runs trained at once; None: 2 on a CPU with 2+ cores, 1 on a GPU
 
     def __post_init__(self) -> None:
         if not self.preset.runs:
@@ -48,7 +52,7 @@ class ReproduceConfig:
 
 
 ConfigStore.instance().store(name="reproduce_schema", node=ReproduceConfig)
-_OWN_KEYS = ("preset", "out_dir", "name", "figures")
+_OWN_KEYS = ("preset", "out_dir", "name", "figures", "workers")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -71,7 +75,8 @@ def reproduce(cfg: ReproduceConfig, train_overrides: Sequence[str] = ()) -> Path
     started = time.perf_counter()
     sweep = Path(cfg.out_dir) / (cfg.name or cfg.preset.name)
     plan = [(run_name(run), [*cfg.preset.common, *train_overrides, *run]) for run in cfg.preset.runs]
-    timings = train_all(plan, sweep, cfg.out_dir)
+    workers = cfg.workers or default_workers(train_overrides)
+    timings = train_all(plan, sweep, cfg.out_dir, workers)
     print(f"analysing {sweep} ...", file=sys.stderr)
     analyze([sweep]).save(sweep / "analysis")
     html, markdown = build_report(sweep, layer=cfg.preset.layer)
@@ -86,23 +91,64 @@ def reproduce(cfg: ReproduceConfig, train_overrides: Sequence[str] = ()) -> Path
     return html
 
 
-def train_all(plan: list[tuple[str, list[str]]], sweep: Path, out_dir: str) -> dict[str, float]:
-    """Train each (run name, overrides) into the sweep, skipping finished runs; show i of N and time left."""
+def train_all(plan: list[tuple[str, list[str]]], sweep: Path, out_dir: str, workers: int) -> dict[str, float]:
+    """Train each (run name, overrides) into the sweep, skipping finished runs; show i of N and time left.
+
+    With ``workers > 1`` runs train in parallel processes, the cores divided among them: on this
+    kind of 2-core machine two 1-thread runs finish a sweep about 1.3x sooner than one 2-thread run.
+    """
+    todo = [(name, [*overrides, f"name={sweep.name}", f"out_dir={out_dir}"])
+            for name, overrides in plan if not is_done(sweep / name)]
+    print(f"{sweep}: {len(plan)} runs, {len(plan) - len(todo)} finished already", file=sys.stderr)
+    started, timings = time.perf_counter(), {}
+    if workers <= 1:
+        for name, overrides in todo:
+            _report_progress(name, "starts", plan, timings, len(todo), workers, started)
+            timings[name] = _train_one(overrides, name)
+        return timings
+    threads = max(1, _cores() // workers)
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
+    pool = ProcessPoolExecutor(workers, mp_context=context)
+    futures = {pool.submit(_train_one, [*o, f"threads={threads}", "progress=false"], n): n for n, o in todo}
+    print(f"training {len(todo)} runs, {workers} at a time with {threads} thread(s) each", file=sys.stderr)
+    try:
+        for future in as_completed(futures):
+            name = futures[future]
+            timings[name] = future.result()
+            _report_progress(name, "finished", plan, timings, len(todo), workers, started)
+    finally:  # on an error, runs not started yet are dropped; running ones end (or keep their checkpoint)
+        pool.shutdown(wait=True, cancel_futures=True)
+    return timings
+
+
+def _train_one(overrides: list[str], name: str) -> float:
     from lora_analysis.train_app import run_overrides
 
-    timings: dict[str, float] = {}
-    todo = [name for name, _ in plan if not is_done(sweep / name)]
-    print(f"{sweep}: {len(plan)} runs, {len(plan) - len(todo)} finished already", file=sys.stderr)
-    for index, (name, overrides) in enumerate(plan, start=1):
-        if name not in todo:
-            continue
-        done = [timings[n] for n in timings]
-        left = f", about {sum(done) / len(done) * (len(todo) - len(done)) / 60:.0f} min left" if done else ""
-        print(f"run {index} of {len(plan)}: {name}{left}", file=sys.stderr)
-        start = time.perf_counter()
-        run_overrides([*overrides, f"name={sweep.name}", f"out_dir={out_dir}"], name=name)
-        timings[name] = round(time.perf_counter() - start, 1)
-    return timings
+    start = time.perf_counter()
+    run_overrides(overrides, name=name)
+    return round(time.perf_counter() - start, 1)
+
+
+def _report_progress(name, event, plan, timings, todo, workers, started) -> None:
+    index = [n for n, _ in plan].index(name) + 1
+    left = ""
+    if timings:
+        remaining = (todo - len(timings)) * (sum(timings.values()) / len(timings)) / workers
+        left = f" ({(time.perf_counter() - started) / 60:.1f} min so far, about {remaining / 60:.0f} min left)"
+    print(f"run {index} of {len(plan)}: {name} {event}{left}", file=sys.stderr)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_workers(train_overrides: Sequence[str]) -> int:
+    """Two parallel runs on a CPU with two or more cores; one on a GPU, which one run keeps busy."""
+    import torch
+
+    device = next((o.split("=", 1)[1] for o in train_overrides if o.startswith("device=")), "auto")
+    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    return 1 if on_gpu or _cores() < 2 else 2
 
 
 def publish(report_dir: Path, target: Path) -> None:

@@ -151,3 +151,9 @@ def test_ffn_under_budget_states_the_difference_with_its_error():
     single = F.ffn_under_budget(budget_runs({"attn": [0.80], "all": [0.81]}))  # binomial error of 2,000 texts
     assert "± 0.013" in single.sentences[-1] and "no clear difference" in single.sentences[-1]
     assert F.ffn_under_budget(budget_runs({"q": [0.8]}).drop(columns="lora.budget")).sentences[0].startswith("No")
+
+
+def test_a_moved_says_which_ranks_stay_near_their_init():
+    sentence = F.a_moved(pd.DataFrame({"r": [8, 8, 64], "a_moved": [0.1, 0.15, 1.09]})).sentences[0]
+    assert "12% at r=8" in sentence and "109% at r=64" in sentence
+    assert "at r=8 A is still mostly its random init" in sentence and "at r=64 A moved by half" in sentence
