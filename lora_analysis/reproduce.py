@@ -75,7 +75,7 @@ def reproduce(cfg: ReproduceConfig, train_overrides: Sequence[str] = ()) -> Path
     started = time.perf_counter()
     sweep = Path(cfg.out_dir) / (cfg.name or cfg.preset.name)
     plan = [(run_name(run), [*cfg.preset.common, *train_overrides, *run]) for run in cfg.preset.runs]
-    workers = cfg.workers or default_workers(train_overrides)
+    workers = cfg.workers or default_workers(train_overrides, sum(not is_done(sweep / n) for n, _ in plan))
     timings = train_all(plan, sweep, cfg.out_dir, workers)
     print(f"analysing {sweep} ...", file=sys.stderr)
     analyze([sweep]).save(sweep / "analysis")
@@ -142,13 +142,18 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def default_workers(train_overrides: Sequence[str]) -> int:
-    """Two parallel runs on a CPU with two or more cores; one on a GPU, which one run keeps busy."""
+def default_workers(train_overrides: Sequence[str], runs: int) -> int:
+    """Two parallel runs on a CPU with two or more cores and four or more runs to train; else one.
+
+    A GPU is kept busy by one run. Measured on a 2-core VM: two 1-thread runs at once train the
+    paper preset 1.15x sooner than one 2-thread run after another, but a 1-thread evaluation takes
+    twice as long, so short sweeps of two or three runs finish sooner one after another.
+    """
     import torch
 
     device = next((o.split("=", 1)[1] for o in train_overrides if o.startswith("device=")), "auto")
     on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    return 1 if on_gpu or _cores() < 2 else 2
+    return 1 if on_gpu or _cores() < 2 or runs < 4 else 2
 
 
 def publish(report_dir: Path, target: Path) -> None:
