@@ -29,7 +29,8 @@ import yaml
 from safetensors import safe_open
 
 from lora_analysis.delta import lora_scale
-from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.errors import LoraAnalysisError, first_line
+from lora_analysis.runs import DONE
 from lora_analysis.targets import ROLES, parse_module_path, targets_label
 
 CONFIG_FILE = "adapter_config.json"
@@ -37,7 +38,6 @@ SAFETENSORS_FILE = "adapter_model.safetensors"
 BIN_FILE = "adapter_model.bin"
 INIT_FILE = "adapter_init.safetensors"
 RUN_CONFIG = "config.yaml"  # a run of this toolkit's train app: resolved config, then DONE last
-DONE = "DONE"
 # Config keys that may differ between two runs that are still compared (rank and seed are what varies).
 MATCH_IGNORE = [
     "lora.r", "seed", "run_name", "name", "out_dir", "device", "threads", "progress",
@@ -85,7 +85,7 @@ class TensorFile:
         except LoraAnalysisError:
             raise
         except Exception as error:  # safetensors raises its own types for truncated/corrupt files
-            raise LoraAnalysisError(f"{self.path}: not a readable tensor file ({_first_line(error)})") from error
+            raise LoraAnalysisError(f"{self.path}: not a readable tensor file ({first_line(error)})") from error
 
     def read(self, *keys: str) -> list[np.ndarray]:
         """The tensors ``keys`` as float64 arrays (bf16/fp16/fp32 upcast); NaN or Inf is an error."""
@@ -130,16 +130,11 @@ def _load_bin(path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise LoraAnalysisError(
-            f"{path}: refusing to unpickle anything but tensors ({_first_line(error)}); convert it to safetensors"
+            f"{path}: refusing to unpickle anything but tensors ({first_line(error)}); convert it to safetensors"
         ) from error
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise LoraAnalysisError(f"{path}: expected a state dict of tensors")
     return state
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -372,7 +367,7 @@ def _load_run(folder: Path, match_ignore: tuple[str, ...], notes: list[str]) -> 
     try:
         config = yaml.safe_load(config_path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise LoraAnalysisError(f"{config_path}: not valid YAML ({_first_line(error)})") from error
+        raise LoraAnalysisError(f"{config_path}: not valid YAML ({first_line(error)})") from error
     if not (folder / DONE).is_file():
         notes.append(f"skipped {folder}: unfinished run (no {DONE} marker)")
         return None

@@ -7,3 +7,9 @@ class LoraAnalysisError(ValueError):
     The command line prints ``str(error)`` as one line and exits non-zero; the Python API lets it
     propagate. Messages name the offending file, tensor or value and say what was expected.
     """
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none), to quote in ours."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -426,9 +426,6 @@ def accuracy(runs: pd.DataFrame, metric: str | None = None) -> Finding:
     return Finding(key, title, sentences, table, values)
 
 
-FFN_ROLES = {"ffn_gate", "ffn_in", "ffn_out"}
-
-
 def ffn_under_budget(runs: pd.DataFrame, metric: str | None = None) -> Finding:
     """Does adapting FFN matrices help at one parameter budget? Differences with their standard errors.
 
@@ -438,7 +435,7 @@ def ffn_under_budget(runs: pd.DataFrame, metric: str | None = None) -> Finding:
     (mean of set means, errors combined in quadrature), and ``all`` with ``attn``; a difference counts
     as clear when it exceeds twice its standard error.
     """
-    from lora_analysis.targets import expand_roles
+    from lora_analysis.targets import PRESETS, expand_roles
 
     metric = metric or metric_column(runs)
     key, title = "ffn_budget", "FFN matrices under a fixed parameter budget (Table 5 analogue)"
@@ -450,7 +447,7 @@ def ffn_under_budget(runs: pd.DataFrame, metric: str | None = None) -> Finding:
     n_test = float(budgeted["test_examples"].iloc[0]) if "test_examples" in budgeted else math.nan
     binomial = np.sqrt(table["mean"] * (1 - table["mean"]) / n_test) if metric == "test_accuracy" else np.nan
     table["se"] = np.where(table["n"] > 1, table["std"] / np.sqrt(table["n"]), binomial)
-    table["ffn"] = [bool(FFN_ROLES & set(expand_roles(str(t)))) for t in table["targets"]]
+    table["ffn"] = [bool(set(PRESETS["ffn"]) & set(expand_roles(str(t)))) for t in table["targets"]]
     better = -1.0 if metric in LOWER_IS_BETTER else 1.0
     sentences = [f"Budget {', '.join(sorted(map(str, budgeted['lora.budget'].unique())))}: " + ", ".join(
         f"{row.targets} (r={row.r}, {int(row.lora_params):,} parameters) {fmt(row.mean, 3)} ± {fmt(row.se, 3)}"

@@ -24,23 +24,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 from lora_analysis.budget import budget_params, rank_for_budget
 from lora_analysis.config import Init, InitStream, LoraSettings, ModelConfig, Task
 from lora_analysis.embedded import resolve_model_path
-from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.errors import LoraAnalysisError, first_line
 from lora_analysis.targets import ModuleTarget, family_for, select_modules
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when present, else CPU; otherwise the named device, which must exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise LoraAnalysisError(f"device {name!r} is not a torch device ({error})") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LoraAnalysisError(f"device {name!r} asked for, but CUDA is not available here")
-    return device
 
 
 def load_tokenizer(cfg: ModelConfig):
@@ -48,7 +35,7 @@ def load_tokenizer(cfg: ModelConfig):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.revision)
     except (OSError, ValueError) as error:
-        raise LoraAnalysisError(f"cannot load a tokenizer from {cfg.name_or_path!r}: {_first_line(error)}") from error
+        raise LoraAnalysisError(f"cannot load a tokenizer from {cfg.name_or_path!r}: {first_line(error)}") from error
     if tokenizer.pad_token_id is None:  # GPT-2 and Llama have none; padded positions are masked anyway
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -66,7 +53,7 @@ def load_model(cfg: ModelConfig, num_labels: int, pad_token_id: int | None) -> t
         else:
             model = AutoModelForCausalLM.from_pretrained(path, revision=cfg.revision)
     except (OSError, ValueError) as error:
-        raise LoraAnalysisError(f"cannot load model {cfg.name_or_path!r}: {_first_line(error)}") from error
+        raise LoraAnalysisError(f"cannot load model {cfg.name_or_path!r}: {first_line(error)}") from error
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id
     return model
@@ -85,11 +72,6 @@ def _model_source(cfg: ModelConfig) -> str:
     if looks_local and not (Path(path).expanduser() / "config.json").is_file():
         raise LoraAnalysisError(f"model path {path!r} is not a transformers model directory (no config.json)")
     return str(Path(path).expanduser()) if looks_local else path
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def model_type(model: torch.nn.Module) -> str:
@@ -122,7 +104,7 @@ def skeleton(cfg: ModelConfig) -> torch.nn.Module:
     try:
         config = AutoConfig.from_pretrained(path, revision=cfg.revision)
     except (OSError, ValueError) as error:
-        raise LoraAnalysisError(f"cannot load model {cfg.name_or_path!r}: {_first_line(error)}") from error
+        raise LoraAnalysisError(f"cannot load model {cfg.name_or_path!r}: {first_line(error)}") from error
     auto = AutoModelForSequenceClassification if cfg.task == Task.classification else AutoModelForCausalLM
     with torch.device("meta"):
         return auto.from_config(config)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import shutil
 import sys
 import time
@@ -26,6 +25,7 @@ from omegaconf import OmegaConf
 from lora_analysis.atomic import write_json
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.hydra_compose import compose, help_text
+from lora_analysis.machine import resolve_device, usable_cores
 from lora_analysis.runs import is_done, run_name
 
 
@@ -106,7 +106,7 @@ def train_all(plan: list[tuple[str, list[str]]], sweep: Path, out_dir: str, work
             _report_progress(name, "starts", plan, timings, len(todo), workers, started)
             timings[name] = _train_one(overrides, name)
         return timings
-    threads = max(1, _cores() // workers)
+    threads = max(1, usable_cores() // workers)
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
     pool = ProcessPoolExecutor(workers, mp_context=context)
     futures = {pool.submit(_train_one, [*o, f"threads={threads}", "progress=false"], n): n for n, o in todo}
@@ -138,10 +138,6 @@ def _report_progress(name, event, plan, timings, todo, workers, started) -> None
     print(f"run {index} of {len(plan)}: {name} {event}{left}", file=sys.stderr)
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def default_workers(train_overrides: Sequence[str], runs: int) -> int:
     """Two parallel runs on a CPU with two or more cores and four or more runs to train; else one.
 
@@ -149,11 +145,9 @@ def default_workers(train_overrides: Sequence[str], runs: int) -> int:
     paper preset 1.15x sooner than one 2-thread run after another, but a 1-thread evaluation takes
     twice as long, so short sweeps of two or three runs finish sooner one after another.
     """
-    import torch
-
     device = next((o.split("=", 1)[1] for o in train_overrides if o.startswith("device=")), "auto")
-    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    return 1 if on_gpu or _cores() < 2 or runs < 4 else 2
+    on_gpu = resolve_device(device).type == "cuda"
+    return 1 if on_gpu or usable_cores() < 2 or runs < 4 else 2
 
 
 def publish(report_dir: Path, target: Path) -> None:

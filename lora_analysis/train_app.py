@@ -134,7 +134,9 @@ def train_run(settings: TrainConfig, run_dir: Path) -> dict:
 
 def default_threads() -> int:
     """All usable cores, divided among the launcher's parallel workers so they don't oversubscribe."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from lora_analysis.machine import usable_cores
+
+    cores = usable_cores()
     if not HydraConfig.initialized():
         return cores
     launcher = HydraConfig.get().launcher

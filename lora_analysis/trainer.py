@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from lora_analysis import data as task_data
 from lora_analysis.atomic import write_atomic, write_text
 from lora_analysis.config import Method, Precision, Schedule, Task, TrainConfig
-from lora_analysis.modeling import add_lora, load_model, load_tokenizer, lora_state, resolve_device
+from lora_analysis.machine import resolve_device
+from lora_analysis.modeling import add_lora, load_model, load_tokenizer, lora_state
 from lora_analysis.runs import CHECKPOINT
 
 log = logging.getLogger(__name__)
