@@ -7,6 +7,7 @@ YAML, same override grammar, same validation, no output folder or logging set-up
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,14 +15,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from lora_analysis.errors import LoraAnalysisError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
 
 def conf_dir() -> Path:
-    """The ``conf/`` folder of the repository (the package is installed editable, see Makefile)."""
-    if not CONF_DIR.is_dir():
-        raise FileNotFoundError(f"config folder {CONF_DIR} not found; install with pip install -e .")
-    return CONF_DIR
+    """The config folder: the repository's ``conf/`` in a checkout, else its copy in the installed package."""
+    checkout = Path(__file__).resolve().parent.parent / "conf"
+    if checkout.is_dir():
+        return checkout
+    spec = importlib.util.find_spec("lora_analysis.conf")  # a namespace package: YAML only, no __init__.py
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("lora_analysis.conf is not installed: reinstall lora-analysis")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
