@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[command][0])
     try:
         return int(module.main(rest) or 0)
+    except BrokenPipeError:  # output piped into head or less, which stopped reading: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except SystemExit as done:  # a Hydra job that has printed its own one-line error
         return done.code if isinstance(done.code, int) else 1
     except KeyboardInterrupt:

@@ -1,11 +1,11 @@
-"""``lora-analysis recommend <sweep> [subject=dW] [targets=all] [rank_pattern=ranks.json]``
+"""usage: lora-analysis recommend <sweep> [subject=dW] [targets=all] [rank_pattern=ranks.json]
 
-Prints the rank each module role needs, with how it was reached (see ``lora_analysis.recommend``), and
-with ``rank_pattern=<file>`` writes it as JSON that ``peft.LoraConfig(rank_pattern=...)`` accepts:
+Prints the rank each module role needs, with how it was reached (see lora_analysis/recommend.py), and
+with rank_pattern=<file> writes it as JSON that peft.LoraConfig(rank_pattern=...) accepts:
 
     LoraConfig(r=8, target_modules=[...], rank_pattern=json.load(open("ranks.json")))
 
-The sweep needs its ``analysis/`` folder; it is computed first when missing.
+The sweep needs its analysis/ folder; it is computed first when missing.
 """
 
 from __future__ import annotations

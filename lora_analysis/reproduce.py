@@ -1,10 +1,11 @@
-"""``lora-analysis reproduce [preset=paper|quick] [train overrides ...]``: the paper's Section 7, end to end.
+"""usage: lora-analysis reproduce [preset=paper|quick] [name=...] [figures=<folder>] [train overrides ...]
 
-1) train the runs the preset names (a sweep folder ``<out_dir>/<preset>``, finished runs skipped),
-2) analyse them (``analysis/``), 3) draw the figures and write the report (``report/``), and with
-``figures=<folder>`` copy the report and its figures there. Any other ``key=value`` is a training
-override applied to every run: ``model=hf model.name_or_path=/models/x data=file data.path=y.csv``
-runs the same reproduction on another model and task; ``device=auto`` takes a GPU when there is one.
+The paper's Section 7, end to end: 1) train the runs the preset names into the sweep folder
+<out_dir>/<preset> (finished runs are skipped, so an interrupted reproduction resumes), 2) analyse them
+(analysis/), 3) draw the figures and write the report (report/report.html and report.md); with
+figures=<folder> the report and its figures are copied there. Any other key=value is a training
+override applied to every run: model=hf model.name_or_path=/models/x data=file data.path=y.csv runs the
+same reproduction on another model and task; device=auto takes a GPU when there is one.
 """
 
 from __future__ import annotations
