@@ -44,7 +44,7 @@ def test_reproduce_help_and_bad_preset(capsys):
 
 
 @pytest.mark.slow
-def test_reproduce_on_a_named_model_and_data(tmp_path):
+def test_reproduce_on_a_named_model_and_data(tmp_path, capfd):
     from tiny import build_tiny_model, tiny_overrides, write_tiny_csv
 
     from lora_analysis.reproduce import Preset, ReproduceConfig, reproduce
@@ -52,8 +52,8 @@ def test_reproduce_on_a_named_model_and_data(tmp_path):
     model, csv = build_tiny_model("llama", tmp_path / "llama"), write_tiny_csv(tmp_path / "reviews.csv")
     train = [o for o in tiny_overrides(model, csv, tmp_path / "unused") if o.split("=")[0] not in ("lora.r", "out_dir")]
     preset = Preset(name="tiny", common=["lora.targets=all", "optim.steps=3"],
-                    runs=[["lora.r=2", "seed=0"], ["lora.r=8", "seed=0"], ["lora.r=8", "seed=1"]])
-    html = reproduce(ReproduceConfig(preset=preset, out_dir=str(tmp_path)), train)
+                    runs=[["lora.r=2", "seed=0"], ["lora.r=8", "seed=0"], ["lora.r=8", "seed=1"], ["method=full"]])
+    html = reproduce(ReproduceConfig(preset=preset, out_dir=str(tmp_path), workers=2), train)  # 2 processes
     sweep = tmp_path / "tiny"
     assert html == sweep / "report" / "report.html" and html.is_file()
     modules = pd.read_parquet(sweep / "analysis" / "modules.parquet")
@@ -61,3 +61,7 @@ def test_reproduce_on_a_named_model_and_data(tmp_path):
     table7 = pd.read_parquet(sweep / "analysis" / "dw_vs_w.parquet")
     assert not table7.empty  # the tiny model's own weights were found for W
     assert "ffn_gate" in (sweep / "report" / "report.md").read_text()
+    runs = pd.read_parquet(sweep / "runs.parquet").set_index("run")
+    assert sorted(runs.index) == ["full", "r2-seed0", "r8-seed0", "r8-seed1"]
+    err = capfd.readouterr().err
+    assert "training 4 runs, 2 at a time" in err and "run 4 of 4: full finished" in err
