@@ -79,3 +79,23 @@ def test_token_cache_is_reused(tmp_path):
     assert calls == [2] and [list(x) for x in first] == [list(x) for x in second] == [[1, 1], [1, 1, 1, 1]]
     tokenize_cached(Tokenizer(), ["ab", "abcd"], 3, Task.classification, tmp_path)
     assert calls == [2, 2]
+
+
+def test_atomic_writes_leave_no_temporary_file_and_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from lora_analysis.atomic import write_atomic, write_text
+
+    target = write_text(tmp_path / "a" / "metrics.json", "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+
+    def fail(path):
+        path.write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_atomic(target, fail)
+    assert target.read_text() == "{}" and [p.name for p in target.parent.iterdir()] == ["metrics.json"]
