@@ -183,7 +183,7 @@ class Adapter:
 
     @property
     def targets(self) -> str:
-        """The module roles present, as a label: ``q+v``, or ``all`` when every known role is there."""
+        """The module roles present, as a label in canonical role order: ``q+v``, ``q+k+v+o+ffn_in+ffn_out``."""
         roles = {m.role for m in self.modules.values()}
         known = [r for r in ROLES if r in roles]
         return "+".join(known + sorted(roles - set(ROLES)))
