@@ -20,6 +20,7 @@ import pandas as pd
 
 from lora_analysis import findings as F
 from lora_analysis import plots
+from lora_analysis.atomic import write_parquet
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.report_document import Section, write_report
 
@@ -498,4 +499,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, la
         environment_section(data.runs),
     ]
     out_dir = Path(out_dir) if out_dir is not None else Path(sweep_dir) / "report"
+    accuracy = F.accuracy_table(data.runs)
+    if not accuracy.empty:  # the Tables 5 and 6 analogue, for other tools to read
+        write_parquet(out_dir / "accuracy.parquet", accuracy)
     return write_report(f"LoRA subspace analysis: {Path(sweep_dir).resolve().name}", sections, out_dir)

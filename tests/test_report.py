@@ -147,3 +147,14 @@ def test_ablation_section_for_several_target_sets(tmp_path):
     assert "0.712 ± 0.002 (3)" in text  # q at r=1: 0.71 + 0.002 * seed over seeds 0, 1, 2
     assert (tmp_path / "figures" / "accuracy_rank.png").is_file() and "base64" in html.read_text()
     assert experiment_table(runs).set_index("setting").loc["rank r", "value"] == "1, 4, 16"
+
+
+def test_accuracy_table_is_saved_as_parquet(report):
+    sweep, _, _ = report
+    table = pd.read_parquet(sweep / "report" / "accuracy.parquet")
+    assert list(table.columns) == ["targets", "r", "n", "mean", "std", "lora_params"]
+    runs = pd.read_parquet(sweep / "runs.parquet")
+    lora = runs[runs["method"] == "lora"]
+    assert table["n"].sum() == len(lora)
+    expected = lora.groupby("lora.r")["test_accuracy"].mean().to_dict()
+    assert table.set_index("r")["mean"].to_dict() == pytest.approx(expected)
