@@ -10,12 +10,16 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
+import pandas as pd
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from lora_analysis.compare import AnalyzeConfig, default_out, run_analysis
+from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.hydra_compose import compose, help_text, split_args
+from lora_analysis.runs import finished_runs
 
 SUMMARY = """\
 usage: lora-analysis analyze <sweep folder | run folders | adapter folders> [key=value ...]
@@ -26,6 +30,38 @@ Gaussian baseline for A, A_init, A - A_init, B and dW; spectra; dW against the b
 """
 
 ConfigStore.instance().store(name="analyze_schema", node=AnalyzeConfig)
+
+
+def stale_reason(sweep: Path) -> str | None:
+    """Why ``<sweep>/analysis`` is missing or lacks some of the sweep's finished adapters, or None."""
+    folder = sweep / "analysis"
+    if not (folder / "analysis.json").is_file() or not (folder / "runs.parquet").is_file():
+        return "no analysis yet"
+    analysed = set(pd.read_parquet(folder / "runs.parquet", columns=["run"])["run"])
+    new = sorted(run.name for run in finished_runs(sweep)
+                 if (run / "adapter_config.json").is_file() and run.name not in analysed)
+    if not new:  # runs analysed and since deleted stay in the tables: their results were real
+        return None
+    shown = ", ".join(new[:3]) + (", ..." if len(new) > 3 else "")
+    return f"analysis is out of date: {len(new)} finished run(s) not analysed ({shown})"
+
+
+def ensure_analysis(sweep: Path, run_it: bool = True, command: str = "lora-analysis") -> None:
+    """Analyse the sweep when ``<sweep>/analysis`` is missing or older than its finished runs."""
+    reason = stale_reason(sweep)
+    if reason is None:
+        return
+    if not run_it:
+        raise LoraAnalysisError(f"{sweep}: {reason}: run lora-analysis analyze {sweep} (or leave analyze=true)")
+    from lora_analysis.compare import analyze
+
+    print(f"{command}: {sweep}: {reason}; analysing it", file=sys.stderr)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = analyze(sweep, progress=False)
+    for warning in caught:
+        print(f"{command}: note: {warning.message}", file=sys.stderr)
+    result.save(sweep / "analysis")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,12 +5,11 @@ with rank_pattern=<file> writes it as JSON that peft.LoraConfig(rank_pattern=...
 
     LoraConfig(r=8, target_modules=[...], rank_pattern=json.load(open("ranks.json")))
 
-The sweep needs its analysis/ folder; it is computed first when missing.
+The sweep needs its analysis/ folder; it is computed first when missing or older than the sweep's runs.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from lora_analysis.analyze_app import ensure_analysis
 from lora_analysis.atomic import write_json
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.hydra_compose import compose, help_text, split_args
@@ -51,11 +51,7 @@ def main(argv: Sequence[str]) -> int:
     sweep = Path(cfg.sweep)
     if not sweep.is_dir():
         raise LoraAnalysisError(f"sweep folder {sweep} does not exist")
-    if not (sweep / "analysis" / "analysis.json").is_file():
-        from lora_analysis.compare import analyze
-
-        print(f"{sweep}: no analysis yet, analysing first", file=sys.stderr)
-        analyze([sweep]).save(sweep / "analysis")
+    ensure_analysis(sweep, True, "lora-analysis recommend")
     result = recommend(sweep, cfg.subject, cfg.targets)
     print(result.roles.to_string(index=False))
     print()

@@ -2,13 +2,12 @@
 
 Composes ``conf/report.yaml`` (typed by ``ReportConfig``) with the overrides. Nothing is retrained: the
 report reads ``runs.parquet``, the runs' ``history.csv`` and ``<sweep>/analysis/``; when the analysis is
-missing it is run first (``analyze=true``), or its absence is the error.
+missing or older than the sweep's finished runs it is run first (``analyze=true``), or that is the error.
 """
 
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from lora_analysis.analyze_app import ensure_analysis
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.hydra_compose import compose, help_text, split_args
 
@@ -33,7 +33,7 @@ class ReportConfig:
     sweep: str | None = None  # the sweep folder (a folder with runs.parquet); also the positional argument
     layer: int | None = None  # layer of the single-layer figures (Figures 3, 4, 8); None: the middle adapted layer
     out: str | None = None  # output folder; None: <sweep>/report
-    analyze: bool = True  # run the analysis first when <sweep>/analysis/ is missing
+    analyze: bool = True  # run the analysis first when <sweep>/analysis/ is missing or out of date
 
     def __post_init__(self) -> None:
         if self.sweep is None:
@@ -41,24 +41,6 @@ class ReportConfig:
 
 
 ConfigStore.instance().store(name="report_schema", node=ReportConfig)
-
-
-def ensure_analysis(sweep: Path, run_it: bool) -> None:
-    """Run ``analyze`` on the sweep when ``<sweep>/analysis`` is missing, or say that it is."""
-    if (sweep / "analysis").is_dir():
-        return
-    if not run_it:
-        raise LoraAnalysisError(f"{sweep / 'analysis'} not found: run lora-analysis analyze {sweep} "
-                                "(or leave analyze=true)")
-    from lora_analysis.compare import analyze
-
-    print(f"no analysis in {sweep}; analysing it first", file=sys.stderr)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = analyze(sweep, progress=False)
-    for warning in caught:
-        print(f"lora-analysis report: note: {warning.message}", file=sys.stderr)
-    result.save(sweep / "analysis")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep = Path(cfg.sweep)
     if not (sweep / "runs.parquet").is_file():
         raise LoraAnalysisError(f"{sweep} is not a sweep folder: no runs.parquet there")
-    ensure_analysis(sweep, cfg.analyze)
+    ensure_analysis(sweep, cfg.analyze, "lora-analysis report")
 
     from lora_analysis.report import build_report
 

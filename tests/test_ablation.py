@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -13,6 +14,7 @@ from safetensors.torch import save_file
 from tiny import build_tiny_model
 
 from lora_analysis import cli
+from lora_analysis.analyze_app import stale_reason
 from lora_analysis.budget import budget_params, lora_params, rank_for_budget
 from lora_analysis.compare import analyze
 from lora_analysis.config import LoraSettings, ModelConfig
@@ -148,3 +150,19 @@ def test_rank_pattern_is_what_peft_accepts(planted_sweep, tmp_path, capsys):
 def test_recommend_needs_a_sweep(tmp_path, capsys):
     assert cli.main(["recommend", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_recommend_analyses_runs_finished_after_the_analysis(tmp_path, capsys):
+    sweep = tmp_path / "growing"
+    for r, seed in [(4, 0), (8, 0), (8, 1)]:
+        planted_run(sweep, r, seed, 0.8)
+    write_sweep_table(sweep)
+    analyze([sweep], w_tables=False, intruders=False, progress=False).save(sweep / "analysis")
+    assert stale_reason(sweep) is None
+    planted_run(sweep, 16, 0, 0.8)
+    write_sweep_table(sweep)
+    assert stale_reason(sweep) == "analysis is out of date: 1 finished run(s) not analysed (r16-seed0)"
+    assert cli.main(["recommend", str(sweep)]) == 0
+    assert "r16-seed0" in capsys.readouterr().err
+    assert "r16-seed0" in set(pd.read_parquet(sweep / "analysis" / "runs.parquet")["run"])
+    assert stale_reason(sweep) is None
