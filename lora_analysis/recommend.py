@@ -119,9 +119,12 @@ def accuracy_plateau(runs: pd.DataFrame, targets: str) -> int | None:
     return int(scores[scores >= scores[best] - tolerance].index.min())
 
 
-def rank_pattern(roles: pd.DataFrame, layers: pd.DataFrame, paths: pd.Series) -> dict[str, int]:
-    """PEFT ``rank_pattern``: per-layer exceptions first (PEFT takes the first key that matches)."""
-    keys_of = {role: _role_key(role, paths) for role in roles["role"]}
+def rank_pattern(roles: pd.DataFrame, layers: pd.DataFrame, modules: pd.DataFrame) -> dict[str, int]:
+    """PEFT ``rank_pattern``: per-layer exceptions first (PEFT takes the first key that matches).
+
+    ``modules`` is the analysis' modules table (``module``, ``layer``, ``path``), where the keys come from.
+    """
+    keys_of = {role: _role_key(role, modules) for role in roles["role"]}
     pattern: dict[str, int] = {}
     for row in roles.itertuples():
         for layer in layers[layers["role"] == row.role].itertuples():
@@ -132,12 +135,19 @@ def rank_pattern(roles: pd.DataFrame, layers: pd.DataFrame, paths: pd.Series) ->
     return pattern
 
 
-def _role_key(role: str, paths: pd.Series) -> str:
-    for path in paths.astype(str):
+def _role_key(role: str, modules: pd.DataFrame) -> str:
+    """A regex for every layer's module of this role: the family's path, else the path seen with ``\\d+``."""
+    rows = modules[modules["module"].astype(str) == role]
+    for path in rows["path"].astype(str):
         for family in FAMILIES:
             if role in family.roles and family.pattern(role).match(path):
                 return rf"{family.blocks}\.\d+\.{re.escape(family.roles[role])}"
-    raise LoraAnalysisError(f"no module path of role {role} found to write a rank_pattern key for")
+    for path, layer in zip(rows["path"].astype(str), rows["layer"], strict=True):
+        parts = path.split(".")
+        if str(layer) in parts[1:-1]:  # an architecture we have no table for: generalise its layer index
+            i = parts.index(str(layer), 1)
+            return rf"{re.escape(parts[i - 1])}\.\d+\.{re.escape('.'.join(parts[i + 1:]))}"
+    raise LoraAnalysisError(f"no module path of role {role} with a layer index to write a rank_pattern key for")
 
 
 def recommend(sweep: str | Path, subject: str = "dW", targets: str | None = None) -> Recommendation:
@@ -153,5 +163,5 @@ def recommend(sweep: str | Path, subject: str = "dW", targets: str | None = None
     layers = layer_evidence(analysis.phi, subject, targets)
     roles = role_ranks(layers)
     plateau = accuracy_plateau(runs, targets) if not runs.empty else None
-    pattern = rank_pattern(roles, layers, analysis.modules["path"])
+    pattern = rank_pattern(roles, layers, analysis.modules)
     return Recommendation(layers, roles, subject, targets, plateau, pattern)

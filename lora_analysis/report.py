@@ -339,6 +339,25 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str |
     return section
 
 
+def recommendation_section(sweep_dir: Path) -> Section:
+    """``lora-analysis recommend``'s answer for the sweep: the rank per role, and how it was reached."""
+    from lora_analysis.recommend import recommend
+
+    section = Section("Rank recommendation")
+    try:
+        result = recommend(sweep_dir)
+    except LoraAnalysisError as error:
+        section.text(f"No recommendation: {error}.")
+        return section
+    section.table(result.roles.rename(columns={"layers_min": "fewest (a layer)", "layers_max": "most (a layer)",
+                                               "n_layers": "layers"}),
+                  f"Rank per role from the {result.subject} subspaces of target set {result.targets}")
+    section.bullets(result.explain())
+    section.text("As a PEFT rank_pattern (lora-analysis recommend <sweep> rank_pattern=ranks.json writes it): "
+                 + ", ".join(f"`{key}`: {rank}" for key, rank in result.rank_pattern.items()) + ".")
+    return section
+
+
 def figures_section(tables: dict[str, pd.DataFrame], focus: Focus, found: dict[str, F.Finding]) -> Section:
     """Figures 3, 4, 6, 7 and 8 and the ΔW spectra for our runs; captions carry the headline number."""
     section = Section("Our figures, beside the paper's")
@@ -495,6 +514,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, la
         controls_section(tables, focus),
         findings_section(found),
         ablation_section(data.runs, sentences=False),
+        recommendation_section(Path(sweep_dir)),
         runs_section(data.runs, data.histories),
         environment_section(data.runs),
     ]

@@ -20,7 +20,7 @@ from lora_analysis.compare import analyze
 from lora_analysis.config import LoraSettings, ModelConfig
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.modeling import skeleton, target_shapes
-from lora_analysis.recommend import recommend
+from lora_analysis.recommend import rank_pattern, recommend
 from lora_analysis.runs import write_sweep_table
 
 # (out, in) per block, by role. BERT-base: hidden 768, FFN 3072. GPT-2 small: fused qkv 768 -> 2304.
@@ -166,3 +166,14 @@ def test_recommend_analyses_runs_finished_after_the_analysis(tmp_path, capsys):
     assert "r16-seed0" in capsys.readouterr().err
     assert "r16-seed0" in set(pd.read_parquet(sweep / "analysis" / "runs.parquet")["run"])
     assert stale_reason(sweep) is None
+
+
+def test_rank_pattern_keys_for_an_architecture_without_a_role_table():
+    modules = pd.DataFrame({"module": ["q", "q", "ffn_in"], "layer": [0, 3, 3],
+                            "path": ["net.blocks.0.attn.wq", "net.blocks.3.attn.wq", "net.blocks.3.mlp.w1"]})
+    roles = pd.DataFrame({"role": ["q", "ffn_in"], "rank": [2, 8]})
+    layers = pd.DataFrame({"role": ["q", "q", "ffn_in"], "layer": [0, 3, 3], "needed": [2, 6, 8]})
+    assert rank_pattern(roles, layers, modules) == {
+        r"blocks\.3\.attn\.wq": 6, r"blocks\.\d+\.attn\.wq": 2, r"blocks\.\d+\.mlp\.w1": 8}
+    with pytest.raises(LoraAnalysisError, match="role v"):
+        rank_pattern(pd.DataFrame({"role": ["v"], "rank": [2]}), layers, modules)

@@ -19,7 +19,8 @@ from lora_analysis.report_app import ReportConfig  # noqa: F401 - registers repo
 from lora_analysis.tables import AnalysisResult
 
 SECTIONS = ["The experiment", "The paper's numbers and ours", "Our figures, beside the paper's",
-            "Controls the paper lacks", "Findings", "Accuracy against rank and target set (Tables 5 and 6)", "Runs",
+            "Controls the paper lacks", "Findings", "Accuracy against rank and target set (Tables 5 and 6)",
+            "Rank recommendation", "Runs",
             "Environment"]
 FIGURES = {"fig3_rank_A", "fig3_rank_A_delta", "fig4_seed_A", "fig4_seed_A_delta", "fig6_rank_layers_A",
            "fig6_rank_layers_A_delta", "fig7_seed_layers_A", "fig7_seed_layers_A_delta", "fig8_w_dw", "spectra_dw",
@@ -51,6 +52,14 @@ def test_every_section_in_the_papers_order(report):
     sweep, html, markdown = report
     assert headings(markdown) == SECTIONS
     assert all(f"<h2>{title}</h2>".replace("'", "&#x27;") in html for title in SECTIONS)
+
+
+def test_recommendation_section_says_how_each_rank_was_reached(report):
+    markdown = report[2]
+    section = markdown[markdown.index("## Rank recommendation"):markdown.index("## Runs")]
+    assert "Rank per role from the dW subspaces of target set all" in section
+    assert "ffn_out: rank 1 (median over 2 layers" in section and "Accuracy stops improving at r=8" in section
+    assert r"`layer\.\d+\.ffn_out`: 1" in section  # fabricated paths: the key generalises the layer index
 
 
 def test_findings_are_the_planted_numbers_beside_the_papers(report):
