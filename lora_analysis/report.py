@@ -10,6 +10,7 @@ What is missing (a table, a run, a rank) is said where it would have been shown,
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 from dataclasses import dataclass, field
@@ -105,15 +106,22 @@ class Focus:
 
 
 def choose_focus(data: SweepData, layer: int | None = None) -> Focus:
-    """Prefer the paper's choices (all targets, r = 8 against 64, seeds at 64, the middle layer)."""
+    """Prefer the paper's choices (all targets, r = 8 against 64, seeds at 64, the middle layer).
+
+    Without them: the largest rank against the rank nearest 8 (the smaller on a tie), seeds at the largest
+    seeded rank, all within the focus target set.
+    """
     phi, modules = data.tables["phi"], data.tables["modules"]
     targets = F.main_targets(modules if not modules.empty else phi)
+    if not phi.empty and targets is not None and "targets" in phi:
+        phi = phi[phi["targets"].astype(str) == str(targets)]
     notes = []
     ranks = set()
     if not phi.empty:
         rank = phi[phi["comparison"] == "rank"]
         ranks = set(zip(rank["r_a"].astype(int), rank["r_b"].astype(int), strict=True))
-    pair = (8, 64) if (8, 64) in ranks else (min(ranks, key=lambda p: (p[0], -p[1])) if ranks else None)
+    pair = (8, 64) if (8, 64) in ranks else (
+        min(ranks, key=lambda p: (-p[1], abs(math.log(p[0] / 8)), p[0])) if ranks else None)
     if ranks and pair != (8, 64):
         notes.append(f"no r=8 vs r=64 pair: the rank figures use r={pair[0]} vs r={pair[1]}")
     seeded = sorted(int(r) for r in phi.loc[phi["comparison"] == "seed", "r_a"].unique()) if not phi.empty else []

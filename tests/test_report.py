@@ -14,7 +14,16 @@ from lora_analysis import findings as F
 from lora_analysis.cli import main as cli_main
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.hydra_compose import compose, split_args
-from lora_analysis.report import Focus, ablation_section, build_report, experiment_table, side_by_side, write_report
+from lora_analysis.report import (
+    Focus,
+    SweepData,
+    ablation_section,
+    build_report,
+    choose_focus,
+    experiment_table,
+    side_by_side,
+    write_report,
+)
 from lora_analysis.report_app import ReportConfig  # noqa: F401 - registers report_schema for compose
 from lora_analysis.tables import AnalysisResult
 
@@ -167,3 +176,14 @@ def test_accuracy_table_is_saved_as_parquet(report):
     assert table["n"].sum() == len(lora)
     expected = lora.groupby("lora.r")["test_accuracy"].mean().to_dict()
     assert table.set_index("r")["mean"].to_dict() == pytest.approx(expected)
+
+
+def test_focus_without_the_papers_pair_stays_in_the_shown_target_set(tmp_path):
+    pairs = [("rank", "all", 1, 64), ("rank", "all", 4, 64), ("rank", "all", 16, 64), ("rank", "all", 4, 16),
+             ("rank", "q", 8, 32), ("seed", "all", 16, 16), ("seed", "all", 64, 64), ("seed", "q", 32, 32)]
+    phi = pd.DataFrame([dict(comparison=c, targets=t, r_a=a, r_b=b, layer=layer, module="q")
+                        for c, t, a, b in pairs for layer in (0, 1, 2)])
+    data = SweepData(tmp_path, pd.DataFrame(), {}, {"phi": phi, "modules": phi.drop(columns=["r_a", "r_b"])})
+    focus = choose_focus(data)
+    assert (focus.targets, focus.layer, focus.rank_pair, focus.seed_rank) == ("all", 1, (4, 64), 64)
+    assert focus.notes == ["no r=8 vs r=64 pair: the rank figures use r=4 vs r=64"]
