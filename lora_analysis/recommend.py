@@ -13,6 +13,11 @@ over its layers; a layer that needs more than twice or less than half of that ge
 The accuracy curve is the cross-check: the smallest rank whose mean test metric is within one standard
 deviation over seeds (at least 0.5 point) of the best one, where the accuracy stops improving.
 
+The default subject is ``A_delta`` (A - A_init, what training wrote into A). With B = 0 at init and few
+steps, A stays close to its random init, and the input directions of dW = s B A inherit that init, which
+differs from seed to seed: counted on dW they sit near chance (1 per layer on the embedded default), so
+dW undercounts what was learned. ``subject=dW`` remains available, as do ``A`` and ``B``.
+
 The result can be written as a PEFT ``rank_pattern`` (regex keys anchored to the block index, so a
 role never catches another module: ``encoder\\.layer\\.\\d+\\.output\\.dense`` is ffn_out, not o).
 """
@@ -37,7 +42,7 @@ class Recommendation:
     """Per-layer evidence (``layers``), per-role ranks (``roles``) and the accuracy cross-check."""
 
     layers: pd.DataFrame  # role, layer, seed_shared, rank_shared, needed, pairs used
-    roles: pd.DataFrame  # role, rank, layers_min, layers_max, accuracy_plateau_r, agrees
+    roles: pd.DataFrame  # role, rank, layers_min, layers_max, n_layers, seed_shared, rank_shared (medians)
     subject: str
     targets: str
     accuracy_plateau: int | None
@@ -51,18 +56,25 @@ class Recommendation:
         ]
         for row in self.roles.itertuples():
             lines.append(
-                f"{row.role}: rank {row.rank} (median over {row.n_layers} layers of min(seed-shared, rank-shared); "
-                f"layers range {row.layers_min}-{row.layers_max})."
+                f"{row.role}: rank {row.rank}, the median over {row.n_layers} layers of min(seed-shared, rank-shared) "
+                f"(medians {row.seed_shared:g} and {row.rank_shared:g}; layers need {row.layers_min} to "
+                f"{row.layers_max})."
             )
         if self.accuracy_plateau is None:
             lines.append("Accuracy cross-check: the sweep has no accuracy for two or more ranks of this target set.")
+            return lines
+        top = int(self.roles["rank"].max()) if not self.roles.empty else 0
+        plateau = self.accuracy_plateau
+        if top > 2 * plateau:
+            verdict = f"above it: accuracy is already flat at r={plateau}, the smaller rank is the cheaper choice"
+        elif 2 * top < plateau:
+            verdict = (f"below it: fewer directions recur across seeds and ranks than the rank at which accuracy "
+                       f"stops improving, so the ranks above {top} also buy something the subspaces do not show "
+                       "(room for the optimiser, or directions that differ from seed to seed); train at "
+                       f"r={plateau} where accuracy matters most")
         else:
-            top = int(self.roles["rank"].max()) if not self.roles.empty else 0
-            verdict = "consistent with" if top <= self.accuracy_plateau else "above"
-            lines.append(
-                f"Accuracy stops improving at r={self.accuracy_plateau}; the largest recommended rank ({top}) is "
-                f"{verdict} it."
-            )
+            verdict = "in agreement with it (within a factor of 2)"
+        lines.append(f"Accuracy stops improving at r={plateau}; the largest recommended rank ({top}) is {verdict}.")
         return lines
 
 
@@ -94,11 +106,13 @@ def layer_evidence(phi: pd.DataFrame, subject: str, targets: str) -> pd.DataFram
 
 
 def role_ranks(layers: pd.DataFrame) -> pd.DataFrame:
-    """A rank per role (median over layers, rounded up) and the spread over layers."""
-    grouped = layers.groupby("role", sort=False)["needed"]
-    out = grouped.agg(
+    """A rank per role (median over layers, rounded up), the spread over layers and the median counts."""
+    grouped = layers.groupby("role", sort=False)
+    out = grouped["needed"].agg(
         rank=lambda s: max(1, int(math.ceil(s.median()))), layers_min="min", layers_max="max", n_layers="size"
     )
+    out["seed_shared"] = grouped["seed_shared"].median()
+    out["rank_shared"] = grouped["rank_shared"].median()
     return out.reset_index()
 
 
@@ -150,7 +164,7 @@ def _role_key(role: str, modules: pd.DataFrame) -> str:
     raise LoraAnalysisError(f"no module path of role {role} with a layer index to write a rank_pattern key for")
 
 
-def recommend(sweep: str | Path, subject: str = "dW", targets: str | None = None) -> Recommendation:
+def recommend(sweep: str | Path, subject: str = "A_delta", targets: str | None = None) -> Recommendation:
     """Recommend a rank per role from a sweep folder with its ``analysis/`` (run ``analyze`` first)."""
     from lora_analysis.tables import AnalysisResult
 

@@ -1,4 +1,4 @@
-"""usage: lora-analysis recommend <sweep> [subject=dW] [targets=all] [rank_pattern=ranks.json]
+"""usage: lora-analysis recommend <sweep> [subject=A_delta] [targets=all] [rank_pattern=ranks.json]
 
 Prints the rank each module role needs, with how it was reached (see lora_analysis/recommend.py), and
 with rank_pattern=<file> writes it as JSON that peft.LoraConfig(rank_pattern=...) accepts:
@@ -26,7 +26,7 @@ from lora_analysis.hydra_compose import compose, help_text, split_args
 @dataclass
 class RecommendConfig:
     sweep: str | None = None  # a sweep folder with finished runs (and runs.parquet)
-    subject: str = "dW"  # the subspace counted: dW (gauge-free), A_delta, A or B
+    subject: str = "A_delta"  # the subspace counted: A_delta (A - A_init, the learned part), dW, A or B
     targets: str | None = None  # the target set whose runs are used; None: all, else the most frequent
     rank_pattern: str | None = None  # write the PEFT rank_pattern JSON here
 

@@ -358,7 +358,8 @@ def recommendation_section(sweep_dir: Path) -> Section:
         section.text(f"No recommendation: {error}.")
         return section
     section.table(result.roles.rename(columns={"layers_min": "fewest (a layer)", "layers_max": "most (a layer)",
-                                               "n_layers": "layers"}),
+                                               "n_layers": "layers", "seed_shared": "seed-shared (median)",
+                                               "rank_shared": "rank-shared (median)"}),
                   f"Rank per role from the {result.subject} subspaces of target set {result.targets}")
     section.bullets(result.explain())
     section.text("As a PEFT rank_pattern (lora-analysis recommend <sweep> rank_pattern=ranks.json writes it): "

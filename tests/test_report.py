@@ -66,8 +66,9 @@ def test_every_section_in_the_papers_order(report):
 def test_recommendation_section_says_how_each_rank_was_reached(report):
     markdown = report[2]
     section = markdown[markdown.index("## Rank recommendation"):markdown.index("## Runs")]
-    assert "Rank per role from the dW subspaces of target set all" in section
-    assert "ffn_out: rank 1 (median over 2 layers" in section and "Accuracy stops improving at r=8" in section
+    assert "Rank per role from the A_delta subspaces of target set all" in section
+    assert "q: rank 1, the median over 2 layers of min(seed-shared, rank-shared) (medians 6 and 1" in section
+    assert "Accuracy stops improving at r=8; the largest recommended rank (1) is below it" in section
     assert r"`layer\.\d+\.ffn_out`: 1" in section  # fabricated paths: the key generalises the layer index
 
 
