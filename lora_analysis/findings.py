@@ -422,8 +422,34 @@ def accuracy(runs: pd.DataFrame, metric: str | None = None) -> Finding:
     if "majority_accuracy" in runs and runs["majority_accuracy"].notna().any() and metric == "test_accuracy":
         tail += f"; majority class {fmt(runs['majority_accuracy'].dropna().iloc[0], 3)}"
     sentences.append(tail + ".")
+    sentences += stuck_at_majority(runs) if metric == "test_accuracy" else []
     values = {"best": float(best["mean"])} | ({"full": float(full["mean"])} if full else {})
     return Finding(key, title, sentences, table, values)
+
+
+def stuck_at_majority(runs: pd.DataFrame) -> list[str]:
+    """A sentence naming the LoRA runs whose test accuracy is the majority class's (within 0.5 point).
+
+    Such a run predicts one class: its rank tells nothing about the task. Their LoRA scale is given,
+    since with alpha held fixed the smallest ranks get the largest ``alpha / r``.
+    """
+    lora = lora_runs(runs)
+    if lora.empty or "majority_accuracy" not in lora or "test_accuracy" not in lora:
+        return []
+    stuck = lora[(lora["test_accuracy"] - lora["majority_accuracy"]).abs() < 0.005]
+    if stuck.empty:
+        return []
+    names = ", ".join(sorted(stuck["run"].astype(str))) if "run" in stuck else f"{len(stuck)} runs"
+    detail = ""
+    if {"lora.alpha", "lora.r"} <= set(stuck.columns):
+        scales = sorted({float(a) / float(r) for a, r in zip(stuck["lora.alpha"], stuck["lora.r"], strict=True)})
+        largest = (lora["lora.alpha"].astype(float) / lora["lora.r"].astype(float)).max()
+        detail += f" LoRA scale alpha/r {', '.join(f'{x:g}' for x in scales)}"
+        detail += " (the largest in the sweep);" if min(scales) >= largest else ";"
+    if "final_train_loss" in stuck:
+        detail += f" final training loss {fmt(stuck['final_train_loss'].mean(), 3)} on average"
+    return [f"{len(stuck)} of {len(lora)} LoRA runs predict the majority class ({names}):{detail}. Their test "
+            "accuracy says the optimisation failed, not how much rank the task needs."]
 
 
 def ffn_under_budget(runs: pd.DataFrame, metric: str | None = None) -> Finding:

@@ -157,3 +157,15 @@ def test_a_moved_says_which_ranks_stay_near_their_init():
     sentence = F.a_moved(pd.DataFrame({"r": [8, 8, 64], "a_moved": [0.1, 0.15, 1.09]})).sentences[0]
     assert "12% at r=8" in sentence and "109% at r=64" in sentence
     assert "at r=8 A is still mostly its random init" in sentence and "at r=64 A moved by half" in sentence
+
+
+def test_runs_stuck_at_the_majority_class_are_named():
+    runs = pd.DataFrame({"run": ["r1-seed0", "r1-seed1", "r8-seed0", "full-seed0"], "method": ["lora"] * 3 + ["full"],
+                         "lora.r": [1, 1, 8, None], "lora.alpha": [8.0, 8.0, 8.0, None],
+                         "test_accuracy": [0.575, 0.70, 0.79, 0.575], "majority_accuracy": [0.575] * 4,
+                         "final_train_loss": [0.69, 0.6, 0.4, 0.69]})
+    (sentence,) = F.stuck_at_majority(runs)
+    assert sentence.startswith("1 of 3 LoRA runs predict the majority class (r1-seed0): LoRA scale alpha/r 8 "
+                               "(the largest in the sweep); final training loss 0.690")
+    assert sentence in F.accuracy(runs).sentences
+    assert F.stuck_at_majority(runs.assign(test_accuracy=0.7)) == []
