@@ -21,7 +21,7 @@ import pandas as pd
 
 from lora_analysis import findings as F
 from lora_analysis import plots
-from lora_analysis.atomic import write_parquet
+from lora_analysis.atomic import write_parquet, write_text
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.report_document import Section, write_report
 
@@ -447,14 +447,20 @@ RUN_COLUMNS = ["run", "method", "lora.targets", "lora.r", "seed", "optim.steps",
                "trainable_params", "examples_per_s", "tokens_per_s", "train_seconds", "wall_seconds", "device"]
 
 
+def run_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The sweep table with the lora.* values of full fine-tuning runs blanked: they have no adapter."""
+    table = runs.copy()
+    if "method" in table:
+        lora_columns = [c for c in table if c.startswith("lora.") or c in ("a_moved_mean", "lora_params")]
+        table[lora_columns] = table[lora_columns].astype(object).where(table["method"] != "full", None)
+    return table
+
+
 def runs_section(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> Section:
     """The run table (config, metric, throughput, time) and the training curves."""
     section = Section("Runs")
-    table = runs[[c for c in RUN_COLUMNS if c in runs]].copy()
-    if "method" in table:  # a full fine-tuning run has no adapter: its lora.* values mean nothing
-        lora_columns = [c for c in table if c.startswith("lora.") or c in ("a_moved_mean", "lora_params")]
-        table[lora_columns] = table[lora_columns].astype(object).where(table["method"] != "full", None)
-    section.table(table, "One row per finished run (runs.parquet)")
+    section.table(run_table(runs[[c for c in RUN_COLUMNS if c in runs]]),
+                  "One row per finished run (runs.parquet; every column in runs.csv beside this report)")
     section.plot("loss_curves", lambda: plots.loss_curves(histories), "Training loss per run (history.csv).")
     return section
 
@@ -531,4 +537,5 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, la
     accuracy = F.accuracy_table(data.runs)
     if not accuracy.empty:  # the Tables 5 and 6 analogue, for other tools to read
         write_parquet(out_dir / "accuracy.parquet", accuracy)
+    write_text(out_dir / "runs.csv", run_table(data.runs).to_csv(index=False))
     return write_report(f"LoRA subspace analysis: {Path(sweep_dir).resolve().name}", sections, out_dir)

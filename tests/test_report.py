@@ -188,3 +188,13 @@ def test_focus_without_the_papers_pair_stays_in_the_shown_target_set(tmp_path):
     focus = choose_focus(data)
     assert (focus.targets, focus.layer, focus.rank_pair, focus.seed_rank) == ("all", 1, (4, 64), 64)
     assert focus.notes == ["no r=8 vs r=64 pair: the rank figures use r=4 vs r=64"]
+
+
+def test_run_table_is_saved_as_csv_without_lora_values_for_full_runs(report):
+    sweep, _, _ = report
+    table = pd.read_csv(sweep / "report" / "runs.csv")
+    runs = pd.read_parquet(sweep / "runs.parquet")
+    assert list(table.columns) == list(runs.columns) and list(table["run"]) == list(runs["run"])
+    full = table[table["method"] == "full"]
+    assert len(full) == 1 and full["lora.r"].isna().all()
+    assert table.loc[table["method"] == "lora", "lora.r"].notna().all()
