@@ -124,7 +124,8 @@ def save_figures(sections: list[Section], figures_dir: Path, dpi: int = 110) -> 
             name, figure = block[1], block[2]
             for fmt in ("png", "pdf"):
                 buffer = io.BytesIO()
-                figure.savefig(buffer, format=fmt, dpi=dpi)
+                # no creation date in the PDF: the same results give the same bytes
+                figure.savefig(buffer, format=fmt, dpi=dpi, metadata={"CreationDate": None} if fmt == "pdf" else None)
                 write_bytes(figures_dir / f"{name}.{fmt}", buffer.getvalue())
                 if fmt == "png":
                     pngs[name] = buffer.getvalue()
