@@ -479,8 +479,10 @@ def ffn_under_budget(runs: pd.DataFrame, metric: str | None = None) -> Finding:
         f"{row.targets} (r={row.r}, {int(row.lora_params):,} parameters) {fmt(row.mean, 3)} ± {fmt(row.se, 3)}"
         for row in table.sort_values("mean", ascending=better < 0).itertuples()) + " (mean ± standard error)."]
     values = {}
-    for label, a, b in (("FFN sets against attention-only sets", table[table["ffn"]], table[~table["ffn"]]),
-                        ("all against attn", table[table["targets"] == "all"], table[table["targets"] == "attn"])):
+    named = {targets: table[table["targets"] == targets] for targets in ("ffn", "attn", "all")}
+    for label, a, b in (("ffn against attn (the two halves of a block)", named["ffn"], named["attn"]),
+                        ("FFN sets against attention-only sets", table[table["ffn"]], table[~table["ffn"]]),
+                        ("all against attn", named["all"], named["attn"])):
         if a.empty or b.empty:
             continue
         diff = a["mean"].mean() - b["mean"].mean()

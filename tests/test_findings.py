@@ -146,6 +146,8 @@ def test_ffn_under_budget_states_the_difference_with_its_error():
     assert clear.values["all against attn"] == pytest.approx(0.055)
     assert "all against attn: 0.855 against 0.800, difference +0.055" in " ".join(clear.sentences)
     assert "the FFN side is clearly better" in clear.sentences[-1]
+    assert clear.values["ffn against attn (the two halves of a block)"] == pytest.approx(0.045)
+    assert clear.sentences[1].startswith("ffn against attn (the two halves of a block): 0.845 against 0.800")
     unclear = F.ffn_under_budget(budget_runs({"attn": [0.80, 0.82], "all": [0.81, 0.80]}))
     assert "no clear difference" in unclear.sentences[-1]
     single = F.ffn_under_budget(budget_runs({"attn": [0.80], "all": [0.81]}))  # binomial error of 2,000 texts
