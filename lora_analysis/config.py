@@ -29,8 +29,12 @@ class Method(str, Enum):
 
 
 class Init(str, Enum):
-    gaussian = "gaussian"  # A ~ N(0, 1/r^2), as in the paper (PEFT's "gaussian")
-    kaiming = "kaiming"  # A ~ kaiming-uniform(a=sqrt(5)), PEFT's default
+    # With alpha fixed the first updates grow as r falls: Adam moves each entry of B by about the learning
+    # rate, so dW = (alpha/r) B A moves by about alpha lr sqrt(r) std(A) / r, i.e. r^-1.5 with gaussian and
+    # r^-0.5 with kaiming. On the embedded default r=1, alpha=8 collapsed to the majority class with
+    # gaussian and reached 0.794 with kaiming (runs/rank1_controls, README "Rank ablation").
+    gaussian = "gaussian"  # A ~ N(0, 1/r^2): Gaussian as in the paper, with PEFT's std 1/r
+    kaiming = "kaiming"  # A ~ kaiming-uniform(a=sqrt(5)), PEFT's default: std 1/sqrt(3 in_features), any r
 
 
 class InitStream(str, Enum):
