@@ -444,7 +444,7 @@ def stuck_at_majority(runs: pd.DataFrame) -> list[str]:
     if {"lora.alpha", "lora.r"} <= set(stuck.columns):
         scales = sorted({float(a) / float(r) for a, r in zip(stuck["lora.alpha"], stuck["lora.r"], strict=True)})
         largest = (lora["lora.alpha"].astype(float) / lora["lora.r"].astype(float)).max()
-        detail += f" LoRA scale alpha/r {', '.join(f'{x:g}' for x in scales)}"
+        detail += f" LoRA scale alpha/r {', '.join(f'{x:.3g}' for x in scales)}"
         detail += " (the largest in the sweep);" if min(scales) >= largest else ";"
     if "final_train_loss" in stuck:
         detail += f" final training loss {fmt(stuck['final_train_loss'].mean(), 3)} on average"
