@@ -57,7 +57,7 @@ class Recommendation:
         for row in self.roles.itertuples():
             lines.append(
                 f"{row.role}: rank {row.rank}, the median over {row.n_layers} layers of min(seed-shared, rank-shared) "
-                f"(medians {row.seed_shared:g} and {row.rank_shared:g}; layers need {row.layers_min} to "
+                f"(medians {_count(row.seed_shared)} and {_count(row.rank_shared)}; layers need {row.layers_min} to "
                 f"{row.layers_max})."
             )
         if self.accuracy_plateau is None:
@@ -76,6 +76,10 @@ class Recommendation:
             verdict = "in agreement with it (within a factor of 2)"
         lines.append(f"Accuracy stops improving at r={plateau}; the largest recommended rank ({top}) is {verdict}.")
         return lines
+
+
+def _count(value: float) -> str:
+    return "none (no such pair)" if math.isnan(value) else f"{value:g}"
 
 
 def layer_evidence(phi: pd.DataFrame, subject: str, targets: str) -> pd.DataFrame:

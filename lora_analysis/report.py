@@ -357,6 +357,10 @@ def recommendation_section(sweep_dir: Path) -> Section:
     except LoraAnalysisError as error:
         section.text(f"No recommendation: {error}.")
         return section
+    if not result.layers["rank_pairs"].any():
+        section.text(f"No recommendation: target set {result.targets} was trained at one rank only, and a rank "
+                     "the task needs is read off directions shared across ranks as well as seeds (a rank sweep).")
+        return section
     section.table(result.roles.rename(columns={"layers_min": "fewest (a layer)", "layers_max": "most (a layer)",
                                                "n_layers": "layers", "seed_shared": "seed-shared (median)",
                                                "rank_shared": "rank-shared (median)"}),

@@ -198,3 +198,11 @@ def test_run_table_is_saved_as_csv_without_lora_values_for_full_runs(report):
     full = table[table["method"] == "full"]
     assert len(full) == 1 and full["lora.r"].isna().all()
     assert table.loc[table["method"] == "lora", "lora.r"].notna().all()
+
+
+def test_no_recommendation_from_a_single_rank(tmp_path):
+    sweep = fabricate_sweep(tmp_path / "seeds", ("r64-seed0", "r64-seed1"), layers=(0,), modules=("q",),
+                            w_tables=False)
+    markdown = build_report(sweep)[1].read_text()
+    section = markdown[markdown.index("## Rank recommendation"):markdown.index("## Runs")]
+    assert "No recommendation: target set all was trained at one rank only" in section
