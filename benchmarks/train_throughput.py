@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from lora_analysis import data as task_data
@@ -52,7 +51,8 @@ def flop_model(settings: TrainConfig) -> tuple[float, float]:
     for width in (16, 64):
         ids = torch.full((4, width), 1000)
         with FlopCounterMode(display=False) as counter:
-            model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.zeros(4, dtype=torch.long)).loss.backward()
+            labels = torch.zeros(4, dtype=torch.long)
+            model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss.backward()
         counts.append(counter.get_total_flops() / (4 * width))
     b = (counts[1] - counts[0]) / (64 - 16)
     return counts[0] - b * 16, b
@@ -61,9 +61,11 @@ def flop_model(settings: TrainConfig) -> tuple[float, float]:
 def ours(overrides: list[str], settings: TrainConfig) -> dict:
     run_dir, metrics = run_overrides(overrides)
     tokenizer = load_tokenizer(settings.model)
-    train = task_data.load_task_data(settings.data, settings.model.task, tokenizer, Path(settings.out_dir) / ".cache").train
+    cache = Path(settings.out_dir) / ".cache"
+    train = task_data.load_task_data(settings.data, settings.model.task, tokenizer, cache).train
     batches = task_data.train_batches(train.lengths, settings.optim.batch_size, settings.seed)
-    shapes = [(len(rows), int(train.lengths[rows].max())) for rows, _ in zip(batches, range(settings.optim.steps))]
+    steps = zip(batches, range(settings.optim.steps), strict=False)  # the first optim.steps batches
+    shapes = [(len(rows), int(train.lengths[rows].max())) for rows, _ in steps]
     return {"examples_per_s": metrics["examples_per_s"], "accuracy": metrics["test_accuracy"],
             "train_seconds": metrics["train_seconds"], "batch_shapes": shapes}
 
