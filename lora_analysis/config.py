@@ -7,8 +7,11 @@ OmegaConf cannot (ranges, choices that depend on each other). Each field is docu
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -79,6 +82,30 @@ class DataConfig:
             raise LoraAnalysisError(f"data.max_length must be >= 4, got {self.max_length}")
 
 
+def read_rank_pattern(spec: str) -> dict[str, int]:
+    """A rank_pattern from inline JSON or a JSON file, checked: regex keys, integer ranks >= 1."""
+    text = spec.strip()
+    if not text.startswith("{"):
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise LoraAnalysisError(f"lora.rank_pattern: {path} is not a file (expected a JSON rank_pattern)")
+        text = path.read_text()
+    try:
+        pattern = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise LoraAnalysisError(f"lora.rank_pattern {spec!r} is not valid JSON: {error}") from None
+    if not isinstance(pattern, dict) or not pattern:
+        raise LoraAnalysisError(f"lora.rank_pattern {spec!r} must be a non-empty JSON object of regex: rank")
+    for key, rank in pattern.items():
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise LoraAnalysisError(f"lora.rank_pattern: the rank of {key!r} must be an integer >= 1, got {rank!r}")
+        try:
+            re.compile(key)
+        except re.error as error:
+            raise LoraAnalysisError(f"lora.rank_pattern: {key!r} is not a regular expression ({error})") from None
+    return pattern
+
+
 @dataclass
 class LoraSettings:
     r: int = 8
@@ -91,6 +118,9 @@ class LoraSettings:
     layers: list[int] | None = None  # block indices to adapt; None: all
     target_regex: str | None = None  # full-match regex on module paths, instead of roles
     budget: Any = None  # trainable LoRA parameters (120000, or r32@q: what rank 32 on q costs); sets r
+    # PEFT rank_pattern (regex on module paths -> rank; lora.r elsewhere): a JSON file, e.g. the one
+    # lora-analysis recommend writes, or inline JSON. Kept as canonical JSON text, so config.yaml records it.
+    rank_pattern: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
@@ -103,6 +133,12 @@ class LoraSettings:
             self.targets = targets_label([str(t) for t in self.targets])
         if self.target_regex is None:
             expand_roles(self.targets)  # raises on an unknown role or preset
+        if self.rank_pattern is not None:
+            self.rank_pattern = json.dumps(read_rank_pattern(self.rank_pattern), sort_keys=True)
+
+    def ranks(self) -> dict[str, int]:
+        """The rank_pattern as a dict (empty without one)."""
+        return json.loads(self.rank_pattern) if self.rank_pattern else {}
 
     @property
     def scale(self) -> float:

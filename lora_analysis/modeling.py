@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import warnings
 import zlib
 from pathlib import Path
@@ -79,17 +80,31 @@ def model_type(model: torch.nn.Module) -> str:
 
 
 def choose_targets(model: torch.nn.Module, cfg: LoraSettings) -> list[ModuleTarget]:
-    """The modules to adapt, checked against ``r <= min(in, out)`` for each."""
+    """The modules to adapt, checked against ``r <= min(in, out)`` for each (its rank_pattern rank if any)."""
     chosen = _select(model, cfg, cfg.targets)
     modules = dict(model.named_modules())
+    pattern = cfg.ranks()
+    used = set()
     for target in chosen:
+        key = pattern_key(pattern, target.path)
+        used.add(key)
+        r = pattern[key] if key is not None else cfg.r
         out_features, in_features = _weight_shape(modules[target.path])
-        if cfg.r > min(in_features, out_features):
+        if r > min(in_features, out_features):
             raise LoraAnalysisError(
-                f"lora.r={cfg.r} exceeds min(in, out) = {min(in_features, out_features)} "
-                f"of {target.path} ({out_features} x {in_features})"
+                f"{'lora.rank_pattern ' + repr(key) if key else 'lora.r'}={r} exceeds min(in, out) = "
+                f"{min(in_features, out_features)} of {target.path} ({out_features} x {in_features})"
             )
+    unused = [key for key in pattern if key not in used]
+    if unused:
+        raise LoraAnalysisError(f"lora.rank_pattern key {unused[0]!r} matches none of the adapted modules "
+                                f"(for example {chosen[0].path})")
     return chosen
+
+
+def pattern_key(pattern: dict[str, int], path: str) -> str | None:
+    """The first key of a PEFT rank_pattern that matches ``path`` as PEFT matches it, or None."""
+    return next((key for key in pattern if re.match(rf"(.*\.)?({key})$", path)), None)
 
 
 def _select(model: torch.nn.Module, cfg: LoraSettings, targets: str) -> list[ModuleTarget]:
@@ -141,6 +156,7 @@ def add_lora(
     fan_in_fan_out = cfg.target_regex is None and family_for(model_type(model)).fan_in_fan_out
     lora_config = peft.LoraConfig(
         r=cfg.r,
+        rank_pattern=cfg.ranks(),
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         use_rslora=cfg.rslora,

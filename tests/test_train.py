@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -167,3 +168,35 @@ def test_init_streams_per_module_and_shared(tiny):
         torch.testing.assert_close(s2[key] * 2, s4[key][:2] * 4)
     layers = list(s4.values())
     assert not torch.allclose(layers[0], layers[1])  # every module has a stream of its own
+
+
+def test_rank_pattern_from_a_recommendation_file(tiny, tmp_path):
+    pattern = tmp_path / "ranks.json"
+    pattern.write_text(json.dumps({r"encoder\.layer\.1\.attention\.self\.query": 3,
+                                   r"encoder\.layer\.\d+\.attention\.self\.query": 1}))
+    run_dir, _ = run_overrides(overrides(tiny, tmp_path, extra=["lora.targets=q+v", f"lora.rank_pattern={pattern}"]))
+    final = load_file(str(run_dir / "adapter_model.safetensors"))
+    ranks = {k.split("bert.encoder.layer.")[1].removesuffix(".lora_A.weight"): v.shape[0]
+             for k, v in final.items() if k.endswith(".lora_A.weight")}
+    assert ranks == {"0.attention.self.query": 1, "1.attention.self.query": 3,
+                     "0.attention.self.value": 2, "1.attention.self.value": 2}
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())["lora"]["rank_pattern"]
+    assert json.loads(saved) == json.loads(pattern.read_text())  # the pattern itself, not the file name
+    models, _ = tiny
+    base = AutoModelForSequenceClassification.from_pretrained(models["bert"], num_labels=2)
+    loaded = PeftModel.from_pretrained(base, run_dir)  # PEFT reads the pattern back: shapes match
+    assert loaded.base_model.model.bert.encoder.layer[1].attention.self.query.lora_A["default"].weight.shape[0] == 3
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("missing.json", "is not a file"),
+    ("'{\"query\": 0}'", "must be an integer >= 1"),
+    ("'{\"(query\": 2}'", "is not a regular expression"),
+    ("'{\"pooler\\\\.dense\": 2}'", "matches none of the adapted modules"),
+    ("'{\"query\": 40}'", "exceeds min(in, out) = 32"),
+])
+def test_bad_rank_patterns_are_one_clear_error(tiny, tmp_path, spec, message):
+    from lora_analysis.errors import LoraAnalysisError
+
+    with pytest.raises(LoraAnalysisError, match=re.escape(message)):
+        run_overrides(overrides(tiny, tmp_path, extra=[f"lora.rank_pattern={spec}"]))
