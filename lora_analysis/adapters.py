@@ -390,7 +390,8 @@ def _load_run(folder: Path, match_ignore: tuple[str, ...], notes: list[str]) -> 
 
 
 def _group(config: dict, ignore: tuple[str, ...]) -> tuple:
-    """Config values as sorted ``(dotted key, JSON value)`` pairs, without the ignored keys (or their children)."""
+    """Config values as sorted ``(dotted key, JSON value)`` pairs, without the ignored keys (or their children)
+    and without nulls."""
     flat: dict[str, str] = {}
 
     def walk(node: dict, prefix: str) -> None:
@@ -400,7 +401,7 @@ def _group(config: dict, ignore: tuple[str, ...]) -> tuple:
                 continue
             if isinstance(value, dict):
                 walk(value, f"{name}.")
-            else:
+            elif value is not None:  # null = absent: a run saved before a setting existed matches a newer one
                 flat[name] = json.dumps(value, sort_keys=True, default=str)
 
     walk(config, "")

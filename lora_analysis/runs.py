@@ -82,7 +82,8 @@ def prepare_run_dir(run_dir: Path, config: dict) -> str:
     run_dir = Path(run_dir)
     saved_path = run_dir / "config.yaml"
     saved = yaml.safe_load(saved_path.read_text()) if saved_path.is_file() else None
-    same = saved is not None and comparable(saved) == comparable(config)
+    # A key missing from an older run's config counts as null: a setting added later, left at its default.
+    same = saved is not None and not _first_difference(comparable(saved), comparable(config))
     if is_done(run_dir):
         if not same:
             diff = _first_difference(comparable(saved or {}), comparable(config))

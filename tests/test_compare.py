@@ -171,6 +171,12 @@ def test_runs_grouped_by_config(sweep, tmp_path):
     config_path.write_text(yaml.safe_dump(config))
     runs, _ = find_runs([other])
     assert [(p.comparison, runs[p.a].label, runs[p.b].label) for p in plan_pairs(runs)] == [("rank", R2, R4)]
+    config["lora"]["init"] = "gaussian"
+    config["lora"].pop("rank_pattern", None)  # saved before the setting existed: null and absent are one group
+    config["lora"]["budget"] = None
+    config_path.write_text(yaml.safe_dump(config))
+    runs, _ = find_runs([other])
+    assert len(plan_pairs(runs)) == len(plan_pairs(find_runs([sweep])[0])) > 1
 
 
 def test_plain_adapters_every_pair(tmp_path_factory):

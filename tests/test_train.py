@@ -200,3 +200,17 @@ def test_bad_rank_patterns_are_one_clear_error(tiny, tmp_path, spec, message):
 
     with pytest.raises(LoraAnalysisError, match=re.escape(message)):
         run_overrides(overrides(tiny, tmp_path, extra=[f"lora.rank_pattern={spec}"]))
+
+
+def test_runs_from_before_a_new_setting_are_still_skipped(tiny, tmp_path):
+    run_dir, metrics = run_overrides(overrides(tiny, tmp_path))
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    del saved["lora"]["rank_pattern"]  # a run saved before lora.rank_pattern existed
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert run_overrides(overrides(tiny, tmp_path))[1] == metrics
+    saved["lora"]["alpha"] = 3.0  # a finished run of another config is never mixed in
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    from lora_analysis.errors import LoraAnalysisError
+
+    with pytest.raises(LoraAnalysisError, match=r"different config \(lora.alpha: 3.0 there, 8.0 now\)"):
+        run_overrides(overrides(tiny, tmp_path))
