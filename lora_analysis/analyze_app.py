@@ -53,12 +53,17 @@ def ensure_analysis(sweep: Path, run_it: bool = True, command: str = "lora-analy
         return
     if not run_it:
         raise LoraAnalysisError(f"{sweep}: {reason}: run lora-analysis analyze {sweep} (or leave analyze=true)")
+    print(f"{command}: {sweep}: {reason}; analysing it", file=sys.stderr)
+    analyse_sweep(sweep, command, progress=False)
+
+
+def analyse_sweep(sweep: Path, command: str = "lora-analysis", progress: bool = True) -> None:
+    """Analyse a sweep into ``<sweep>/analysis``; the analysis' warnings become one ``note:`` line each."""
     from lora_analysis.compare import analyze
 
-    print(f"{command}: {sweep}: {reason}; analysing it", file=sys.stderr)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = analyze(sweep, progress=False)
+        result = analyze(sweep, progress=progress)
     for warning in caught:
         print(f"{command}: note: {warning.message}", file=sys.stderr)
     result.save(sweep / "analysis")

@@ -70,7 +70,7 @@ def main(argv: Sequence[str]) -> int:
 
 def reproduce(cfg: ReproduceConfig, train_overrides: Sequence[str] = ()) -> Path:
     """Train, analyse and report; returns the path of the HTML report."""
-    from lora_analysis.compare import analyze
+    from lora_analysis.analyze_app import analyse_sweep
     from lora_analysis.report import build_report
 
     started = time.perf_counter()
@@ -79,7 +79,7 @@ def reproduce(cfg: ReproduceConfig, train_overrides: Sequence[str] = ()) -> Path
     workers = cfg.workers or default_workers(train_overrides, sum(not is_done(sweep / n) for n, _ in plan))
     timings = train_all(plan, sweep, cfg.out_dir, workers)
     print(f"analysing {sweep} ...", file=sys.stderr)
-    analyze([sweep]).save(sweep / "analysis")
+    analyse_sweep(sweep, "lora-analysis reproduce")
     html, markdown = build_report(sweep, layer=cfg.preset.layer)
     elapsed = time.perf_counter() - started
     write_json(sweep / "reproduce.json", {
