@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import warnings
 import zlib
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from lora_analysis.adapters import pattern_key
 from lora_analysis.budget import budget_params, rank_for_budget
 from lora_analysis.config import Init, InitStream, LoraSettings, ModelConfig, Task
 from lora_analysis.embedded import resolve_model_path
@@ -86,13 +86,13 @@ def choose_targets(model: torch.nn.Module, cfg: LoraSettings) -> list[ModuleTarg
     pattern = cfg.ranks()
     used = set()
     for target in chosen:
-        key = pattern_key(pattern, target.path)
+        key = pattern_key(pattern, target.path)  # the path itself when no key matches
         used.add(key)
-        r = pattern[key] if key is not None else cfg.r
+        r = pattern.get(key, cfg.r)
         out_features, in_features = _weight_shape(modules[target.path])
         if r > min(in_features, out_features):
             raise LoraAnalysisError(
-                f"{'lora.rank_pattern ' + repr(key) if key else 'lora.r'}={r} exceeds min(in, out) = "
+                f"{'lora.rank_pattern ' + repr(key) if key in pattern else 'lora.r'}={r} exceeds min(in, out) = "
                 f"{min(in_features, out_features)} of {target.path} ({out_features} x {in_features})"
             )
     unused = [key for key in pattern if key not in used]
@@ -100,11 +100,6 @@ def choose_targets(model: torch.nn.Module, cfg: LoraSettings) -> list[ModuleTarg
         raise LoraAnalysisError(f"lora.rank_pattern key {unused[0]!r} matches none of the adapted modules "
                                 f"(for example {chosen[0].path})")
     return chosen
-
-
-def pattern_key(pattern: dict[str, int], path: str) -> str | None:
-    """The first key of a PEFT rank_pattern that matches ``path`` as PEFT matches it, or None."""
-    return next((key for key in pattern if re.match(rf"(.*\.)?({key})$", path)), None)
 
 
 def _select(model: torch.nn.Module, cfg: LoraSettings, targets: str) -> list[ModuleTarget]:

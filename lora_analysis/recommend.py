@@ -142,6 +142,8 @@ def rank_pattern(roles: pd.DataFrame, layers: pd.DataFrame, modules: pd.DataFram
 
     ``modules`` is the analysis' modules table (``module``, ``layer``, ``path``), where the keys come from.
     """
+    if not {"module", "layer", "path"} <= set(modules.columns):
+        raise LoraAnalysisError("the analysis has no modules table to write rank_pattern keys from")
     keys_of = {role: _role_key(role, modules) for role in roles["role"]}
     pattern: dict[str, int] = {}
     for row in roles.itertuples():
@@ -175,11 +177,16 @@ def recommend(sweep: str | Path, subject: str = "A_delta", targets: str | None =
     sweep = Path(sweep)
     analysis = AnalysisResult.load(sweep / "analysis")
     runs = pd.read_parquet(sweep / "runs.parquet") if (sweep / "runs.parquet").is_file() else pd.DataFrame()
-    targets = targets or findings.main_targets(analysis.phi)
+    return recommend_from(analysis.phi, analysis.modules, runs, subject, targets, source=f"{sweep}/analysis")
+
+
+def recommend_from(phi: pd.DataFrame, modules: pd.DataFrame, runs: pd.DataFrame, subject: str = "A_delta",
+                   targets: str | None = None, source: str = "the analysis") -> Recommendation:
+    """The recommendation from tables already loaded: the analysis' ``phi`` and ``modules``, ``runs.parquet``."""
+    targets = targets or findings.main_targets(phi)
     if targets is None:
-        raise LoraAnalysisError(f"{sweep}/analysis has no phi rows: nothing to recommend from")
-    layers = layer_evidence(analysis.phi, subject, targets)
+        raise LoraAnalysisError(f"{source} has no phi rows: nothing to recommend from")
+    layers = layer_evidence(phi, subject, targets)
     roles = role_ranks(layers)
     plateau = accuracy_plateau(runs, targets) if not runs.empty else None
-    pattern = rank_pattern(roles, layers, analysis.modules)
-    return Recommendation(layers, roles, subject, targets, plateau, pattern)
+    return Recommendation(layers, roles, subject, targets, plateau, rank_pattern(roles, layers, modules))

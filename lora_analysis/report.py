@@ -347,13 +347,13 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str |
     return section
 
 
-def recommendation_section(sweep_dir: Path) -> Section:
+def recommendation_section(data: SweepData) -> Section:
     """``lora-analysis recommend``'s answer for the sweep: the rank per role, and how it was reached."""
-    from lora_analysis.recommend import recommend
+    from lora_analysis.recommend import recommend_from
 
     section = Section("Rank recommendation")
     try:
-        result = recommend(sweep_dir)
+        result = recommend_from(data.tables["phi"], data.tables["modules"], data.runs)
     except LoraAnalysisError as error:
         section.text(f"No recommendation: {error}.")
         return section
@@ -533,7 +533,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, la
         controls_section(tables, focus),
         findings_section(found),
         ablation_section(data.runs, sentences=False),
-        recommendation_section(Path(sweep_dir)),
+        recommendation_section(data),
         runs_section(data.runs, data.histories),
         environment_section(data.runs),
     ]

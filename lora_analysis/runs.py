@@ -83,10 +83,10 @@ def prepare_run_dir(run_dir: Path, config: dict) -> str:
     saved_path = run_dir / "config.yaml"
     saved = yaml.safe_load(saved_path.read_text()) if saved_path.is_file() else None
     # A key missing from an older run's config counts as null: a setting added later, left at its default.
-    same = saved is not None and not _first_difference(comparable(saved), comparable(config))
+    diff = _first_difference(comparable(saved or {}), comparable(config))
+    same = saved is not None and not diff
     if is_done(run_dir):
         if not same:
-            diff = _first_difference(comparable(saved or {}), comparable(config))
             raise LoraAnalysisError(
                 f"{run_dir} holds a finished run with a different config ({diff}); "
                 "use another name=... or remove that folder"
