@@ -73,8 +73,9 @@ def _hydra_app(cfg: DictConfig) -> float | None:
             settings.threads = default_threads()
         metrics = train_run(settings, run_dir)
     except LoraAnalysisError as error:
-        if run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # Hydra made it for a run that never started
+        for folder in (run_dir, run_dir.parent):  # Hydra made them for a run that never started
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         # Raised, the error would reach Hydra, which prints the job's overrides before our line.
         print(f"lora-analysis train: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -104,6 +104,8 @@ def test_bad_input_gives_one_line_and_no_output(tiny, tmp_path, capsys, case):
     assert expected in err
     leftovers = [p for p in Path(out).rglob("*") if p.is_file() and ".cache" not in p.parts]
     assert leftovers == []
+    folders = [p for p in Path(out).rglob("*") if p.is_dir() and ".cache" not in p.parts]
+    assert folders == []  # not even the empty run and sweep folders Hydra made
 
 
 def test_public_api_resolves():
