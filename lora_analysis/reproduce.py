@@ -95,8 +95,8 @@ def reproduce(cfg: ReproduceConfig, train_overrides: Sequence[str] = ()) -> Path
 def train_all(plan: list[tuple[str, list[str]]], sweep: Path, out_dir: str, workers: int) -> dict[str, float]:
     """Train each (run name, overrides) into the sweep, skipping finished runs; show i of N and time left.
 
-    With ``workers > 1`` runs train in parallel processes, the cores divided among them: on this
-    kind of 2-core machine two 1-thread runs finish a sweep about 1.3x sooner than one 2-thread run.
+    With ``workers > 1`` runs train in parallel processes, the cores divided among them (see
+    ``default_workers`` for when that pays).
     """
     todo = [(name, [*overrides, f"name={sweep.name}", f"out_dir={out_dir}"])
             for name, overrides in plan if not is_done(sweep / name)]
@@ -142,9 +142,10 @@ def _report_progress(name, event, plan, timings, todo, workers, started) -> None
 def default_workers(train_overrides: Sequence[str], runs: int) -> int:
     """Two parallel runs on a CPU with two or more cores and four or more runs to train; else one.
 
-    A GPU is kept busy by one run. Measured on a 2-core VM: two 1-thread runs at once train the
-    paper preset 1.15x sooner than one 2-thread run after another, but a 1-thread evaluation takes
-    twice as long, so short sweeps of two or three runs finish sooner one after another.
+    A GPU is kept busy by one run. On a small CPU, two 1-thread runs keep the cores busier than one
+    2-thread run (small matrix products do not scale to two threads), but a 1-thread evaluation takes
+    twice as long, so short sweeps of two or three runs are left one after another. Not benchmarked:
+    no script under benchmarks/ compares the two, so no speed-up is claimed here.
     """
     device = next((o.split("=", 1)[1] for o in train_overrides if o.startswith("device=")), "auto")
     on_gpu = resolve_device(device).type == "cuda"
