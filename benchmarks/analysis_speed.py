@@ -31,8 +31,8 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from lora_analysis.delta import delta_svd, lora_delta
-from lora_analysis.subspace import phi_cell, phi_grid
+from lora_analysis.analysis.delta import delta_svd, lora_delta
+from lora_analysis.analysis.subspace import phi_cell, phi_grid
 
 HIDDEN, KV, FFN, LAYERS = 4096, 1024, 14336, 32
 SHAPES = {  # module path inside a block -> (out_features, in_features)
@@ -148,7 +148,7 @@ def write_sweep(root: Path) -> Path:
 CHILD = """
 import json, sys, time
 start = time.perf_counter()
-from lora_analysis.compare import analyze
+from lora_analysis.analysis.compare import analyze
 imported = time.perf_counter()
 result = analyze(sys.argv[1], subjects=["A", "A_delta", "dW"], w_tables=False, progress=False)
 analysed = time.perf_counter()

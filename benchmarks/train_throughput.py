@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from lora_analysis import data as task_data
-from lora_analysis.config import TrainConfig
 from lora_analysis.hydra_compose import compose
-from lora_analysis.modeling import add_lora, load_model, load_tokenizer
-from lora_analysis.train_app import run_overrides, settings_from
+from lora_analysis.train import data as task_data
+from lora_analysis.train.config import TrainConfig
+from lora_analysis.train.modeling import add_lora, load_model, load_tokenizer
+from lora_analysis.train.sweep import run_overrides, settings_from
 
 
 def matmul_peak(seconds: float = 3.0, n: int = 2048) -> float:

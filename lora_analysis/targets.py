@@ -197,3 +197,16 @@ def _select_by_role(paths: list[str], family: Family, targets: str | Sequence[st
 def targets_label(targets: str | Sequence[str]) -> str:
     """A short name for a target set: ``"attn"`` stays, ``["q", "v"]`` becomes ``"q+v"``."""
     return targets if isinstance(targets, str) else "+".join(targets)
+
+
+def pattern_key(pattern_keys, module_path: str) -> str:
+    """The ``rank_pattern``/``alpha_pattern`` key that applies to ``module_path`` (else the path itself).
+
+    The same rule as ``peft.utils.other.get_pattern_key`` (first key ``k`` with
+    ``re.match(rf"(.*\\.)?({k})$", path)``); importing peft costs seconds, so it is restated here
+    and tested against peft's own function.
+    """
+    for key in pattern_keys:
+        if re.match(rf"(.*\.)?({key})$", module_path):
+            return key
+    return module_path

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from fabricate import shared_sweep
 
-from lora_analysis.tables import AnalysisResult
+from lora_analysis.analysis.tables import AnalysisResult
+from lora_analysis.cli.schemas import register_schemas
+
+
+@pytest.fixture(scope="session", autouse=True)
+def schemas():
+    """Every command's schema known to Hydra, as ``lora-analysis`` makes them before any command."""
+    register_schemas()
 
 
 @pytest.fixture(scope="module")

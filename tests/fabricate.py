@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 import yaml
 
-from lora_analysis.tables import SCHEMAS, AnalysisResult
+from lora_analysis.analysis.tables import SCHEMAS, AnalysisResult
 
 DELTA_TOP, DW_TOP, SEED_ENERGY = 0.8, 0.7, 0.9
 SEED_SHARED = {"q": 6, "v": 2, "ffn_in": 3, "ffn_out": 1}

@@ -14,14 +14,14 @@ from safetensors.torch import save_file
 from tiny import build_tiny_model
 
 from lora_analysis import cli
-from lora_analysis.analyze_app import stale_reason
-from lora_analysis.budget import budget_params, lora_params, rank_for_budget
-from lora_analysis.compare import analyze
-from lora_analysis.config import LoraSettings, ModelConfig
+from lora_analysis.analysis.compare import analyze
+from lora_analysis.analysis.sweep import stale_reason
+from lora_analysis.derive.recommend import rank_pattern, recommend
 from lora_analysis.errors import LoraAnalysisError
-from lora_analysis.modeling import skeleton, target_shapes
-from lora_analysis.recommend import rank_pattern, recommend
-from lora_analysis.runs import write_sweep_table
+from lora_analysis.train.budget import budget_params, lora_params, rank_for_budget
+from lora_analysis.train.config import LoraSettings, ModelConfig
+from lora_analysis.train.modeling import skeleton, target_shapes
+from lora_analysis.train.sweep import write_sweep_table
 
 # (out, in) per block, by role. BERT-base: hidden 768, FFN 3072. GPT-2 small: fused qkv 768 -> 2304.
 # Llama-3-8B: hidden 4096, 8 KV heads of 128 (k, v: 4096 -> 1024), FFN 14336.

@@ -13,12 +13,13 @@ from peft import PeftModel
 from peft.utils.other import get_pattern_key
 from safetensors.torch import load_file, save_file
 
-from lora_analysis.adapters import Adapter, find_runs, pattern_key
-from lora_analysis.base_weights import BaseWeights
-from lora_analysis.compare import analyze
-from lora_analysis.delta import lora_delta
+from lora_analysis.analysis.adapters import Adapter, find_runs
+from lora_analysis.analysis.base_weights import BaseWeights
+from lora_analysis.analysis.compare import analyze
+from lora_analysis.analysis.delta import lora_delta
 from lora_analysis.embedded import minilm_dir
 from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.targets import pattern_key
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,14 @@ from _tiny_models import bert_sweep, peft_adapter
 from omegaconf import OmegaConf
 from safetensors.numpy import load_file
 
-from lora_analysis.adapters import find_runs
-from lora_analysis.analyze_app import main as analyze_main
+from lora_analysis.analysis.adapters import find_runs
+from lora_analysis.analysis.compare import AnalyzeConfig, analyze, plan_pairs
+from lora_analysis.analysis.subspace import phi_grid
+from lora_analysis.analysis.tables import AnalysisResult
 from lora_analysis.cli import main as cli_main
-from lora_analysis.compare import AnalyzeConfig, analyze, plan_pairs
+from lora_analysis.cli.analyze import main as analyze_main
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.hydra_compose import compose
-from lora_analysis.subspace import phi_grid
-from lora_analysis.tables import AnalysisResult
 
 COLUMNS = {  # the contract with the plotting and report code
     "phi": ["comparison", "run_a", "run_b", "r_a", "r_b", "seed_a", "seed_b", "targets", "layer", "module",

@@ -10,8 +10,7 @@ from tiny import build_tiny_model, tiny_overrides, write_tiny_csv
 
 from lora_analysis import cli
 from lora_analysis.hydra_compose import compose, conf_dir
-from lora_analysis.runs import run_name
-from lora_analysis.train_app import settings_from
+from lora_analysis.train.sweep import run_name, settings_from
 
 GROUPS = ("model", "data", "lora", "optim")
 REQUIRED = {"model/hf": ["model.name_or_path=/some/model"], "data/file": ["data.path=/some/file.csv"]}

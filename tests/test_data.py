@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lora_analysis.config import DataConfig, Task
-from lora_analysis.data import (
+from lora_analysis.train.config import DataConfig, Task
+from lora_analysis.train.data import (
     Examples,
     collate,
     eval_batches,

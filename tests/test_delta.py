@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from lora_analysis.delta import (
+from lora_analysis.analysis.delta import (
     WeightSVD,
     delta_svd,
     dw_vs_w,
@@ -21,7 +21,7 @@ from lora_analysis.delta import (
     stable_rank,
     w_dw_phi,
 )
-from lora_analysis.subspace import phi_grid, right_singular
+from lora_analysis.analysis.subspace import phi_grid, right_singular
 
 
 def factors(d=40, k=30, r=5, seed=0):

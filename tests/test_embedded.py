@@ -7,7 +7,7 @@ from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
 from lora_analysis.embedded import minilm_dir
-from lora_analysis.train_app import run_overrides
+from lora_analysis.train.sweep import run_overrides
 
 
 @pytest.mark.slow

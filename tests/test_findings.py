@@ -16,7 +16,7 @@ from fabricate import (
     planted_bases,
 )
 
-from lora_analysis import findings as F
+from lora_analysis.show import findings as F
 
 IDS = dict(comparison="seed", run_a="a", run_b="b", r_a=16, r_b=16, seed_a=0, seed_b=1, targets="all", layer=0,
            module="q", subject="A_delta")

@@ -10,8 +10,8 @@ import pytest
 from fabricate import DELTA_TOP
 from matplotlib.figure import Figure
 
-from lora_analysis import plots
 from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.show import plots
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,12 @@ import pytest
 from fabricate import QUICK_RUNS, fabricate_sweep, shared_sweep
 from omegaconf import OmegaConf
 
-from lora_analysis import findings as F
+from lora_analysis.analysis.tables import AnalysisResult
 from lora_analysis.cli import main as cli_main
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.hydra_compose import compose, split_args
-from lora_analysis.report import (
+from lora_analysis.show import findings as F
+from lora_analysis.show.report import (
     Focus,
     SweepData,
     ablation_section,
@@ -24,8 +25,6 @@ from lora_analysis.report import (
     side_by_side,
     write_report,
 )
-from lora_analysis.report_app import ReportConfig  # noqa: F401 - registers report_schema for compose
-from lora_analysis.tables import AnalysisResult
 
 SECTIONS = ["The experiment", "The paper's numbers and ours", "Our figures, beside the paper's",
             "Controls the paper lacks", "Findings", "Accuracy against rank and target set (Tables 5 and 6)",

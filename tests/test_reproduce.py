@@ -9,7 +9,7 @@ import sys
 import pandas as pd
 import pytest
 
-from lora_analysis.reproduce import main as reproduce_main
+from lora_analysis.cli.reproduce import main as reproduce_main
 
 
 @pytest.mark.slow
@@ -47,7 +47,8 @@ def test_reproduce_help_and_bad_preset(capsys):
 def test_reproduce_on_a_named_model_and_data(tmp_path, capfd):
     from tiny import build_tiny_model, tiny_overrides, write_tiny_csv
 
-    from lora_analysis.reproduce import Preset, ReproduceConfig, reproduce
+    from lora_analysis.cli.reproduce import reproduce
+    from lora_analysis.cli.schemas import Preset, ReproduceConfig
 
     model, csv = build_tiny_model("llama", tmp_path / "llama"), write_tiny_csv(tmp_path / "reviews.csv")
     train = [o for o in tiny_overrides(model, csv, tmp_path / "unused") if o.split("=")[0] not in ("lora.r", "out_dir")]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from lora_analysis.subspace import (
+from lora_analysis.analysis.subspace import (
     GRAM_MAX_COND,
     analytic_baseline,
     column_basis,

@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from tiny import build_tiny_model, tiny_overrides, write_tiny_csv
 from transformers import AutoModelForSequenceClassification
 
-from lora_analysis import trainer
-from lora_analysis.runs import DONE, collect_runs
-from lora_analysis.train_app import run_overrides
+from lora_analysis.layout import RunDir
+from lora_analysis.train import trainer
+from lora_analysis.train.sweep import collect_runs, run_overrides
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_run_folder_holds_everything(tiny, tmp_path, family):
     run_dir, metrics = run_overrides(overrides(tiny, tmp_path, family, extra=["lora.targets=all"]))
     names = {p.name for p in run_dir.iterdir()}
     assert {"config.yaml", "adapter_config.json", "adapter_model.safetensors", "adapter_init.safetensors",
-            "history.csv", "metrics.json", DONE} <= names
+            "history.csv", "metrics.json", RunDir.DONE} <= names
     assert "checkpoint.safetensors" not in names
     assert metrics["steps"] == 4 and 0.0 <= metrics["test_accuracy"] <= 1.0
     assert metrics["examples_per_s"] > 0 and metrics["tokens_per_s"] > metrics["examples_per_s"]
@@ -111,7 +111,7 @@ def test_interrupted_run_resumes_to_the_same_adapter(tiny, tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         run_overrides(overrides(tiny, tmp_path, steps=6, extra=[*extra, "name=cut"]))
     cut = tmp_path / "runs" / "cut" / straight.name
-    assert (cut / "checkpoint.safetensors").is_file() and not (cut / DONE).exists()
+    assert (cut / "checkpoint.safetensors").is_file() and not (cut / RunDir.DONE).exists()
     monkeypatch.setattr(trainer, "_save_checkpoint", real_save)
     resumed, metrics = run_overrides(overrides(tiny, tmp_path, steps=6, extra=[*extra, "name=cut"]))
     assert metrics["steps"] == 6
@@ -148,8 +148,8 @@ def test_sweep_table_lists_every_run(tiny, tmp_path):
 
 
 def init_A(model_dir, r, stream, seed=0):
-    from lora_analysis.config import LoraSettings, Task
-    from lora_analysis.modeling import add_lora, lora_state
+    from lora_analysis.train.config import LoraSettings, Task
+    from lora_analysis.train.modeling import add_lora, lora_state
 
     base = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
     model, _ = add_lora(base, LoraSettings(r=r, targets="q", init_stream=stream), Task.classification, seed)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lora_analysis.subspace import (
+from lora_analysis.analysis.subspace import (
     Basis,
     Frame,
     column_basis,

@@ -14,11 +14,11 @@ from itertools import takewhile
 from lora_analysis.errors import LoraAnalysisError
 
 COMMANDS = {
-    "train": ("lora_analysis.train_app", "train LoRA adapters (one run, or a sweep with -m)"),
-    "analyze": ("lora_analysis.analyze_app", "subspace analysis of a sweep or of adapter folders"),
-    "report": ("lora_analysis.report_app", "rebuild a sweep's figures and report from saved results"),
-    "reproduce": ("lora_analysis.reproduce", "train, analyse and report the paper's Section 7"),
-    "recommend": ("lora_analysis.recommend_app", "recommend a rank per module role from a sweep"),
+    "train": ("lora_analysis.cli.train", "train LoRA adapters (one run, or a sweep with -m)"),
+    "analyze": ("lora_analysis.cli.analyze", "subspace analysis of a sweep or of adapter folders"),
+    "report": ("lora_analysis.cli.report", "rebuild a sweep's figures and report from saved results"),
+    "reproduce": ("lora_analysis.cli.reproduce", "train, analyse and report the paper's Section 7"),
+    "recommend": ("lora_analysis.cli.recommend", "recommend a rank per module role from a sweep"),
 }
 
 
@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Hydra would print a trimmed traceback and exit 1; we want the exception, to print one line.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    from lora_analysis.cli.schemas import register_schemas
+
+    register_schemas()
     module = importlib.import_module(COMMANDS[command][0])
     try:
         return int(module.main(rest) or 0)

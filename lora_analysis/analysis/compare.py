@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lora_analysis.adapters import MATCH_IGNORE, LoraModule, Run, find_runs
-from lora_analysis.base_weights import BaseWeights, resolve_base
-from lora_analysis.delta import (
+from lora_analysis.analysis.adapters import MATCH_IGNORE, LoraModule, Run, find_runs
+from lora_analysis.analysis.base_weights import BaseWeights, resolve_base
+from lora_analysis.analysis.delta import (
     ModuleFactors,
     WeightSVD,
     dw_vs_w,
@@ -46,9 +46,9 @@ from lora_analysis.delta import (
     stable_rank,
     w_dw_phi,
 )
+from lora_analysis.analysis.subspace import frame_product, frobenius, overlap, phi_from_overlap, sampled_baseline
+from lora_analysis.analysis.tables import SCHEMAS, AnalysisResult, TableBuilder, small_pages
 from lora_analysis.errors import LoraAnalysisError
-from lora_analysis.subspace import frame_product, frobenius, overlap, phi_from_overlap, sampled_baseline
-from lora_analysis.tables import SCHEMAS, AnalysisResult, TableBuilder, small_pages
 
 SUBJECTS = ("A", "A_init", "A_delta", "B", "dW")
 COMPARISONS = ("rank", "seed", "random")

@@ -21,12 +21,11 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from lora_analysis.adapters import pattern_key
-from lora_analysis.budget import budget_params, rank_for_budget
-from lora_analysis.config import Init, InitStream, LoraSettings, ModelConfig, Task
 from lora_analysis.embedded import resolve_model_path
 from lora_analysis.errors import LoraAnalysisError, first_line
-from lora_analysis.targets import ModuleTarget, family_for, select_modules
+from lora_analysis.targets import ModuleTarget, family_for, pattern_key, select_modules
+from lora_analysis.train.budget import budget_params, rank_for_budget
+from lora_analysis.train.config import Init, InitStream, LoraSettings, ModelConfig, Task
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ import pandas as pd
 import torch
 
 from lora_analysis.atomic import write_atomic
-from lora_analysis.config import DataConfig, Task
 from lora_analysis.embedded import DATA_NAME, rotten_tomatoes_csv
 from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.train.config import DataConfig, Task
 
 
 @dataclass

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from lora_analysis import findings as F
-from lora_analysis import plots
 from lora_analysis.atomic import write_parquet, write_text
 from lora_analysis.errors import LoraAnalysisError
-from lora_analysis.report_document import Section, write_report
+from lora_analysis.show import findings as F
+from lora_analysis.show import plots
+from lora_analysis.show.document import Section, write_report
 
 TABLES = ("phi", "spectra", "modules", "dw_vs_w", "w_dw_phi", "intruders")
 W_TABLES = ("dw_vs_w", "w_dw_phi", "intruders")
@@ -75,7 +75,7 @@ def load_sweep(sweep_dir: str | Path) -> SweepData:
 
 def _load_analysis(folder: Path, missing: list[str]) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """The analysis tables through ``AnalysisResult.load``; table by table if some are absent."""
-    from lora_analysis.tables import AnalysisResult
+    from lora_analysis.analysis.tables import AnalysisResult
 
     try:
         result = AnalysisResult.load(folder)
@@ -349,7 +349,7 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str |
 
 def recommendation_section(data: SweepData) -> Section:
     """``lora-analysis recommend``'s answer for the sweep: the rank per role, and how it was reached."""
-    from lora_analysis.recommend import recommend_from
+    from lora_analysis.derive.recommend import recommend_from
 
     section = Section("Rank recommendation")
     try:

@@ -23,12 +23,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from lora_analysis import data as task_data
 from lora_analysis.atomic import write_atomic, write_text
-from lora_analysis.config import Method, Precision, Schedule, Task, TrainConfig
+from lora_analysis.layout import RunDir
 from lora_analysis.machine import resolve_device
-from lora_analysis.modeling import add_lora, load_model, load_tokenizer, lora_state
-from lora_analysis.runs import CHECKPOINT
+from lora_analysis.train import data as task_data
+from lora_analysis.train.config import Method, Precision, Schedule, Task, TrainConfig
+from lora_analysis.train.modeling import add_lora, load_model, load_tokenizer, lora_state
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     if cfg.method == Method.lora:
         model, _ = add_lora(model, cfg.lora, cfg.model.task, cfg.seed)
         init_state = lora_state(model)
-        write_atomic(run_dir / "adapter_init.safetensors", lambda p: save_file(init_state, str(p)))
+        write_atomic(RunDir(run_dir).init_path, lambda p: save_file(init_state, str(p)))
     model.to(device)
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -96,7 +96,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
         threads=torch.get_num_threads(),
         device=str(device),
     )
-    (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    (RunDir(run_dir).checkpoint_path).unlink(missing_ok=True)
     return metrics
 
 
@@ -201,7 +201,7 @@ def _save_adapter(model, run_dir: Path) -> None:
 def _write_history(run_dir: Path, history: list[dict]) -> None:
     rows = [f"{h['step']},{h['loss']:.6f},{h['lr']:.6g},{h['seconds']:.3f}" for h in history]
     lines = ["step,loss,lr,seconds", *rows]
-    write_text(run_dir / "history.csv", "\n".join(lines) + "\n")
+    write_text(RunDir(run_dir).history_path, "\n".join(lines) + "\n")
 
 
 def _save_checkpoint(run_dir: Path, params: dict, optimizer, progress: Progress) -> None:
@@ -217,11 +217,11 @@ def _save_checkpoint(run_dir: Path, params: dict, optimizer, progress: Progress)
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     meta = {"progress": json.dumps(progress.__dict__)}
-    write_atomic(run_dir / CHECKPOINT, lambda p: save_file(tensors, str(p), metadata=meta))
+    write_atomic(RunDir(run_dir).checkpoint_path, lambda p: save_file(tensors, str(p), metadata=meta))
 
 
 def _load_checkpoint(run_dir: Path, model, params: dict, optimizer) -> Progress | None:
-    path = run_dir / CHECKPOINT
+    path = RunDir(run_dir).checkpoint_path
     if not path.is_file():
         return None
     from safetensors import safe_open

@@ -8,22 +8,26 @@ finished when its ``DONE`` marker exists; it is written last, after every other 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
 import yaml
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
-from lora_analysis.atomic import locked, write_json, write_parquet
+from lora_analysis.atomic import locked, write_json, write_parquet, write_text
 from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.hydra_compose import compose
+from lora_analysis.layout import RunDir, SweepDir
+from lora_analysis.train.config import Method, TrainConfig, register_configs
 
-DONE = "DONE"
-CHECKPOINT = "checkpoint.safetensors"
-SWEEP_TABLE = "runs.parquet"
+log = logging.getLogger("lora_analysis")
 # Overrides that do not change what a run computes, or that name the sweep rather than the run.
 _NOT_IN_NAME = {"name", "out_dir", "device", "threads", "progress", "experiment", "run_name", "preset"}
 _SHORT = {"lora.r": "r", "seed": "seed", "lora.alpha": "alpha", "optim.lr": "lr", "optim.steps": "steps"}
@@ -64,10 +68,6 @@ def run_name(overrides: Iterable[str], sweep_keys: Iterable[str] | None = None) 
     return name
 
 
-def is_done(run_dir: Path) -> bool:
-    return (Path(run_dir) / DONE).is_file()
-
-
 def comparable(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in _VOLATILE}
 
@@ -79,23 +79,22 @@ def prepare_run_dir(run_dir: Path, config: dict) -> str:
     would be silently mixed into the sweep). An unfinished run resumes from its checkpoint if its
     config matches; otherwise its leftovers are removed and it starts again cleanly.
     """
-    run_dir = Path(run_dir)
-    saved_path = run_dir / "config.yaml"
-    saved = yaml.safe_load(saved_path.read_text()) if saved_path.is_file() else None
+    run = RunDir(run_dir)
+    saved = run.load_config()
     # A key missing from an older run's config counts as null: a setting added later, left at its default.
     diff = _first_difference(comparable(saved or {}), comparable(config))
     same = saved is not None and not diff
-    if is_done(run_dir):
+    if run.is_done():
         if not same:
             raise LoraAnalysisError(
                 f"{run_dir} holds a finished run with a different config ({diff}); "
                 "use another name=... or remove that folder"
             )
         return "skip"
-    if same and (run_dir / CHECKPOINT).is_file():
+    if same and run.checkpoint_path.is_file():
         return "resume"
-    if run_dir.is_dir():
-        for item in run_dir.iterdir():
+    if run.path.is_dir():
+        for item in run.path.iterdir():
             shutil.rmtree(item) if item.is_dir() else item.unlink()
     return "start"
 
@@ -114,22 +113,19 @@ def _first_difference(old: dict, new: dict, prefix: str = "") -> str:
 
 def finish_run(run_dir: Path, metrics: dict) -> None:
     """Write metrics, then the completion marker, then refresh the sweep table."""
-    write_json(run_dir / "metrics.json", metrics)
-    write_json(run_dir / DONE, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    write_sweep_table(run_dir.parent)
-
-
-def finished_runs(sweep_dir: Path) -> list[Path]:
-    return sorted(p.parent for p in Path(sweep_dir).glob(f"*/{DONE}"))
+    run = RunDir(run_dir)
+    write_json(run.metrics_path, metrics)
+    write_json(run.done_path, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    write_sweep_table(run.path.parent)
 
 
 def collect_runs(sweep_dir: Path) -> pd.DataFrame:
     """One row per finished run: run name, flattened config values, scalar metrics."""
     rows = []
-    for run_dir in finished_runs(sweep_dir):
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        row = {"run": run_dir.name}
+    for run in SweepDir(sweep_dir).finished_runs():
+        config = run.load_config() or {}
+        metrics = run.load_metrics()
+        row = {"run": run.name}
         row.update(pd.json_normalize(comparable(config), sep=".").iloc[0].to_dict())
         row.update({k: v for k, v in metrics.items() if not isinstance(v, dict | list)})
         rows.append(row)
@@ -142,9 +138,79 @@ def collect_runs(sweep_dir: Path) -> pd.DataFrame:
 
 def write_sweep_table(sweep_dir: Path) -> Path | None:
     """Rewrite ``runs.parquet`` from the finished runs, under a lock shared by parallel workers."""
-    sweep_dir = Path(sweep_dir)
-    with locked(sweep_dir / ".runs.lock"):
-        frame = collect_runs(sweep_dir)
+    sweep = SweepDir(sweep_dir)
+    with locked(sweep.lock_path):
+        frame = collect_runs(sweep.path)
         if frame.empty:
             return None
-        return write_parquet(sweep_dir / SWEEP_TABLE, frame)
+        return write_parquet(sweep.table_path, frame)
+
+
+def run_overrides(overrides: Sequence[str], name: str | None = None) -> tuple[Path, dict]:
+    """Compose ``train`` with ``overrides`` and train that run in this process, unless finished.
+
+    The run folder is ``<out_dir>/<name>/<run name>``; the run name is ``name``, or the one
+    ``lora-analysis train <overrides>`` would use.
+    """
+    register_configs()
+    name = name or run_name(overrides)
+    settings = settings_from(compose("train", overrides), name)
+    settings.threads = settings.threads or default_threads()
+    run_dir = Path(settings.out_dir) / settings.name / name
+    return run_dir, train_run(settings, run_dir)
+
+
+def settings_from(cfg: DictConfig, name: str) -> TrainConfig:
+    """The typed, checked config (``__post_init__`` runs here) with its run name filled in."""
+    settings: TrainConfig = OmegaConf.to_object(cfg)
+    settings.run_name = name
+    if settings.lora.budget is not None and settings.method == Method.lora:
+        from lora_analysis.train.modeling import rank_from_budget
+
+        settings.lora.r = rank_from_budget(settings.model, settings.lora)
+    return settings
+
+
+def plain_config(settings: TrainConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(settings), enum_to_str=True)
+
+
+def train_run(settings: TrainConfig, run_dir: Path) -> dict:
+    """Train one run into ``run_dir`` unless it is already finished; return its metrics."""
+    from lora_analysis.train.trainer import train
+
+    config = plain_config(settings)
+    action = prepare_run_dir(run_dir, config)
+    if action == "skip":
+        log.info("%s: finished already, skipped", run_dir)
+        return RunDir(run_dir).load_metrics()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(RunDir(run_dir).config_path, yaml.safe_dump(config, sort_keys=False))
+    try:
+        metrics = train(settings, run_dir)
+    except LoraAnalysisError:
+        # Bad input is found before any step is taken: leave no trace of the run.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finish_run(run_dir, metrics)
+    scores = {k: round(v, 4) for k, v in metrics.items() if k.startswith("test_") and isinstance(v, float)}
+    log.info("%s: %s", run_dir, scores)
+    return metrics
+
+
+def default_threads() -> int:
+    """All usable cores, divided among the launcher's parallel workers so they don't oversubscribe."""
+    from lora_analysis.machine import usable_cores
+
+    cores = usable_cores()
+    if not HydraConfig.initialized():
+        return cores
+    launcher = HydraConfig.get().launcher
+    per_task = launcher.get("cpus_per_task")  # submitit: the cores the scheduler gave this job
+    if per_task:
+        return int(per_task)
+    workers = launcher.get("n_jobs")  # joblib: -1 means one worker per core
+    if workers:
+        workers = cores if workers < 0 else workers
+        return max(1, cores // workers)
+    return cores

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
 from lora_analysis.errors import LoraAnalysisError
-from lora_analysis.findings import (
+from lora_analysis.show.findings import (
     SUBJECT_LABELS,
     accuracy_table,
     full_reference,

@@ -11,33 +11,15 @@ The sweep needs its analysis/ folder; it is computed first when missing or older
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from lora_analysis.analyze_app import ensure_analysis
+from lora_analysis.analysis.sweep import ensure_analysis
 from lora_analysis.atomic import write_json
+from lora_analysis.cli.schemas import RecommendConfig
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.hydra_compose import compose, help_text, split_args
-
-
-@dataclass
-class RecommendConfig:
-    sweep: str | None = None  # a sweep folder with finished runs (and runs.parquet)
-    subject: str = "A_delta"  # the subspace counted: A_delta (A - A_init, the learned part), dW, A or B
-    targets: str | None = None  # the target set whose runs are used; None: all, else the most frequent
-    rank_pattern: str | None = None  # write the PEFT rank_pattern JSON here
-
-    def __post_init__(self) -> None:
-        if not self.sweep:
-            raise LoraAnalysisError("name a sweep folder: lora-analysis recommend runs/<sweep>")
-        if self.subject not in ("dW", "A_delta", "A", "B"):
-            raise LoraAnalysisError(f"subject must be dW, A_delta, A or B, got {self.subject!r}")
-
-
-ConfigStore.instance().store(name="recommend_schema", node=RecommendConfig)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -46,7 +28,7 @@ def main(argv: Sequence[str]) -> int:
         print(help_text(__doc__, "recommend"))
         return 0
     cfg: RecommendConfig = OmegaConf.to_object(compose("recommend", overrides))
-    from lora_analysis.recommend import recommend
+    from lora_analysis.derive.recommend import recommend
 
     sweep = Path(cfg.sweep)
     if not sweep.is_dir():

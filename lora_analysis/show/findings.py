@@ -1,7 +1,7 @@
 """Findings: numbers and short sentences computed from the analysis tables and the sweep table.
 
 Pure functions over the tidy tables of the analysis (``phi``, ``spectra``, ``modules``, ``dw_vs_w``,
-``w_dw_phi``, ``intruders``; see ``lora_analysis.tables.SCHEMAS``) and ``runs.parquet``. A finding's
+``w_dw_phi``, ``intruders``; see ``lora_analysis.analysis.tables.SCHEMAS``) and ``runs.parquet``. A finding's
 sentences quote the numbers they rest on and its table holds them all. Missing data gives a finding
 whose sentence says what is missing, never an exception, so the report of a partial sweep still builds.
 

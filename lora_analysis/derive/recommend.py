@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lora_analysis import findings
 from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.show import findings
 from lora_analysis.targets import FAMILIES, ROLES
 
 
@@ -172,7 +172,7 @@ def _role_key(role: str, modules: pd.DataFrame) -> str:
 
 def recommend(sweep: str | Path, subject: str = "A_delta", targets: str | None = None) -> Recommendation:
     """Recommend a rank per role from a sweep folder with its ``analysis/`` (run ``analyze`` first)."""
-    from lora_analysis.tables import AnalysisResult
+    from lora_analysis.analysis.tables import AnalysisResult
 
     sweep = Path(sweep)
     analysis = AnalysisResult.load(sweep / "analysis")

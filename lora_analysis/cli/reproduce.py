@@ -17,42 +17,17 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from lora_analysis.atomic import write_json
-from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.cli.schemas import ReproduceConfig
 from lora_analysis.hydra_compose import compose, help_text
+from lora_analysis.layout import is_done
 from lora_analysis.machine import resolve_device, usable_cores
-from lora_analysis.runs import is_done, run_name
+from lora_analysis.train.sweep import run_name
 
-
-@dataclass
-class Preset:
-    name: str = "paper"  # the sweep folder under out_dir
-    description: str = ""
-    common: list[str] = field(default_factory=list)  # training overrides for every run of the preset
-    runs: list[list[str]] = field(default_factory=list)  # one list of overrides per run
-    layer: int | None = None  # the layer Figures 3 and 4 show; None: the middle one
-
-
-@dataclass
-class ReproduceConfig:
-    preset: Preset = field(default_factory=Preset)
-    out_dir: str = "runs"
-    name: str | None = None  # the sweep folder; None: the preset's name
-    figures: str | None = None  # copy report.html, report.md and figures/ here (the repository's figures/)
-    workers: int | None = None  # runs trained at once; None: 2 on a CPU with 2+ cores, 1 on a GPU
-
-    def __post_init__(self) -> None:
-        if not self.preset.runs:
-            raise LoraAnalysisError(f"preset {self.preset.name!r} names no runs")
-
-
-ConfigStore.instance().store(name="reproduce_schema", node=ReproduceConfig)
 _OWN_KEYS = ("preset", "out_dir", "name", "figures", "workers")
 
 
@@ -70,8 +45,8 @@ def main(argv: Sequence[str]) -> int:
 
 def reproduce(cfg: ReproduceConfig, train_overrides: Sequence[str] = ()) -> Path:
     """Train, analyse and report; returns the path of the HTML report."""
-    from lora_analysis.analyze_app import analyse_sweep
-    from lora_analysis.report import build_report
+    from lora_analysis.analysis.sweep import analyse_sweep
+    from lora_analysis.show.report import build_report
 
     started = time.perf_counter()
     sweep = Path(cfg.out_dir) / (cfg.name or cfg.preset.name)
@@ -123,7 +98,7 @@ def train_all(plan: list[tuple[str, list[str]]], sweep: Path, out_dir: str, work
 
 
 def _train_one(overrides: list[str], name: str) -> float:
-    from lora_analysis.train_app import run_overrides
+    from lora_analysis.train.sweep import run_overrides
 
     start = time.perf_counter()
     run_overrides(overrides, name=name)

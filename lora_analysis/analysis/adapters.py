@@ -25,38 +25,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from safetensors import safe_open
 
-from lora_analysis.delta import lora_scale
+from lora_analysis.analysis.delta import lora_scale
 from lora_analysis.errors import LoraAnalysisError, first_line
-from lora_analysis.runs import DONE
-from lora_analysis.targets import ROLES, parse_module_path, targets_label
+from lora_analysis.layout import ADAPTER_BIN, ADAPTER_CONFIG, ADAPTER_WEIGHTS, RunDir
+from lora_analysis.targets import ROLES, parse_module_path, pattern_key, targets_label
 
-CONFIG_FILE = "adapter_config.json"
-SAFETENSORS_FILE = "adapter_model.safetensors"
-BIN_FILE = "adapter_model.bin"
-INIT_FILE = "adapter_init.safetensors"
-RUN_CONFIG = "config.yaml"  # a run of this toolkit's train app: resolved config, then DONE last
+CONFIG_FILE = ADAPTER_CONFIG
+SAFETENSORS_FILE = ADAPTER_WEIGHTS
+BIN_FILE = ADAPTER_BIN
+INIT_FILE = RunDir.INIT
+RUN_CONFIG = RunDir.CONFIG  # a run of this toolkit's train app: resolved config, then DONE last
 # Config keys that may differ between two runs that are still compared (rank and seed are what varies).
 MATCH_IGNORE = [
     "lora.r", "seed", "run_name", "name", "out_dir", "device", "threads", "progress",
     "data.cache_dir", "optim.checkpoint_every", "optim.log_every", "optim.eval_batch_size",
 ]  # fmt: skip
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<path>.+)\.lora_(?P<ab>[AB])(?:\.(?P<name>[^.]+))?\.weight$")
-
-
-def pattern_key(pattern_keys, module_path: str) -> str:
-    """The ``rank_pattern``/``alpha_pattern`` key that applies to ``module_path`` (else the path itself).
-
-    The same rule as ``peft.utils.other.get_pattern_key`` (first key ``k`` with
-    ``re.match(rf"(.*\\.)?({k})$", path)``); importing peft costs seconds, so it is restated here
-    and tested against peft's own function.
-    """
-    for key in pattern_keys:
-        if re.match(rf"(.*\.)?({key})$", module_path):
-            return key
-    return module_path
 
 
 _NUMPY_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16}
@@ -364,12 +350,10 @@ def _load_run(folder: Path, match_ignore: tuple[str, ...], notes: list[str]) -> 
         adapter = Adapter(folder)
         r = int(adapter.config.get("r", next(iter(adapter)).r))
         return Run(folder.name, adapter, r, None, adapter.targets, adapter.base_model_name_or_path)
-    try:
-        config = yaml.safe_load(config_path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise LoraAnalysisError(f"{config_path}: not valid YAML ({first_line(error)})") from error
-    if not (folder / DONE).is_file():
-        notes.append(f"skipped {folder}: unfinished run (no {DONE} marker)")
+    run_dir = RunDir(folder)
+    config = run_dir.load_config() or {}
+    if not run_dir.is_done():
+        notes.append(f"skipped {folder}: unfinished run (no {RunDir.DONE} marker)")
         return None
     if config.get("method", "lora") != "lora":
         notes.append(f"skipped {folder}: method {config.get('method')} has no adapter")

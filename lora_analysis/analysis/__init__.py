@@ -1,0 +1,1 @@
+"""Analysis: adapters and base weights in, exact subspace maths, tidy tables out."""

@@ -1,0 +1,76 @@
+"""``lora-analysis train [key=value ...]``: one LoRA run; ``-m`` with comma lists for a Hydra sweep.
+
+    lora-analysis train lora.r=4 lora.targets=qv
+    lora-analysis train -m lora.r=1,2,4,8,16,32,64 seed=0,1 lora.targets=attn,ffn,all
+    lora-analysis train -m experiment=rank_ablation hydra/launcher=local
+
+Runs land in ``<out_dir>/<name>/<run name>`` (``runs/default/r4-qv``); a finished run is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.hydra_compose import conf_dir
+from lora_analysis.train.config import register_configs
+from lora_analysis.train.sweep import default_threads, run_name, settings_from, train_run
+
+SWEEP_KEYS_ENV = "LORA_ANALYSIS_SWEEP_KEYS"  # inherited by launcher workers (joblib, submitit)
+
+
+def _run_name_resolver(overrides, *, _root_) -> str:
+    """``hydra.sweep.subdir``: a run is named by the keys its sweep varies (command line or experiment)."""
+    if str(OmegaConf.select(_root_, "hydra.mode", default="")) != "RunMode.MULTIRUN":
+        return run_name(overrides)
+    swept = [k for k in os.environ.get(SWEEP_KEYS_ENV, "").split(",") if k]
+    params = OmegaConf.select(_root_, "hydra.sweeper.params", default=None) or {}
+    return run_name(overrides, swept + list(params))
+
+
+register_configs()
+if not OmegaConf.has_resolver("run_name"):
+    OmegaConf.register_new_resolver("run_name", _run_name_resolver)
+
+
+def main(argv: list[str]) -> int:
+    os.environ[SWEEP_KEYS_ENV] = ",".join(swept_keys(argv))
+    sys.argv = ["lora-analysis train", *argv]  # Hydra reads its arguments from sys.argv
+    _hydra_app()
+    return 0
+
+
+def swept_keys(argv: Sequence[str]) -> list[str]:
+    """The keys a command line sweeps over (``lora.r=1,2`` or ``seed=range(3)``); none without -m."""
+    if not any(a in ("-m", "--multirun") for a in argv):
+        return []
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [o.key_or_group for o in parsed if o.is_sweep_override()]
+
+
+@hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")
+def _hydra_app(cfg: DictConfig) -> float | None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        settings = settings_from(cfg, run_dir.name)
+        if settings.threads is None:
+            settings.threads = default_threads()
+        metrics = train_run(settings, run_dir)
+    except LoraAnalysisError as error:
+        for folder in (run_dir, run_dir.parent):  # Hydra made them for a run that never started
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        # Raised, the error would reach Hydra, which prints the job's overrides before our line.
+        print(f"lora-analysis train: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return metrics.get("test_accuracy", metrics.get("test_loss"))

@@ -1,0 +1,1 @@
+"""Derived tables: queries and statistics over an analysis, and the rank recommendation."""

@@ -1,0 +1,196 @@
+"""The folder contract between the stages: every file name a stage writes or reads, in one place.
+
+A sweep (``SweepDir``) is ``<out_dir>/<name>/``; every run of it is a ``RunDir``; its analysis is an
+``AnalysisDir``::
+
+    runs/paper/                    SweepDir
+      runs.parquet                 the sweep table: one row per finished run (config values, metrics)
+      r8-seed0/                    RunDir
+        config.yaml                the resolved config, written first
+        adapter_config.json        PEFT's own save_pretrained ...
+        adapter_model.safetensors  ... so peft.PeftModel.from_pretrained loads the run
+        adapter_init.safetensors   A and B at step 0 (the init control)
+        checkpoint.safetensors     while training: the state to resume from (removed at the end)
+        history.csv                step, loss, learning rate
+        metrics.json               test scores, timings, how far A moved
+        FAILED.json                a run that stopped on a non-finite loss: why (no DONE then)
+        DONE                       written last: the run finished
+      analysis/                    AnalysisDir: <table>.parquet, analysis.json
+      report/                      report.html, report.md, figures/, accuracy.parquet, runs.csv
+
+Training writes run folders and the sweep table; analysis reads them (and any PEFT adapter folder) and
+writes an analysis folder; the report reads both. None of them spells a file name of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from lora_analysis.errors import LoraAnalysisError, first_line
+
+# PEFT's adapter files (its format, not ours).
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_BIN = "adapter_model.bin"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One training run's folder."""
+
+    path: Path
+
+    CONFIG = "config.yaml"
+    INIT = "adapter_init.safetensors"
+    CHECKPOINT = "checkpoint.safetensors"
+    HISTORY = "history.csv"
+    METRICS = "metrics.json"
+    FAILED = "FAILED.json"
+    DONE = "DONE"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def init_path(self) -> Path:
+        return self.path / self.INIT
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / self.CHECKPOINT
+
+    @property
+    def history_path(self) -> Path:
+        return self.path / self.HISTORY
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def done_path(self) -> Path:
+        return self.path / self.DONE
+
+    @property
+    def failed_path(self) -> Path:
+        return self.path / self.FAILED
+
+    def is_done(self) -> bool:
+        return self.done_path.is_file()
+
+    def has_adapter(self) -> bool:
+        return (self.path / ADAPTER_CONFIG).is_file()
+
+    def load_config(self) -> dict | None:
+        """The saved config, or None when there is none; a file that is not a YAML mapping is an error."""
+        if not self.config_path.is_file():
+            return None
+        try:
+            config = yaml.safe_load(self.config_path.read_text())
+        except yaml.YAMLError as error:
+            raise LoraAnalysisError(f"{self.config_path}: not valid YAML ({first_line(error)})") from error
+        if config is None:
+            return {}
+        if not isinstance(config, dict):
+            kind = type(config).__name__
+            raise LoraAnalysisError(f"{self.config_path}: expected a mapping of config keys, got a {kind}")
+        return config
+
+    def load_metrics(self) -> dict:
+        try:
+            return json.loads(self.metrics_path.read_text())
+        except (OSError, ValueError) as error:
+            raise LoraAnalysisError(f"{self.metrics_path}: unreadable ({first_line(error)})") from error
+
+
+@dataclass(frozen=True)
+class AnalysisDir:
+    """An analysis folder: one Parquet file per table of ``analysis.tables.SCHEMAS`` and ``analysis.json``."""
+
+    path: Path
+
+    META = "analysis.json"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    def table(self, name: str) -> Path:
+        return self.path / f"{name}.parquet"
+
+    @property
+    def meta_path(self) -> Path:
+        return self.path / self.META
+
+    def exists(self) -> bool:
+        return self.meta_path.is_file()
+
+
+@dataclass(frozen=True)
+class SweepDir:
+    """A sweep's folder: its runs, the sweep table, its analysis and its report."""
+
+    path: Path
+
+    TABLE = "runs.parquet"
+    LOCK = ".runs.lock"
+    ANALYSIS = "analysis"
+    REPORT = "report"
+    REPRODUCE = "reproduce.json"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def table_path(self) -> Path:
+        return self.path / self.TABLE
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / self.LOCK
+
+    @property
+    def analysis(self) -> AnalysisDir:
+        return AnalysisDir(self.path / self.ANALYSIS)
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / self.REPORT
+
+    @property
+    def reproduce_path(self) -> Path:
+        return self.path / self.REPRODUCE
+
+    def is_sweep(self) -> bool:
+        return self.table_path.is_file()
+
+    def run(self, name: str) -> RunDir:
+        return RunDir(self.path / name)
+
+    def finished_runs(self) -> list[RunDir]:
+        return sorted((RunDir(p.parent) for p in self.path.glob(f"*/{RunDir.DONE}")), key=lambda r: r.path)
+
+    def failed_runs(self) -> list[RunDir]:
+        return sorted((RunDir(p.parent) for p in self.path.glob(f"*/{RunDir.FAILED}")), key=lambda r: r.path)
+
+
+def is_done(run_dir: str | Path) -> bool:
+    return RunDir(Path(run_dir)).is_done()

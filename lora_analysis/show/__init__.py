@@ -1,0 +1,1 @@
+"""Showing: the paper's numbers, findings in words, figures and the report document."""
