@@ -38,6 +38,11 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_BIN = "adapter_model.bin"
 
 
+# Settings added after runs were saved, with the value such a run had without naming it: a run's saved
+# config is read with them filled in, so an older run is skipped, paired and tabled like a new one.
+ADDED_SETTINGS: dict[tuple[str, str], object] = {("data", "shuffle_labels"): False}
+
+
 @dataclass(frozen=True)
 class RunDir:
     """One training run's folder."""
@@ -109,6 +114,9 @@ class RunDir:
         if not isinstance(config, dict):
             kind = type(config).__name__
             raise LoraAnalysisError(f"{self.config_path}: expected a mapping of config keys, got a {kind}")
+        for (group, key), value in ADDED_SETTINGS.items():
+            if isinstance(config.get(group), dict):
+                config[group].setdefault(key, value)
         return config
 
     def load_metrics(self) -> dict:

@@ -111,3 +111,19 @@ def test_public_api_resolves():
     import lora_analysis
 
     assert all(getattr(lora_analysis, name) is not None for name in lora_analysis.__all__)
+
+
+def test_shuffled_label_runs_are_named_by_what_they_are():
+    assert run_name(["lora.r=8", "seed=0", "data.shuffle_labels=true"]) == "r8-seed0-shuffled"
+    assert run_name(["lora.r=8", "seed=0", "data.shuffle_labels=false"]) == "r8-seed0"
+    swept = ["lora.r", "data.shuffle_labels"]
+    assert run_name(["lora.r=8", "seed=0", "data.shuffle_labels=True"], swept) == "r8-shuffled"
+
+
+def test_a_run_saved_before_shuffle_labels_existed_reads_as_unshuffled(tmp_path):
+    import yaml
+
+    from lora_analysis.layout import RunDir
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "data": {"path": "x.csv"}}))
+    assert RunDir(tmp_path).load_config()["data"]["shuffle_labels"] is False

@@ -99,3 +99,60 @@ def test_atomic_writes_leave_no_temporary_file_and_usual_permissions(tmp_path):
     with pytest.raises(RuntimeError):
         write_atomic(target, fail)
     assert target.read_text() == "{}" and [p.name for p in target.parent.iterdir()] == ["metrics.json"]
+
+
+class _WordTokenizer:
+    """Token ids = word lengths + 1: enough to check what shuffling does to labels and targets."""
+
+    eos_token_id = 0
+    name_or_path = "words"
+
+    def __len__(self) -> int:
+        return 100
+
+    def __call__(self, texts, truncation=True, max_length=64):
+        return {"input_ids": [[len(w) + 1 for w in t.split()][:max_length] for t in texts]}
+
+
+def _shuffled_pair(tmp_path, task, seed):
+    from lora_analysis.train.data import load_task_data
+
+    rows = [f"{'word ' * (1 + i % 7)}text{i}" for i in range(300)]
+    path = tmp_path / "d.csv"
+    import pandas as pd
+
+    pd.DataFrame({"text": rows, "label": [i % 3 == 0 for i in range(300)]}).to_csv(path, index=False)
+    plain = DataConfig(path=str(path), test_size=50)
+    shuffled = DataConfig(path=str(path), test_size=50, shuffle_labels=True)
+    return (load_task_data(plain, task, _WordTokenizer(), tmp_path, seed),
+            load_task_data(shuffled, task, _WordTokenizer(), tmp_path, seed))
+
+
+def test_shuffled_labels_permute_the_training_labels_by_the_seed_and_keep_the_test_split(tmp_path):
+    from lora_analysis.train.data import label_permutation
+
+    plain, shuffled = _shuffled_pair(tmp_path, Task.classification, seed=3)
+    order = label_permutation(len(plain.train), 3)
+    assert np.array_equal(shuffled.train.labels, plain.train.labels[order])  # a permutation fixed by the seed
+    assert not np.array_equal(shuffled.train.labels, plain.train.labels)
+    assert np.bincount(shuffled.train.labels).tolist() == np.bincount(plain.train.labels).tolist()
+    assert np.array_equal(shuffled.test.labels, plain.test.labels)  # the test split is untouched
+    assert all(np.array_equal(a, b) for a, b in zip(shuffled.train.ids, plain.train.ids, strict=True))
+    _, other_seed = _shuffled_pair(tmp_path, Task.classification, seed=4)
+    assert not np.array_equal(other_seed.train.labels, shuffled.train.labels)
+
+
+def test_shuffled_causal_lm_keeps_the_inputs_and_takes_another_texts_targets(tmp_path):
+    from lora_analysis.train.data import label_permutation
+
+    plain, shuffled = _shuffled_pair(tmp_path, Task.causal_lm, seed=0)
+    order = label_permutation(len(plain.train), 0)
+    rows = np.arange(8)
+    batch = collate(shuffled.train, rows, pad_id=0, task=Task.causal_lm)
+    assert np.array_equal(batch["input_ids"], collate(plain.train, rows, 0, Task.causal_lm)["input_ids"])
+    for row, i in enumerate(rows):
+        own, target = plain.train.ids[i], plain.train.ids[order[i]]
+        n = min(len(own), len(target))
+        assert batch["labels"][row, :n].tolist() == target[:n].tolist()
+        assert (batch["labels"][row, n:] == -100).all()
+    assert shuffled.test.targets is None

@@ -72,6 +72,10 @@ class DataConfig:
     split_seed: int = 0  # the split never depends on the run's seed
     max_length: int = 64  # tokens, including special tokens
     cache_dir: str | None = None  # tokenised data; None: <out_dir>/.cache
+    # A control that destroys the task and keeps the inputs: the training labels permuted by the run's
+    # seed (test labels untouched, label counts kept). For causal_lm each training text is paired with
+    # the next-token targets of another training text (the same permutation), its inputs unchanged.
+    shuffle_labels: bool = False
 
     def __post_init__(self) -> None:
         if self.test_size < 1:

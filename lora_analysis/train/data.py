@@ -29,6 +29,7 @@ class Examples:
 
     ids: list[np.ndarray]
     labels: np.ndarray | None
+    targets: list[np.ndarray] | None = None  # causal_lm with shuffled labels: next-token targets of another text
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -101,8 +102,11 @@ def split_indices(n: int, test_size: int, train_size: int | None, split_seed: in
     return np.sort(order[test_size:stop]), np.sort(order[:test_size])
 
 
-def load_task_data(cfg: DataConfig, task: Task, tokenizer, cache_dir: Path) -> TaskData:
-    """Load, split and tokenise (from the cache when this tokenizer saw these texts before)."""
+def load_task_data(cfg: DataConfig, task: Task, tokenizer, cache_dir: Path, seed: int = 0) -> TaskData:
+    """Load, split and tokenise (from the cache when this tokenizer saw these texts before).
+
+    With ``cfg.shuffle_labels`` the training split's labels are shuffled by ``seed`` (``shuffle_labels``).
+    """
     texts, labels, names = load_table(cfg, task)
     ids = tokenize_cached(tokenizer, texts, cfg.max_length, task, cache_dir)
     train, test = split_indices(len(texts), cfg.test_size, cfg.train_size, cfg.split_seed)
@@ -110,7 +114,27 @@ def load_task_data(cfg: DataConfig, task: Task, tokenizer, cache_dir: Path) -> T
     def subset(rows: np.ndarray) -> Examples:
         return Examples([ids[i] for i in rows], None if labels is None else labels[rows])
 
-    return TaskData(subset(train), subset(test), names)
+    train_examples = subset(train)
+    if cfg.shuffle_labels:
+        train_examples = shuffle_labels(train_examples, seed)
+    return TaskData(train_examples, subset(test), names)
+
+
+def label_permutation(n: int, seed: int) -> np.ndarray:
+    """The permutation of ``n`` training examples that ``data.shuffle_labels`` applies, fixed by ``seed``.
+
+    Its own stream (``[seed, 1]``), so it does not change the batch order or the LoRA init of the run.
+    """
+    return np.random.default_rng([seed, 1]).permutation(n)
+
+
+def shuffle_labels(examples: Examples, seed: int) -> Examples:
+    """The same inputs with the task destroyed: labels permuted (classification), or each text's
+    next-token targets taken from another text (causal_lm). Label counts are kept either way."""
+    order = label_permutation(len(examples), seed)
+    if examples.labels is not None:
+        return Examples(examples.ids, examples.labels[order])
+    return Examples(examples.ids, None, [examples.ids[i] for i in order])
 
 
 def tokenize_cached(tokenizer, texts: list[str], max_length: int, task: Task, cache_dir: Path) -> list[np.ndarray]:
@@ -192,6 +216,12 @@ def collate(examples: Examples, rows: np.ndarray, pad_id: int, task: Task) -> di
     batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
     if task == Task.classification:
         batch["labels"] = torch.from_numpy(examples.labels[rows])
-    else:
+    elif examples.targets is None:
         batch["labels"] = torch.from_numpy(np.where(mask == 1, input_ids, -100))
+    else:  # shuffled: another text's tokens as targets, cut to this text's length (-100 where it is shorter)
+        labels = np.full((len(seqs), width), -100, dtype=np.int64)
+        for row, i in enumerate(rows):
+            target = examples.targets[i][: len(seqs[row])]
+            labels[row, : len(target)] = target
+        batch["labels"] = torch.from_numpy(labels)
     return batch

@@ -31,7 +31,7 @@ log = logging.getLogger("lora_analysis")
 # Overrides that do not change what a run computes, or that name the sweep rather than the run.
 _NOT_IN_NAME = {"name", "out_dir", "device", "threads", "progress", "experiment", "run_name", "preset"}
 _SHORT = {"lora.r": "r", "seed": "seed", "lora.alpha": "alpha", "optim.lr": "lr", "optim.steps": "steps"}
-_VALUE_ONLY = {"lora.targets", "method", "lora.init", "lora.init_stream"}
+_VALUE_ONLY = {"lora.targets", "method", "lora.init", "lora.init_stream", "data.shuffle_labels"}
 _ORDER = ["method", "lora.r", "seed", "lora.targets"]
 # Config keys that may differ between a finished run and a re-launch of it.
 _VOLATILE = {"progress", "threads", "device", "out_dir"}
@@ -49,6 +49,10 @@ def run_name(overrides: Iterable[str], sweep_keys: Iterable[str] | None = None) 
     for item in overrides:
         key, _, value = str(item).lstrip("+~").partition("=")
         if key in _NOT_IN_NAME or key.startswith("hydra") or (key == "method" and value == "lora"):
+            continue
+        if key == "data.shuffle_labels":  # the control is named by what it is; off is the default, unnamed
+            if value.lower() == "true":
+                pairs[key] = "shuffled"
             continue
         if keep is None or key in keep:
             pairs[key] = value

@@ -56,7 +56,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     # 2) data, tokenised once per (tokenizer, data, max length)
     tokenizer = load_tokenizer(cfg.model)
     cache_dir = Path(cfg.data.cache_dir or Path(cfg.out_dir) / ".cache")
-    data = task_data.load_task_data(cfg.data, cfg.model.task, tokenizer, cache_dir)
+    data = task_data.load_task_data(cfg.data, cfg.model.task, tokenizer, cache_dir, cfg.seed)
     # 3) model: the pretrained weights, a task head, and LoRA layers (or everything, for full fine-tuning)
     model = load_model(cfg.model, data.num_labels, tokenizer.pad_token_id)
     if cfg.method == Method.lora:
