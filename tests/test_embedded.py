@@ -20,3 +20,29 @@ def test_a_few_steps_on_the_embedded_default(tmp_path):
     base = AutoModelForSequenceClassification.from_pretrained(minilm_dir(), num_labels=2)
     loaded = PeftModel.from_pretrained(base, run_dir)
     assert len([n for n, _ in loaded.named_modules() if n.endswith("lora_A.default")]) == 36
+
+
+@pytest.mark.slow
+def test_shuffled_label_controls_on_the_embedded_default(tmp_path):
+    """Two shuffled-label runs for a few steps, analysed: they pair with each other only, and the
+    controls take their pair as the shuffled twin of the real pair."""
+    import pandas as pd
+
+    from lora_analysis.analysis.compare import analyze
+    from lora_analysis.derive.controls import direction_controls, shuffled_run_labels
+
+    common = ["optim.steps=3", f"out_dir={tmp_path}", "name=controls", "progress=false", "data.test_size=200",
+              "lora.targets=q+v", "lora.layers=[0]"]
+    for r in (2, 4):
+        run_overrides([*common, f"lora.r={r}"], name=f"r{r}")
+        run_overrides([*common, f"lora.r={r}", "data.shuffle_labels=true"], name=f"r{r}-shuffled")
+    sweep = tmp_path / "controls"
+    result = analyze(sweep, progress=False)
+    rank = result.phi[result.phi["comparison"] == "rank"]
+    pairs = set(zip(rank["run_a"].astype(str), rank["run_b"].astype(str), strict=True))
+    assert pairs == {("r2", "r4"), ("r2-shuffled", "r4-shuffled")}
+    shuffled = shuffled_run_labels(pd.read_parquet(sweep / "runs.parquet"))
+    assert shuffled == {"r2-shuffled", "r4-shuffled"}
+    controls = direction_controls(result.phi, shuffled)
+    assert set(controls["run_a"].astype(str)) == {"r2"} and controls["shuffled"].notna().all()
+    assert (controls["control"] >= controls["shuffled"]).all()
