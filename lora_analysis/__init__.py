@@ -46,8 +46,8 @@ _EXPORTS = {
     "delta_svd": "lora_analysis.analysis.delta",
     "effective_rank": "lora_analysis.analysis.delta",
     "stable_rank": "lora_analysis.analysis.delta",
-    "direction_energy": "lora_analysis.show.findings",
-    "shared_directions": "lora_analysis.show.findings",
+    "direction_energy": "lora_analysis.derive.stats",
+    "shared_directions": "lora_analysis.derive.stats",
     # showing and deciding
     "build_report": "lora_analysis.show.report",
     "recommend": "lora_analysis.derive.recommend",

@@ -16,6 +16,8 @@ from fabricate import (
     planted_bases,
 )
 
+from lora_analysis.derive import queries as Q
+from lora_analysis.derive import stats as S
 from lora_analysis.show import findings as F
 
 IDS = dict(comparison="seed", run_a="a", run_b="b", r_a=16, r_b=16, seed_a=0, seed_b=1, targets="all", layer=0,
@@ -24,14 +26,14 @@ IDS = dict(comparison="seed", run_a="a", run_b="b", r_a=16, r_b=16, seed_a=0, se
 
 @pytest.fixture(scope="module")
 def shared(tables):
-    return F.shared_directions(tables.phi)
+    return S.shared_directions(tables.phi)
 
 
 def test_direction_energy_matches_the_projection_of_each_direction():
     rng = np.random.default_rng(1)
     Va, Vb = planted_bases(96, 16, 16, [0.9, 0.6], rng)
     rows = grid_rows(phi_of(Va, Vb), 96, **IDS)
-    energy = F.direction_energy(rows)
+    energy = S.direction_energy(rows)
     direct = np.sum((Vb.T @ Va) ** 2, axis=0)  # ||Vb^T v_i||^2, the second algorithm
     np.testing.assert_allclose(energy["energy"], direct, atol=1e-12)
     np.testing.assert_allclose(energy["energy"].iloc[:2], [0.9, 0.6], atol=1e-12)
@@ -43,7 +45,7 @@ def test_a_direction_counts_as_shared_from_halfway_between_baseline_and_one():
     threshold = (1 + 16 / 96) / 2
     rng = np.random.default_rng(2)
     Va, Vb = planted_bases(96, 16, 16, [threshold + 0.01, threshold - 0.01, 0.99], rng)
-    shared = F.shared_directions(grid_rows(phi_of(Va, Vb), 96, **IDS))
+    shared = S.shared_directions(grid_rows(phi_of(Va, Vb), 96, **IDS))
     assert len(shared) == 1
     assert shared["shared"].iloc[0] == 2  # the first and the third: every direction is tested
     assert shared["threshold"].iloc[0] == pytest.approx(threshold)
@@ -54,7 +56,7 @@ def test_direction_energy_wants_one_group():
     rows = pd.concat([grid_rows(phi_of(*planted_bases(32, 4, 4, [], rng)), 32, **dict(IDS, layer=layer))
                       for layer in (0, 1)])
     with pytest.raises(ValueError, match="one pair"):
-        F.direction_energy(rows)
+        S.direction_energy(rows)
 
 
 def test_shared_directions_recovers_the_planted_counts(shared):
@@ -100,8 +102,8 @@ def test_findings_state_the_planted_numbers(tables, shared, sweep):
 
 def test_missing_data_gives_a_sentence_not_an_error(tables):
     empty_phi = tables.phi.iloc[0:0]
-    for finding in (F.top_direction(empty_phi), F.q_vs_v(F.shared_directions(empty_phi)),
-                    F.init_control(empty_phi, F.shared_directions(empty_phi)), F.a_moved(tables.modules.iloc[0:0]),
+    for finding in (F.top_direction(empty_phi), F.q_vs_v(S.shared_directions(empty_phi)),
+                    F.init_control(empty_phi, S.shared_directions(empty_phi)), F.a_moved(tables.modules.iloc[0:0]),
                     F.amplification(tables.dw_vs_w.iloc[0:0], layer=0), F.intruder_counts(tables.intruders.iloc[0:0]),
                     F.w_dw_overlap(tables.w_dw_phi.iloc[0:0], layer=0), F.accuracy(pd.DataFrame({"run": []})),
                     F.loss_levelled({})):
@@ -109,7 +111,7 @@ def test_missing_data_gives_a_sentence_not_an_error(tables):
     assert F.top_direction(tables.phi, r_small=4, r_large=64).values["A_delta"] == pytest.approx(DELTA_TOP)
     assert "No rank pair r=2" in F.top_direction(tables.phi, r_small=2).sentences[0]
     random_only = tables.phi[tables.phi["comparison"] == "random"]
-    assert "No rank or seed pair" in F.init_control(random_only, F.shared_directions(random_only)).sentences[0]
+    assert "No rank or seed pair" in F.init_control(random_only, S.shared_directions(random_only)).sentences[0]
 
 
 def test_loss_levelled_tells_a_falling_curve_from_a_flat_one():
@@ -123,11 +125,11 @@ def test_loss_levelled_tells_a_falling_curve_from_a_flat_one():
 
 
 def test_choosing_what_to_show(tables):
-    assert F.middle_layer(tables.modules) == 0  # layers 0, 1: (n - 1) // 2
-    assert F.shown_roles(tables.modules) == ["q", "v", "ffn_out"]
-    assert F.main_targets(tables.modules) == "all"
-    rows = F.pair_rows(tables.phi, "rank", subject="A", layer=1, module="v", r_a=8, r_b=64)
-    assert set(rows["run_a"].astype(str)) == {"r8-seed0"} and F.phi_matrix(rows).shape == (8, 64)
+    assert Q.middle_layer(tables.modules) == 0  # layers 0, 1: (n - 1) // 2
+    assert Q.shown_roles(tables.modules) == ["q", "v", "ffn_out"]
+    assert Q.main_targets(tables.modules) == "all"
+    rows = Q.pair_rows(tables.phi, "rank", subject="A", layer=1, module="v", r_a=8, r_b=64)
+    assert set(rows["run_a"].astype(str)) == {"r8-seed0"} and Q.phi_matrix(rows).shape == (8, 64)
 
 
 def budget_runs(scores: dict[str, list[float]]) -> pd.DataFrame:

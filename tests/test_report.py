@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from lora_analysis.analysis.tables import AnalysisResult
 from lora_analysis.cli import main as cli_main
+from lora_analysis.derive import stats as S
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.hydra_compose import compose, split_args
 from lora_analysis.show import findings as F
@@ -143,7 +144,7 @@ def test_side_by_side_keeps_rows_it_cannot_fill(report):
     sweep, _, _ = report
     tables = AnalysisResult.load(sweep / "analysis")
     one_rank = tables.dw_vs_w[tables.dw_vs_w["r"] == 8]
-    found = {"top_direction": F.top_direction(tables.phi, r_small=2), "q_vs_v": F.q_vs_v(F.shared_directions(
+    found = {"top_direction": F.top_direction(tables.phi, r_small=2), "q_vs_v": F.q_vs_v(S.shared_directions(
         tables.phi.iloc[0:0])), "amplification": F.amplification(one_rank, layer=0),
         "w_dw_overlap": F.w_dw_overlap(tables.w_dw_phi.iloc[0:0], layer=0), "a_moved": F.a_moved(tables.modules)}
     table = side_by_side(Focus("all", 0, "q", None, None), found).set_index("quantity")

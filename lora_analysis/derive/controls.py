@@ -1,7 +1,7 @@
 """Verdicts against the strongest control: is a shared direction more than input geometry or label noise?
 
 For run a's i-th direction ``v_i`` and run b's whole subspace (``j = r_b``), the energy
-``e_i = ||V_b^T v_i||^2 = i phi(i, r_b) - (i - 1) phi(i - 1, r_b)`` (see ``stats.direction_energies``)
+``e_i = ||V_b^T v_i||^2 = i phi(i, r_b) - (i - 1) phi(i - 1, r_b)`` (``stats.direction_energies``)
 is compared with what it would be without a task, three ways (each the same increment of its own
 ``phi`` expectation, so like is compared with like):
 
@@ -29,7 +29,8 @@ from collections.abc import Collection
 import numpy as np
 import pandas as pd
 
-PAIR_KEYS = ["comparison", "run_a", "run_b", "r_a", "r_b", "seed_a", "seed_b", "targets", "layer", "module", "subject"]
+from lora_analysis.derive.queries import PAIR_KEYS
+
 MATCH_KEYS = ["comparison", "r_a", "r_b", "targets", "layer", "module", "subject"]  # a pair and its shuffled twin
 _TIE = 1e-9  # a direction exactly as shared as its control (e.g. both 1) is not above it
 CONTROLS = ("isotropic", "geometry", "shuffled")
@@ -37,15 +38,16 @@ CONTROL_LABELS = {"isotropic": "isotropic baseline", "geometry": "input-geometry
                   "shuffled": "shuffled-label pair"}
 
 
-def increments(phi: pd.DataFrame, columns: Collection[str]) -> pd.DataFrame:
+def increments(phi: pd.DataFrame, columns: Collection[str], keep: Collection[str] = ()) -> pd.DataFrame:
     """Per-direction increments ``i c(i, r_b) - (i - 1) c(i - 1, r_b)`` of each column ``c`` of ``phi``.
 
     ``phi`` holds whole grids (every ``i <= r_a`` at ``j = r_b``, the group's largest j). Returns
-    ``PAIR_KEYS`` + ``i`` + one column per name in ``columns``; rows of groups whose column is NaN stay NaN.
+    ``PAIR_KEYS`` + ``i`` + one column per name in ``columns`` + the columns ``keep`` as they are at
+    ``j = r_b``; rows of groups whose column is NaN stay NaN.
     """
     columns = [c for c in columns if c in phi]
     if phi.empty:
-        return pd.DataFrame(columns=[*PAIR_KEYS, "i", *columns])
+        return pd.DataFrame(columns=[*PAIR_KEYS, "i", *columns, *keep])
     j_max = phi.groupby(PAIR_KEYS, observed=True, dropna=False, sort=False)["j"].transform("max")
     col = phi[(phi["j"] == j_max) & (phi["i"] <= j_max)].sort_values([*PAIR_KEYS, "i"])
     out = col[PAIR_KEYS].copy()
@@ -56,6 +58,8 @@ def increments(phi: pd.DataFrame, columns: Collection[str]) -> pd.DataFrame:
         previous = grouped[name].shift(1, fill_value=0.0).to_numpy(np.float64)
         value = i * col[name].to_numpy(np.float64) - (i - 1) * previous
         out[name] = np.clip(value, 0.0, 1.0)  # rounding in cumulative sums can leave +-1e-15
+    for name in keep:
+        out[name] = col[name].to_numpy()
     return out.reset_index(drop=True)
 
 

@@ -1,7 +1,7 @@
 """Rank recommendation: the rank each module role needs, read off a sweep's subspaces and accuracies.
 
 For each role and layer, two counts of directions that agree clearly above the random baseline
-(``findings.shared_directions``: a direction of run a is shared when its energy in run b's subspace
+(``stats.shared_directions``: a direction of run a is shared when its energy in run b's subspace
 reaches halfway between chance ``r_b / k`` and 1):
 
 - across seeds: the largest rank trained with two or more seeds, seed against seed;
@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lora_analysis.derive import queries, stats
 from lora_analysis.errors import LoraAnalysisError
-from lora_analysis.show import findings
 from lora_analysis.targets import FAMILIES, ROLES
 
 
@@ -85,7 +85,7 @@ def _count(value: float) -> str:
 def layer_evidence(phi: pd.DataFrame, subject: str, targets: str) -> pd.DataFrame:
     """Seed- and rank-shared direction counts per (role, layer) for one subject and target set."""
     rows = phi[(phi["subject"] == subject) & (phi["targets"].astype(str) == targets)]
-    shared = findings.shared_directions(rows)
+    shared = stats.shared_directions(rows)
     if shared.empty:
         raise LoraAnalysisError(f"no seed or rank pairs for subject {subject} and targets {targets} in the analysis")
     evidence = []
@@ -122,15 +122,15 @@ def role_ranks(layers: pd.DataFrame) -> pd.DataFrame:
 
 def accuracy_plateau(runs: pd.DataFrame, targets: str) -> int | None:
     """The smallest rank whose mean metric is within one std over seeds (at least 0.5 point) of the best."""
-    metric = findings.metric_column(runs)
-    lora = findings.lora_runs(runs)
+    metric = queries.metric_column(runs)
+    lora = queries.lora_runs(runs)
     if metric is None or lora.empty:
         return None
     lora = lora[lora["lora.targets"].astype(str) == targets]
     by_rank = lora.groupby("lora.r")[metric].agg(["mean", "std"]).sort_index()
     if len(by_rank) < 2:
         return None
-    sign = -1.0 if metric in findings.LOWER_IS_BETTER else 1.0
+    sign = -1.0 if metric in queries.LOWER_IS_BETTER else 1.0
     scores = sign * by_rank["mean"]
     best = scores.idxmax()
     tolerance = max(float(np.nan_to_num(by_rank.loc[best, "std"])), 0.005)
@@ -183,7 +183,7 @@ def recommend(sweep: str | Path, subject: str = "A_delta", targets: str | None =
 def recommend_from(phi: pd.DataFrame, modules: pd.DataFrame, runs: pd.DataFrame, subject: str = "A_delta",
                    targets: str | None = None, source: str = "the analysis") -> Recommendation:
     """The recommendation from tables already loaded: the analysis' ``phi`` and ``modules``, ``runs.parquet``."""
-    targets = targets or findings.main_targets(phi)
+    targets = targets or queries.main_targets(phi)
     if targets is None:
         raise LoraAnalysisError(f"{source} has no phi rows: nothing to recommend from")
     layers = layer_evidence(phi, subject, targets)

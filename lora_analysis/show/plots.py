@@ -17,17 +17,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
+from lora_analysis.derive.queries import lora_runs, metric_column, pair_rows, phi_matrix, shown_roles
+from lora_analysis.derive.stats import accuracy_table, full_reference
 from lora_analysis.errors import LoraAnalysisError
-from lora_analysis.show.findings import (
-    SUBJECT_LABELS,
-    accuracy_table,
-    full_reference,
-    lora_runs,
-    metric_column,
-    pair_rows,
-    phi_matrix,
-    shown_roles,
-)
+from lora_analysis.show.labels import label as _label
 
 CMAP = matplotlib.colormaps["viridis"].with_extremes(bad="#d9d9d9")  # grey: cell absent (rank-deficient)
 STYLE = {
@@ -51,10 +44,6 @@ def new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained", dpi=100)
     FigureCanvasAgg(fig)
     return fig
-
-
-def _label(subject: str) -> str:
-    return SUBJECT_LABELS.get(subject, subject)
 
 
 def _heatmap(ax, grid: np.ndarray, title: str, ylabel: str, xlabel: str):

@@ -20,10 +20,13 @@ from pathlib import Path
 import pandas as pd
 
 from lora_analysis.atomic import write_parquet, write_text
+from lora_analysis.derive import queries as Q
+from lora_analysis.derive import stats as S
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.show import findings as F
 from lora_analysis.show import plots
 from lora_analysis.show.document import Section, write_report
+from lora_analysis.show.labels import SUBJECT_LABELS, fmt
 
 TABLES = ("phi", "spectra", "modules", "dw_vs_w", "w_dw_phi", "intruders")
 W_TABLES = ("dw_vs_w", "w_dw_phi", "intruders")
@@ -112,7 +115,7 @@ def choose_focus(data: SweepData, layer: int | None = None) -> Focus:
     seeded rank, all within the focus target set.
     """
     phi, modules = data.tables["phi"], data.tables["modules"]
-    targets = F.main_targets(modules if not modules.empty else phi)
+    targets = Q.main_targets(modules if not modules.empty else phi)
     if not phi.empty and targets is not None and "targets" in phi:
         phi = phi[phi["targets"].astype(str) == str(targets)]
     notes = []
@@ -129,11 +132,11 @@ def choose_focus(data: SweepData, layer: int | None = None) -> Focus:
     if seeded and seed_rank != 64:
         notes.append(f"no seed pair at r=64: the seed figures use r={seed_rank}")
     source = modules if not modules.empty else phi
-    middle = F.middle_layer(source) if not source.empty else None
+    middle = Q.middle_layer(source) if not source.empty else None
     layers = sorted(int(x) for x in source["layer"].dropna().unique()) if not source.empty else []
     if layer is not None and layers and layer not in layers:
         raise LoraAnalysisError(f"layer={layer} is not an adapted layer of this sweep: expected one of {layers}")
-    roles = F.shown_roles(source) if not source.empty else []
+    roles = Q.shown_roles(source) if not source.empty else []
     return Focus(targets, middle if layer is None else layer, "q" if "q" in roles else (roles[0] if roles else None),
                  pair, seed_rank, notes)
 
@@ -173,7 +176,7 @@ def experiment_section(data: SweepData, focus: Focus | None = None) -> Section:
     """What was trained and analysed: model, data, split, runs, steps, targets, init, seeds."""
     runs = data.runs
     section = Section("The experiment")
-    lora, full = F.lora_runs(runs), runs[runs["method"] == "full"] if "method" in runs else runs.iloc[0:0]
+    lora, full = Q.lora_runs(runs), runs[runs["method"] == "full"] if "method" in runs else runs.iloc[0:0]
     section.text(f"Sweep `{data.sweep_dir.name}`: {len(lora)} LoRA run(s) and {len(full)} full fine-tuning run(s) "
                  f"({', '.join(runs['run'].astype(str))}). The subspace analyses follow Hu et al. (2021), "
                  "Section 7 and Appendix H.")
@@ -221,11 +224,11 @@ def paper_section(data: SweepData, focus: Focus, found: dict[str, F.Finding]) ->
                  "sweep's task. Random baselines are the expectation max(i, j)/k for independent random subspaces.")
     section.table(side_by_side(focus, found), "Quantity by quantity")
     section.table(PAPER_TABLE6, "Paper, Table 6: validation accuracy (%) against rank r per target set")
-    ours = accuracy_pivot(F.accuracy_table(data.runs))
+    ours = accuracy_pivot(S.accuracy_table(data.runs))
     if ours.empty:
         section.text("Ours: no LoRA run with a test metric.")
     else:
-        section.table(ours, f"Ours: {F.metric_column(data.runs)} (mean ± std over seeds, n) per target set and rank")
+        section.table(ours, f"Ours: {Q.metric_column(data.runs)} (mean ± std over seeds, n) per target set and rank")
     section.table(PAPER_TABLE5, "Paper, Table 5: validation accuracy (%) at a budget of 18M trainable parameters")
     return section
 
@@ -239,9 +242,9 @@ def side_by_side(focus: Focus, found: dict[str, F.Finding]) -> pd.DataFrame:
             *_table7_rows(found["amplification"])]
     fig8, moved = found["w_dw_overlap"], found["a_moved"]
     rows.append(("Figure 8: φ(top 10% of W, top 4 of ΔW)", "barely above 0.2", _missing(fig8) or ", ".join(
-        f"r={int(r.r)}: {F.fmt(r.phi)} (baseline {F.fmt(r.baseline)})" for r in fig8.table.itertuples())))
+        f"r={int(r.r)}: {fmt(r.phi)} (baseline {fmt(r.baseline)})" for r in fig8.table.itertuples())))
     rows.append(("How far A moved from its init", "not reported", _missing(moved) or ", ".join(
-        f"r={int(r.r)}: {F.fmt(100 * r.mean, 0)}%" for r in moved.table.itertuples())))
+        f"r={int(r.r)}: {fmt(100 * r.mean, 0)}%" for r in moved.table.itertuples())))
     return pd.DataFrame(rows, columns=["quantity", "paper (GPT-3, layer 48)", f"ours (layer {focus.layer})"])
 
 
@@ -259,9 +262,9 @@ def _figure3_rows(focus: Focus, finding: F.Finding) -> list[tuple]:
         if at is None or at.empty:
             rows.append((quantity, "> 0.5 (A)", _missing(finding) or f"no {role} at layer {focus.layer}"))
             continue
-        ours = "; ".join(f"{F.SUBJECT_LABELS[s]} {F.fmt(v)}"
+        ours = "; ".join(f"{SUBJECT_LABELS[s]} {fmt(v)}"
                          for s, v in zip(at["subject"], at["phi_1_rb"], strict=True))
-        rows.append((quantity, "> 0.5 (A)", f"{ours} (baseline {F.fmt(at['baseline'].iloc[0])})"))
+        rows.append((quantity, "> 0.5 (A)", f"{ours} (baseline {fmt(at['baseline'].iloc[0])})"))
     return rows
 
 
@@ -274,7 +277,7 @@ def _figure4_rows(focus: Focus, finding: F.Finding) -> list[tuple]:
         index="subject", columns="module", values="shared", observed=True)
     if not {"q", "v"} <= set(at.columns):
         return [(quantity, paper, f"no q and v pair at layer {focus.layer}")]
-    return [(quantity, paper, "; ".join(f"{F.SUBJECT_LABELS[s]}: q {F.fmt(r.q, 0)}, v {F.fmt(r.v, 0)}"
+    return [(quantity, paper, "; ".join(f"{SUBJECT_LABELS[s]}: q {fmt(r.q, 0)}, v {fmt(r.v, 0)}"
                                         for s, r in at.iterrows()))]
 
 
@@ -294,11 +297,11 @@ def _table7_rows(finding: F.Finding) -> list[tuple]:
             continue
         row = amp[amp["r"] == ours_r].iloc[0]
         label = f"Table 7 (paper r={r}, ours r={ours_r})"
-        ours = " / ".join(F.fmt(row.get(c, float("nan"))) for c in ("proj_dW", "proj_W", "proj_random"))
-        rows.append((f"{label}: ||ΔW||_F", dw, F.fmt(row["dw_norm"])))
+        ours = " / ".join(fmt(row.get(c, float("nan"))) for c in ("proj_dW", "proj_W", "proj_random"))
+        rows.append((f"{label}: ||ΔW||_F", dw, fmt(row["dw_norm"])))
         rows.append((f"{label}: ||UᵀWVᵀ||_F, U, V of ΔW / W / random", proj, ours))
-        rows.append((f"{label}: amplification ||ΔW||_F / ||UᵀWVᵀ||_F", factor, F.fmt(row["amplification"], 1)))
-    rows.append(("Table 7: ||W||_F", "61.95", F.fmt(amp["w_norm"].iloc[0])))
+        rows.append((f"{label}: amplification ||ΔW||_F / ||UᵀWVᵀ||_F", factor, fmt(row["amplification"], 1)))
+    rows.append(("Table 7: ||W||_F", "61.95", fmt(amp["w_norm"].iloc[0])))
     return rows
 
 
@@ -319,16 +322,16 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str |
 
     ``sentences`` adds the accuracy finding (off when a Findings section already states it).
     """
-    metric = metric or F.metric_column(runs)
+    metric = metric or Q.metric_column(runs)
     what = "Accuracy" if metric in (None, "test_accuracy") else metric.replace("_", " ").capitalize()
     section = Section(title or f"{what} against rank and target set (Tables 5 and 6)")
-    table = F.accuracy_table(runs, metric)
+    table = S.accuracy_table(runs, metric)
     if table.empty:
         section.text("No finished LoRA run with a test metric in runs.parquet.")
         return section
     section.table(accuracy_pivot(table), f"{metric}: mean ± std over seeds (number of seeds)")
-    full = F.full_reference(runs, metric)
-    section.text(f"Full fine-tuning reference: {F.fmt(full['mean'], 3)} (n={full['n']})." if full else
+    full = S.full_reference(runs, metric)
+    section.text(f"Full fine-tuning reference: {fmt(full['mean'], 3)} (n={full['n']})." if full else
                  "No full fine-tuning run in this sweep: no reference line.")
     lines = (["black: full fine-tuning"] if full else []) + (
         ["dotted: majority class"] if metric == "test_accuracy" and "majority_accuracy" in runs else [])
@@ -336,7 +339,7 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str |
                  f"{metric} against rank, one line per target set" + "".join(f"; {x}" for x in lines) + ".")
     budgeted = runs[runs["lora.budget"].notna()] if "lora.budget" in runs else runs.iloc[0:0]
     if not budgeted.empty:
-        budget = F.accuracy_table(budgeted, metric)
+        budget = S.accuracy_table(budgeted, metric)
         section.table(budget.rename(columns={"lora_params": "trainable LoRA parameters"}),
                       f"Budget-matched runs ({', '.join(sorted(map(str, budgeted['lora.budget'].unique())))})")
         section.plot("accuracy_budget", lambda: plots.accuracy_by_targets(runs, metric=metric),
@@ -386,21 +389,21 @@ def figures_section(tables: dict[str, pd.DataFrame], focus: Focus, found: dict[s
     for subject in subjects if focus.rank_pair else []:
         section.plot(f"fig3_rank_{subject}", lambda s=subject: plots.fig3_rank_similarity(
             phi, layer=layer, r_small=lo, r_large=hi, subject=s),
-            f"Figure 3 for {F.SUBJECT_LABELS[subject]}: φ between r={lo} and r={hi} at layer {layer}. "
+            f"Figure 3 for {SUBJECT_LABELS[subject]}: φ between r={lo} and r={hi} at layer {layer}. "
             + _headline(found["top_direction"], subject))
     for subject in subjects if focus.seed_rank else []:
         section.plot(f"fig4_seed_{subject}", lambda s=subject: plots.fig4_seed_similarity(
             phi, layer=layer, r=focus.seed_rank, subject=s),
-            f"Figure 4 for {F.SUBJECT_LABELS[subject]}: two seeds at r={focus.seed_rank}, and two random matrices.")
+            f"Figure 4 for {SUBJECT_LABELS[subject]}: two seeds at r={focus.seed_rank}, and two random matrices.")
     for subject in subjects:
         if focus.rank_pair:
             section.plot(f"fig6_rank_layers_{subject}", lambda s=subject: plots.fig6_rank_similarity_layers(
                 phi, r_small=lo, r_large=hi, subject=s),
-                f"Figure 6 for {F.SUBJECT_LABELS[subject]}: Figure 3 at every layer.")
+                f"Figure 6 for {SUBJECT_LABELS[subject]}: Figure 3 at every layer.")
         if focus.seed_rank:
             section.plot(f"fig7_seed_layers_{subject}", lambda s=subject: plots.fig7_seed_similarity_layers(
                 phi, r=focus.seed_rank, subject=s),
-                f"Figure 7 for {F.SUBJECT_LABELS[subject]}: Figure 4 at every layer.")
+                f"Figure 7 for {SUBJECT_LABELS[subject]}: Figure 4 at every layer.")
     section.plot("fig8_w_dw", lambda: plots.fig8_w_dw_similarity(tables["w_dw_phi"], layer=layer, module=focus.role),
                  f"Figure 8: top singular directions of W against those of ΔW ({focus.role}, layer {layer}).")
     section.plot("spectra_dw", lambda: plots.dw_spectra(tables["spectra"], layer=layer),
@@ -432,7 +435,7 @@ def controls_section(tables: dict[str, pd.DataFrame], focus: Focus) -> Section:
 
 def _headline(finding: F.Finding, subject: str) -> str:
     value = finding.values.get(subject)
-    return "" if value is None else f"Mean φ(1, r) over layers and roles: {F.fmt(value)}."
+    return "" if value is None else f"Mean φ(1, r) over layers and roles: {fmt(value)}."
 
 
 def findings_section(found: dict[str, F.Finding]) -> Section:
@@ -481,7 +484,7 @@ def environment_section(runs: pd.DataFrame) -> Section:
 
 def compute_findings(data: SweepData, focus: Focus, tables: dict[str, pd.DataFrame]) -> dict[str, F.Finding]:
     phi = tables["phi"] if not tables["phi"].empty else _empty_phi()
-    shared = F.shared_directions(phi)
+    shared = S.shared_directions(phi)
     lo, hi = focus.rank_pair or (8, 64)
     layer, role = focus.layer, focus.role or "q"
     found = [
@@ -509,7 +512,7 @@ def _or_missing(table: pd.DataFrame, key: str, what: str, compute) -> F.Finding:
 
 def _empty_phi() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="int64" if c in ("r_a", "r_b", "layer", "i", "j") else "float64"
-                                      if c in ("phi", "baseline") else "str") for c in [*F.PAIR_KEYS, "i", "j", "phi",
+                                      if c in ("phi", "baseline") else "str") for c in [*Q.PAIR_KEYS, "i", "j", "phi",
                                                                                          "baseline"]})
 
 
@@ -538,7 +541,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, la
         environment_section(data.runs),
     ]
     out_dir = Path(out_dir) if out_dir is not None else Path(sweep_dir) / "report"
-    accuracy = F.accuracy_table(data.runs)
+    accuracy = S.accuracy_table(data.runs)
     if not accuracy.empty:  # the Tables 5 and 6 analogue, for other tools to read
         write_parquet(out_dir / "accuracy.parquet", accuracy)
     write_text(out_dir / "runs.csv", run_table(data.runs).to_csv(index=False))

@@ -1,0 +1,245 @@
+"""Statistics over the analysis and sweep tables: per-direction energies, shared directions, accuracy tables.
+
+Pure functions, tables in and tables out; the sentences that quote them are in ``show.findings``.
+The per-direction statistic (``direction_energy``, ``shared_directions``) is also what the rank
+recommendation counts. ``Derived`` bundles the tables a report derives, computed once and handed to
+the findings, the figures and the recommendation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from lora_analysis.derive.controls import increments
+from lora_analysis.derive.queries import PAIR_KEYS, lora_runs, metric_column
+
+
+def direction_energies(phi: pd.DataFrame) -> pd.DataFrame:
+    """Per-direction energy for every (pair, layer, module, subject) group of ``phi`` at once.
+
+    For run a's i-th direction ``v_i`` and run b's whole subspace ``V_b`` (the largest j present, r_b):
+    ``e_i = ||V_b^T v_i||^2 = i * phi(i, r_b) - (i - 1) * phi(i - 1, r_b)``, in [0, 1], since
+    ``phi(i, r_b)`` is the mean of the first i energies when ``i <= r_b`` (``controls.increments`` of
+    ``phi``). Its expectation for a random subspace is ``r_b / k``, the ``baseline`` column at
+    ``j = r_b``. Returns ``PAIR_KEYS`` + ``i``, ``energy``, ``baseline``.
+    """
+    return increments(phi, ["phi"], keep=["baseline"]).rename(columns={"phi": "energy"})
+
+
+def direction_energy(phi_rows: pd.DataFrame) -> pd.DataFrame:
+    """``i``, ``energy``, ``baseline`` for the rows of ONE (pair, layer, module, subject).
+
+    See ``direction_energies`` for the definition.
+    """
+    groups = phi_rows[PAIR_KEYS].astype(str).drop_duplicates()
+    if len(groups) != 1:
+        raise ValueError(f"direction_energy needs the rows of one pair, layer, module and subject; got {len(groups)}")
+    return direction_energies(phi_rows)[["i", "energy", "baseline"]]
+
+
+def shared_threshold(baseline):
+    """``(1 + b) / 2``: halfway between the random expectation ``b = r_b / k`` and a direction wholly inside."""
+    return (1.0 + baseline) / 2.0
+
+
+def shared_directions(phi: pd.DataFrame, comparisons: tuple[str, ...] = ("rank", "seed")) -> pd.DataFrame:
+    """How many of run a's directions lie in run b's subspace clearly above chance, per pair and module.
+
+    A direction counts as shared when its energy (``direction_energies``) reaches
+    ``shared_threshold(b)`` = ``(1 + b) / 2``. Every direction of run a is tested, not only a leading
+    run of them. Returns ``PAIR_KEYS`` + ``directions`` (tested), ``shared``, ``top_energy`` (e_1),
+    ``baseline``, ``threshold``; one row per (pair, layer, module, subject).
+    """
+    energies = direction_energies(phi[phi["comparison"].isin(comparisons)])
+    if energies.empty:
+        return pd.DataFrame(columns=[*PAIR_KEYS, "directions", "shared", "top_energy", "baseline", "threshold"])
+    energies["threshold"] = shared_threshold(energies["baseline"])
+    energies["is_shared"] = energies["energy"] >= energies["threshold"]
+    grouped = energies.groupby(PAIR_KEYS, observed=True, dropna=False, sort=False)
+    out = grouped.agg(
+        directions=("i", "size"),
+        shared=("is_shared", "sum"),
+        top_energy=("energy", "first"),
+        baseline=("baseline", "first"),
+        threshold=("threshold", "first"),
+    )
+    return out.reset_index()
+
+
+def top_direction_table(phi: pd.DataFrame, r_small: int, r_large: int, subjects: tuple[str, ...]) -> pd.DataFrame:
+    """Energy of r_small's top direction in r_large's subspace per (subject, layer, module), over pairs.
+
+    Columns ``subject, layer, module, phi_1_rb`` (the mean ``e_1 = phi(1, r_large)``), ``baseline``,
+    ``pairs``; empty without such a rank pair.
+    """
+    rows = phi[(phi["comparison"] == "rank") & (phi["r_a"] == r_small) & (phi["r_b"] == r_large)]
+    energies = direction_energies(rows[rows["subject"].isin(subjects)])
+    top = energies[energies["i"] == 1]
+    if top.empty:
+        return top
+    return top.groupby(["subject", "layer", "module"], observed=True).agg(
+        phi_1_rb=("energy", "mean"), baseline=("baseline", "mean"), pairs=("energy", "size")).reset_index()
+
+
+def seed_shared_table(shared: pd.DataFrame, r: int, subjects: tuple[str, ...]) -> pd.DataFrame:
+    """Directions shared by two seeds at rank ``r`` per (subject, layer, module), averaged over seed pairs."""
+    s = shared[(shared["comparison"] == "seed") & (shared["r_a"] == r) & (shared["subject"].isin(subjects))]
+    if s.empty:
+        return s
+    return s.groupby(["subject", "layer", "module"], observed=True).agg(
+        shared=("shared", "mean"), directions=("directions", "max"), threshold=("threshold", "mean")).reset_index()
+
+
+def init_control_table(phi: pd.DataFrame, shared: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series] | None:
+    """The init control per comparison: ``cases, shared_max, shared_mean, e1, base`` of A_init.
+
+    None without A_init rows of a rank or seed pair.
+    """
+    energies = direction_energies(phi[phi["comparison"].isin(["rank", "seed"]) & (phi["subject"] == "A_init")])
+    if energies.empty:
+        return None
+    s = shared[shared["subject"] == "A_init"]
+    top = energies[energies["i"] == 1].groupby("comparison").agg(e1=("energy", "mean"), base=("baseline", "mean"))
+    return s.groupby("comparison").agg(cases=("shared", "size"), shared_max=("shared", "max"),
+                                       shared_mean=("shared", "mean")).join(top).reset_index()
+
+
+def a_moved_table(modules: pd.DataFrame) -> pd.DataFrame:
+    """``||A - A_init||_F / ||A_init||_F`` per rank over modules: ``r, mean, min, max, modules``."""
+    m = modules.dropna(subset=["a_moved"]) if "a_moved" in modules else modules.iloc[0:0]
+    if m.empty:
+        return pd.DataFrame(columns=["r", "mean", "min", "max", "modules"])
+    return m.groupby("r").agg(mean=("a_moved", "mean"), min=("a_moved", "min"), max=("a_moved", "max"),
+                              modules=("a_moved", "size")).reset_index()
+
+
+def amplification_table(dw_vs_w: pd.DataFrame) -> pd.DataFrame:
+    """Table 7 per rank from the ``dw_vs_w`` rows of one (layer, module): ``r, seeds, dw_norm, w_norm``,
+    ``proj_<source>`` (mean ``||U^T W V^T||_F`` for U, V of dW, W, random) and ``amplification``."""
+    proj = dw_vs_w.pivot_table(index="r", columns="source", values="projection_norm", aggfunc="mean",
+                               observed=True)
+    table = dw_vs_w.groupby("r").agg(seeds=("seed", "nunique"), dw_norm=("dw_norm", "mean"),
+                                     w_norm=("w_norm", "mean"))
+    table = table.join(proj.add_prefix("proj_"))
+    table["amplification"] = mean_amplification(dw_vs_w)
+    return table.reset_index()
+
+
+def mean_amplification(dw_vs_w: pd.DataFrame) -> pd.Series:
+    """``||dW||_F / ||U^T W V^T||_F`` (U, V of dW) per rank, averaged over the rows given."""
+    return dw_vs_w[dw_vs_w["source"] == "dW"].groupby("r")["amplification"].mean()
+
+
+def w_dw_cells(w_dw_phi: pd.DataFrame) -> pd.DataFrame:
+    """Figure 8's headline cell per rank: phi between W's top 10% directions (``i``) and dW's top ``j <= 4``.
+
+    ``w_dw_phi``: the rows of one (layer, module, side). Columns ``r, j, phi, baseline, i``.
+    """
+    i10 = max(1, round(0.1 * int(w_dw_phi["i"].max())))
+    parts = []
+    for r, g in w_dw_phi.groupby("r"):
+        j = min(4, int(g["j"].max()))
+        cell = g[(g["i"] == i10) & (g["j"] == j)]
+        parts.append((int(r), j, cell["phi"].mean(), cell["baseline"].mean()))
+    return pd.DataFrame(parts, columns=["r", "j", "phi", "baseline"]).assign(i=i10)
+
+
+def intruder_table(intruders: pd.DataFrame) -> pd.DataFrame:
+    """Intruder dimensions per module, by rank: ``r, per_module`` (mean), ``total``, ``modules``."""
+    per_module = intruders.groupby(["r", "run", "layer", "module"], observed=True)["is_intruder"].sum()
+    return per_module.groupby("r").agg(per_module="mean", total="sum", modules="size").reset_index()
+
+
+# --- the sweep table
+
+
+def accuracy_table(runs: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
+    """Tables 5/6 analogue: ``targets, r, n, mean, std, lora_params`` of the test metric over seeds."""
+    metric = metric or metric_column(runs)
+    lora = lora_runs(runs)
+    columns = ["targets", "r", "n", "mean", "std", "lora_params"]
+    if metric is None or lora.empty or "lora.r" not in lora:
+        return pd.DataFrame(columns=columns)
+    lora = lora.dropna(subset=["lora.r"])
+    lora = lora.assign(targets=lora.get("lora.targets", "n/a"), r=lora["lora.r"].astype(int),
+                       lora_params=lora.get("lora_params", np.nan))
+    out = lora.groupby(["targets", "r"]).agg(n=(metric, "count"), mean=(metric, "mean"), std=(metric, "std"),
+                                             lora_params=("lora_params", "mean"))
+    return out.reset_index()[columns]
+
+
+def full_reference(runs: pd.DataFrame, metric: str | None = None) -> dict[str, float] | None:
+    """Mean, std and count of the test metric over the full fine-tuning runs; None without any."""
+    metric = metric or metric_column(runs)
+    full = runs[runs["method"] == "full"] if "method" in runs else runs.iloc[0:0]
+    if metric is None or full.empty:
+        return None
+    values = full[metric].dropna()
+    return {"mean": values.mean(), "std": values.std(), "n": len(values)} if len(values) else None
+
+
+def stuck_runs(runs: pd.DataFrame, tolerance: float = 0.005) -> pd.DataFrame:
+    """The LoRA runs whose test accuracy is the majority class's (within ``tolerance``): they predict one class."""
+    lora = lora_runs(runs)
+    if lora.empty or "majority_accuracy" not in lora or "test_accuracy" not in lora:
+        return lora.iloc[0:0]
+    return lora[(lora["test_accuracy"] - lora["majority_accuracy"]).abs() < tolerance]
+
+
+def standard_errors(table: pd.DataFrame, metric: str | None, n_test: float) -> pd.Series:
+    """Standard error of each ``accuracy_table`` row: ``std / sqrt(n)`` over seeds, or with one seed the
+    binomial error of an accuracy on ``n_test`` test examples, ``sqrt(p (1 - p) / n_test)``."""
+    binomial = np.sqrt(table["mean"] * (1 - table["mean"]) / n_test) if metric == "test_accuracy" else np.nan
+    return pd.Series(np.where(table["n"] > 1, table["std"] / np.sqrt(table["n"]), binomial), index=table.index)
+
+
+def difference(a: pd.DataFrame, b: pd.DataFrame) -> tuple[float, float]:
+    """Mean of set means of ``a`` minus that of ``b``, and its standard error (errors in quadrature)."""
+    diff = a["mean"].mean() - b["mean"].mean()
+    se = math.sqrt((a["se"] ** 2).sum() / len(a) ** 2 + (b["se"] ** 2).sum() / len(b) ** 2)
+    return diff, se
+
+
+def loss_change(histories: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Mean loss of the last quarter of training against the quarter before, per run with 8+ logged steps."""
+    rows = []
+    for run, h in histories.items():
+        h = h.dropna(subset=["loss"])
+        if len(h) < 8:
+            continue
+        q = len(h) // 4
+        last, before = h["loss"].iloc[-q:].mean(), h["loss"].iloc[-2 * q:-q].mean()
+        rows.append((run, before, last, (last - before) / before if before else math.nan))
+    return pd.DataFrame(rows, columns=["run", "loss_before", "loss_last", "relative_change"])
+
+
+# --- computed once per report
+
+
+@dataclass
+class Derived:
+    """The derived tables of one report, computed once: findings, figures and the recommendation read them.
+
+    ``shared``: ``shared_directions`` of the focus phi table; ``accuracy``: ``accuracy_table`` of every
+    run; ``budget_accuracy``: of the budget-matched runs; ``a_moved``: ``a_moved_table``.
+    """
+
+    targets: str | None
+    metric: str | None
+    shared: pd.DataFrame
+    accuracy: pd.DataFrame
+    budget_accuracy: pd.DataFrame
+    a_moved: pd.DataFrame
+
+    @classmethod
+    def compute(cls, phi: pd.DataFrame, modules: pd.DataFrame, runs: pd.DataFrame,
+                targets: str | None = None) -> Derived:
+        from lora_analysis.derive.queries import budgeted_runs
+
+        metric = metric_column(runs)
+        return cls(targets, metric, shared_directions(phi), accuracy_table(runs, metric),
+                   accuracy_table(budgeted_runs(runs), metric), a_moved_table(modules))
