@@ -202,3 +202,39 @@ class SweepDir:
 
 def is_done(run_dir: str | Path) -> bool:
     return RunDir(Path(run_dir)).is_done()
+
+
+@dataclass(frozen=True)
+class ReportDir:
+    """A report folder (``<sweep>/report`` unless chosen): the two documents, their figures and two tables."""
+
+    path: Path
+
+    HTML = "report.html"
+    MARKDOWN = "report.md"
+    FIGURES = "figures"
+    ACCURACY = "accuracy.parquet"
+    RUNS_CSV = "runs.csv"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def html_path(self) -> Path:
+        return self.path / self.HTML
+
+    @property
+    def markdown_path(self) -> Path:
+        return self.path / self.MARKDOWN
+
+    @property
+    def figures_path(self) -> Path:
+        return self.path / self.FIGURES
+
+    @property
+    def accuracy_path(self) -> Path:
+        return self.path / self.ACCURACY
+
+    @property
+    def runs_csv_path(self) -> Path:
+        return self.path / self.RUNS_CSV

@@ -16,16 +16,11 @@ from lora_analysis.derive import stats as S
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.hydra_compose import compose, split_args
 from lora_analysis.show import findings as F
-from lora_analysis.show.report import (
-    Focus,
-    SweepData,
-    ablation_section,
-    build_report,
-    choose_focus,
-    experiment_table,
-    side_by_side,
-    write_report,
-)
+from lora_analysis.show.document import write_report
+from lora_analysis.show.focus import Focus, choose_focus
+from lora_analysis.show.report import Findings, build_report, side_by_side
+from lora_analysis.show.sections import ablation_section, experiment_table
+from lora_analysis.show.sweep import SweepData
 
 SECTIONS = ["The experiment", "The paper's numbers and ours", "Our figures, beside the paper's",
             "Controls the paper lacks", "Findings", "Accuracy against rank and target set (Tables 5 and 6)",
@@ -144,9 +139,12 @@ def test_side_by_side_keeps_rows_it_cannot_fill(report):
     sweep, _, _ = report
     tables = AnalysisResult.load(sweep / "analysis")
     one_rank = tables.dw_vs_w[tables.dw_vs_w["r"] == 8]
-    found = {"top_direction": F.top_direction(tables.phi, r_small=2), "q_vs_v": F.q_vs_v(S.shared_directions(
-        tables.phi.iloc[0:0])), "amplification": F.amplification(one_rank, layer=0),
-        "w_dw_overlap": F.w_dw_overlap(tables.w_dw_phi.iloc[0:0], layer=0), "a_moved": F.a_moved(tables.modules)}
+    unused = F.Finding.missing("unused", "not in the table", "not read by side_by_side")
+    found = Findings(top_direction=F.top_direction(tables.phi, r_small=2),
+                     q_vs_v=F.q_vs_v(S.shared_directions(tables.phi.iloc[0:0])), init_control=unused,
+                     a_moved=F.a_moved(tables.modules), amplification=F.amplification(one_rank, layer=0),
+                     w_dw_overlap=F.w_dw_overlap(tables.w_dw_phi.iloc[0:0], layer=0), intruders=unused,
+                     accuracy=unused, loss=unused)
     table = side_by_side(Focus("all", 0, "q", None, None), found).set_index("quantity")
     assert table.filter(like="Figure 3", axis=0).iloc[:, 1].str.startswith("not measured: No rank pair").all()
     assert table.loc["Table 7 (paper r=64)"].iloc[1] == "only r=8 in this sweep"

@@ -135,14 +135,20 @@ class AnalysisResult:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> AnalysisResult:
-        """Read a folder written by ``save``; the tables compare equal to the saved ones."""
+    def load(cls, folder: str | Path, *, partial: bool = False) -> AnalysisResult:
+        """Read a folder written by ``save``; the tables compare equal to the saved ones.
+
+        ``partial``: a missing table is an empty table of its schema, and a missing ``analysis.json``
+        leaves no notes, instead of an error (a report still shows what is there).
+        """
         folder = Path(folder)
         missing = [n for n in SCHEMAS if not (folder / f"{n}.parquet").is_file()]
-        if missing or not (folder / "analysis.json").is_file():
+        has_meta = (folder / "analysis.json").is_file()
+        if not partial and (missing or not has_meta):
             raise LoraAnalysisError(f"{folder} is not an analysis folder (missing {missing or 'analysis.json'})")
-        meta = json.loads((folder / "analysis.json").read_text())
-        frames = {n: restore_dtypes(pd.read_parquet(folder / f"{n}.parquet"), s) for n, s in SCHEMAS.items()}
+        meta = json.loads((folder / "analysis.json").read_text()) if has_meta else {}
+        frames = {n: TableBuilder(s).frame() if n in missing else
+                  restore_dtypes(pd.read_parquet(folder / f"{n}.parquet"), s) for n, s in SCHEMAS.items()}
         return cls(**frames, notes=meta.get("notes", []), config=meta.get("config", {}))
 
 

@@ -17,6 +17,7 @@ from lora_analysis.analysis.sweep import ensure_analysis
 from lora_analysis.cli.schemas import ReportConfig
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.hydra_compose import compose, help_text, split_args
+from lora_analysis.layout import SweepDir
 
 SUMMARY = """\
 usage: lora-analysis report <sweep folder> [key=value ...]
@@ -34,8 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     cfg: ReportConfig = OmegaConf.to_object(compose("report", overrides))
     sweep = Path(cfg.sweep)
-    if not (sweep / "runs.parquet").is_file():
-        raise LoraAnalysisError(f"{sweep} is not a sweep folder: no runs.parquet there")
+    if not SweepDir(sweep).is_sweep():
+        raise LoraAnalysisError(f"{sweep} is not a sweep folder: no {SweepDir.TABLE} there")
     ensure_analysis(sweep, cfg.analyze, "lora-analysis report")
 
     from lora_analysis.show.report import build_report

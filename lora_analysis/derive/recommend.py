@@ -34,6 +34,7 @@ import pandas as pd
 
 from lora_analysis.derive import queries, stats
 from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.layout import SweepDir
 from lora_analysis.targets import FAMILIES, ROLES
 
 
@@ -82,10 +83,16 @@ def _count(value: float) -> str:
     return "none (no such pair)" if math.isnan(value) else f"{value:g}"
 
 
-def layer_evidence(phi: pd.DataFrame, subject: str, targets: str) -> pd.DataFrame:
-    """Seed- and rank-shared direction counts per (role, layer) for one subject and target set."""
-    rows = phi[(phi["subject"] == subject) & (phi["targets"].astype(str) == targets)]
-    shared = stats.shared_directions(rows)
+def layer_evidence(phi: pd.DataFrame, subject: str, targets: str, shared: pd.DataFrame | None = None
+                   ) -> pd.DataFrame:
+    """Seed- and rank-shared direction counts per (role, layer) for one subject and target set.
+
+    ``shared``: ``stats.shared_directions`` of (at least) these phi rows, when already computed.
+    """
+    if shared is None:
+        shared = stats.shared_directions(phi[(phi["subject"] == subject) & (phi["targets"].astype(str) == targets)])
+    else:
+        shared = shared[(shared["subject"] == subject) & (shared["targets"].astype(str) == targets)]
     if shared.empty:
         raise LoraAnalysisError(f"no seed or rank pairs for subject {subject} and targets {targets} in the analysis")
     evidence = []
@@ -174,19 +181,24 @@ def recommend(sweep: str | Path, subject: str = "A_delta", targets: str | None =
     """Recommend a rank per role from a sweep folder with its ``analysis/`` (run ``analyze`` first)."""
     from lora_analysis.analysis.tables import AnalysisResult
 
-    sweep = Path(sweep)
-    analysis = AnalysisResult.load(sweep / "analysis")
-    runs = pd.read_parquet(sweep / "runs.parquet") if (sweep / "runs.parquet").is_file() else pd.DataFrame()
-    return recommend_from(analysis.phi, analysis.modules, runs, subject, targets, source=f"{sweep}/analysis")
+    sweep = SweepDir(Path(sweep))
+    analysis = AnalysisResult.load(sweep.analysis.path)
+    runs = pd.read_parquet(sweep.table_path) if sweep.is_sweep() else pd.DataFrame()
+    return recommend_from(analysis.phi, analysis.modules, runs, subject, targets, source=str(sweep.analysis.path))
 
 
 def recommend_from(phi: pd.DataFrame, modules: pd.DataFrame, runs: pd.DataFrame, subject: str = "A_delta",
-                   targets: str | None = None, source: str = "the analysis") -> Recommendation:
-    """The recommendation from tables already loaded: the analysis' ``phi`` and ``modules``, ``runs.parquet``."""
+                   targets: str | None = None, source: str = "the analysis", shared: pd.DataFrame | None = None
+                   ) -> Recommendation:
+    """The recommendation from tables already loaded: the analysis' ``phi`` and ``modules``, the sweep table.
+
+    ``shared``: ``stats.shared_directions`` of the phi rows of the target set recommended for, when the
+    caller has it already (the report); computed here otherwise.
+    """
     targets = targets or queries.main_targets(phi)
     if targets is None:
         raise LoraAnalysisError(f"{source} has no phi rows: nothing to recommend from")
-    layers = layer_evidence(phi, subject, targets)
+    layers = layer_evidence(phi, subject, targets, shared)
     roles = role_ranks(layers)
     plateau = accuracy_plateau(runs, targets) if not runs.empty else None
     return Recommendation(layers, roles, subject, targets, plateau, rank_pattern(roles, layers, modules))

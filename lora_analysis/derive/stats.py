@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from lora_analysis.derive.controls import increments
-from lora_analysis.derive.queries import PAIR_KEYS, lora_runs, metric_column
+from lora_analysis.derive.queries import PAIR_KEYS, budgeted_runs, empty_phi, lora_runs, metric_column
 
 
 def direction_energies(phi: pd.DataFrame) -> pd.DataFrame:
@@ -236,10 +236,14 @@ class Derived:
     a_moved: pd.DataFrame
 
     @classmethod
-    def compute(cls, phi: pd.DataFrame, modules: pd.DataFrame, runs: pd.DataFrame,
-                targets: str | None = None) -> Derived:
-        from lora_analysis.derive.queries import budgeted_runs
-
-        metric = metric_column(runs)
+    def compute(cls, phi: pd.DataFrame, modules: pd.DataFrame, runs: pd.DataFrame, targets: str | None = None,
+                metric: str | None = None) -> Derived:
+        """The tables of the focus ``phi`` and ``modules`` (of target set ``targets``) and the sweep table."""
+        metric = metric or metric_column(runs)
         return cls(targets, metric, shared_directions(phi), accuracy_table(runs, metric),
                    accuracy_table(budgeted_runs(runs), metric), a_moved_table(modules))
+
+    @classmethod
+    def of_runs(cls, runs: pd.DataFrame, metric: str | None = None) -> Derived:
+        """Only the sweep table's tables (no analysis): for a report on accuracies alone."""
+        return cls.compute(empty_phi(), pd.DataFrame(), runs, metric=metric)

@@ -20,29 +20,97 @@ from matplotlib.figure import Figure
 
 from lora_analysis.atomic import write_bytes, write_text
 from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.layout import ReportDir
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    """A paragraph; ``**bold**`` and ```code``` marks are rendered in both files."""
+
+    text: str
+
+    def html(self, pngs: dict[str, bytes]) -> str:
+        return f"<p>{_inline(self.text)}</p>"
+
+    def markdown(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class Bullets:
+    """A bulleted list of sentences."""
+
+    items: tuple[str, ...]
+
+    def html(self, pngs: dict[str, bytes]) -> str:
+        return "<ul>" + "".join(f"<li>{_inline(item)}</li>" for item in self.items) + "</ul>"
+
+    def markdown(self) -> str:
+        return "\n".join(f"- {item}" for item in self.items)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table with its caption above it; cells are written by ``cell``."""
+
+    frame: pd.DataFrame
+    caption: str = ""
+
+    def html(self, pngs: dict[str, bytes]) -> str:
+        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in self.frame.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(v))}</td>" for v in row) + "</tr>"
+                       for row in self.frame.itertuples(index=False))
+        return f"<table><caption>{_inline(self.caption)}</caption><tr>{head}</tr>{body}</table>"
+
+    def markdown(self) -> str:
+        escape = lambda v: cell(v).replace("|", "\\|")  # noqa: E731
+        lines = [f"*{self.caption}*", "", "| " + " | ".join(escape(c) for c in self.frame.columns) + " |",
+                 "|" + "---|" * len(self.frame.columns)]
+        lines += ["| " + " | ".join(escape(v) for v in row) + " |" for row in self.frame.itertuples(index=False)]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A drawn figure, saved as ``figures/<name>.png`` and ``.pdf``; embedded in the HTML, linked in Markdown."""
+
+    name: str
+    figure: Figure
+    caption: str
+
+    def html(self, pngs: dict[str, bytes]) -> str:
+        data = base64.b64encode(pngs[self.name]).decode("ascii")
+        return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(self.caption)}">'
+                f"<figcaption>{_inline(self.caption)} ({html.escape(self.name)}.png)</figcaption></figure>")
+
+    def markdown(self) -> str:
+        figure = f"{ReportDir.FIGURES}/{self.name}"
+        return f"![{self.caption}]({figure}.png)\n\n*{self.caption}* ([PDF]({figure}.pdf))"
+
+
+Block = Paragraph | Bullets | Table | Plot
 
 
 @dataclass
 class Section:
-    """A titled list of blocks: ``("p", text)``, ``("ul", items)``, ``("table", frame, caption)``,
-    ``("figure", name, Figure, caption)``. ``plot`` draws lazily and says why when there is nothing to draw."""
+    """A titled list of blocks. ``plot`` draws lazily and says why when there is nothing to draw."""
 
     title: str
-    blocks: list[tuple] = field(default_factory=list)
+    blocks: list[Block] = field(default_factory=list)
 
     def text(self, paragraph: str) -> None:
-        self.blocks.append(("p", paragraph))
+        self.blocks.append(Paragraph(paragraph))
 
     def bullets(self, items: list[str]) -> None:
         if items:
-            self.blocks.append(("ul", list(items)))
+            self.blocks.append(Bullets(tuple(items)))
 
     def table(self, frame: pd.DataFrame, caption: str = "") -> None:
-        self.blocks.append(("table", frame, caption))
+        self.blocks.append(Table(frame, caption))
 
     def plot(self, name: str, draw: Callable[[], Figure], caption: str) -> None:
         try:
-            self.blocks.append(("figure", name, draw(), caption))
+            self.blocks.append(Plot(name, draw(), caption))
         except LoraAnalysisError as missing:
             self.text(f"Not drawn — {caption} Reason: {missing}.")
 
@@ -79,49 +147,14 @@ def _inline(text: str) -> str:
     return "".join(f"<code>{p}</code>" if k % 2 else p for k, p in enumerate(parts))
 
 
-def _html_block(block: tuple, pngs: dict[str, bytes]) -> str:
-    kind = block[0]
-    if kind == "p":
-        return f"<p>{_inline(block[1])}</p>"
-    if kind == "ul":
-        return "<ul>" + "".join(f"<li>{_inline(item)}</li>" for item in block[1]) + "</ul>"
-    if kind == "table":
-        frame, caption = block[1], block[2]
-        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(v))}</td>" for v in row) + "</tr>"
-                       for row in frame.itertuples(index=False))
-        return f"<table><caption>{_inline(caption)}</caption><tr>{head}</tr>{body}</table>"
-    name, caption = block[1], block[3]
-    data = base64.b64encode(pngs[name]).decode("ascii")
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
-            f"<figcaption>{_inline(caption)} ({html.escape(name)}.png)</figcaption></figure>")
-
-
-def _md_block(block: tuple) -> str:
-    kind = block[0]
-    if kind == "p":
-        return block[1]
-    if kind == "ul":
-        return "\n".join(f"- {item}" for item in block[1])
-    if kind == "table":
-        frame, caption = block[1], block[2]
-        escape = lambda v: cell(v).replace("|", "\\|")  # noqa: E731
-        lines = [f"*{caption}*", "", "| " + " | ".join(escape(c) for c in frame.columns) + " |",
-                 "|" + "---|" * len(frame.columns)]
-        lines += ["| " + " | ".join(escape(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-        return "\n".join(lines)
-    name, caption = block[1], block[3]
-    return f"![{caption}](figures/{name}.png)\n\n*{caption}* ([PDF](figures/{name}.pdf))"
-
-
 def save_figures(sections: list[Section], figures_dir: Path, dpi: int = 110) -> dict[str, bytes]:
     """Each figure as ``<name>.png`` and ``<name>.pdf`` (atomic writes); returns the PNG bytes by name."""
     pngs = {}
     for section in sections:
         for block in section.blocks:
-            if block[0] != "figure":
+            if not isinstance(block, Plot):
                 continue
-            name, figure = block[1], block[2]
+            name, figure = block.name, block.figure
             for fmt in ("png", "pdf"):
                 buffer = io.BytesIO()
                 # no creation date in the PDF: the same results give the same bytes
@@ -135,13 +168,13 @@ def save_figures(sections: list[Section], figures_dir: Path, dpi: int = 110) -> 
 
 def write_report(title: str, sections: list[Section], out_dir: str | Path) -> tuple[Path, Path]:
     """Save the figures under ``out_dir/figures`` and write ``report.html`` and ``report.md``; returns both paths."""
-    out_dir = Path(out_dir)
-    pngs = save_figures(sections, out_dir / "figures")
+    out = ReportDir(Path(out_dir))
+    pngs = save_figures(sections, out.figures_path)
     stamp = f"Built {time.strftime('%Y-%m-%d %H:%M')} by lora-analysis report."
-    body = "".join(f"<h2>{html.escape(s.title)}</h2>" + "".join(_html_block(b, pngs) for b in s.blocks)
+    body = "".join(f"<h2>{html.escape(s.title)}</h2>" + "".join(b.html(pngs) for b in s.blocks)
                    for s in sections)
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1><p>{stamp}</p>{body}</body></html>\n")
     markdown = f"# {title}\n\n{stamp}\n\n" + "\n\n".join(
-        f"## {s.title}\n\n" + "\n\n".join(_md_block(b) for b in s.blocks) for s in sections) + "\n"
-    return write_text(out_dir / "report.html", page), write_text(out_dir / "report.md", markdown)
+        f"## {s.title}\n\n" + "\n\n".join(b.markdown() for b in s.blocks) for s in sections) + "\n"
+    return write_text(out.html_path, page), write_text(out.markdown_path, markdown)

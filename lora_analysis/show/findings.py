@@ -15,6 +15,8 @@ import pandas as pd
 
 from lora_analysis.derive import stats
 from lora_analysis.derive.queries import LOWER_IS_BETTER, budgeted_runs, has_majority, lora_runs, metric_column
+from lora_analysis.layout import RunDir, SweepDir
+from lora_analysis.show import paper
 from lora_analysis.show.labels import fmt
 from lora_analysis.show.labels import label as subject_label
 
@@ -45,7 +47,7 @@ def _by_rank(table: pd.DataFrame, column: str) -> dict[str, float]:
 # --- findings on the subspaces
 
 
-def top_direction(phi: pd.DataFrame, *, r_small: int = 8, r_large: int = 64,
+def top_direction(phi: pd.DataFrame, *, r_small: int = paper.RANK_PAIR[0], r_large: int = paper.RANK_PAIR[1],
                   subjects: tuple[str, ...] = ("A", "A_delta", "dW")) -> Finding:
     """Figure 3's claim per layer: does r_small's top direction lie in r_large's subspace above chance?"""
     key, title = "top_direction", f"Top direction of r={r_small} in the r={r_large} subspace (Figure 3)"
@@ -70,7 +72,8 @@ def top_direction(phi: pd.DataFrame, *, r_small: int = 8, r_large: int = 64,
     return Finding(key, title, sentences, table, values)
 
 
-def q_vs_v(shared: pd.DataFrame, *, r: int = 64, subjects: tuple[str, ...] = ("A", "A_delta", "dW")) -> Finding:
+def q_vs_v(shared: pd.DataFrame, *, r: int = paper.SEED_RANK,
+           subjects: tuple[str, ...] = ("A", "A_delta", "dW")) -> Finding:
     """Figure 4's claim: does q keep more directions than v across seeds (a higher intrinsic rank)?"""
     key, title = "q_vs_v", f"Directions shared across seeds at r={r}: q against v (Figure 4)"
     table = stats.seed_shared_table(shared, r, subjects)
@@ -111,7 +114,7 @@ def init_control(phi: pd.DataFrame, shared: pd.DataFrame) -> Finding:
                                "only in rank or only in seed): the init control is not available.")
     table = stats.init_control_table(phi, shared)
     if table is None:
-        return Finding.missing(key, title, "No A_init rows in the analysis (runs without adapter_init.safetensors, "
+        return Finding.missing(key, title, f"No A_init rows in the analysis (runs without {RunDir.INIT}, "
                                "or A_init not among the subjects): the init control is not available.")
     parts = [f"{c} pairs: φ(1, r_b) = {fmt(row.e1)} against the baseline {fmt(row.base)}, shared directions "
              f"{fmt(row.shared_mean, 1)} on average (at most {int(row.shared_max)}) over {int(row.cases)} "
@@ -151,7 +154,7 @@ def a_moved(modules: pd.DataFrame, table: pd.DataFrame | None = None) -> Finding
     return Finding(key, title, [sentence], table, _by_rank(table, "mean"))
 
 
-def amplification(dw_vs_w: pd.DataFrame, *, layer: int, module: str = "q", ranks: tuple[int, int] = (4, 64)
+def amplification(dw_vs_w: pd.DataFrame, *, layer: int, module: str = "q", ranks: tuple[int, int] = paper.TABLE7_RANKS
                   ) -> Finding:
     """Table 7: ||dW||_F over ||U^T W V^T||_F with U, V the top directions of dW, W and a random matrix."""
     key, title = "amplification", f"Does ΔW amplify directions of W? (Table 7, layer {layer}, {module})"
@@ -219,7 +222,7 @@ def accuracy(runs: pd.DataFrame, metric: str | None = None, table: pd.DataFrame 
     key, title = "accuracy", "Test metric against rank and target set (Tables 5 and 6)"
     table = stats.accuracy_table(runs, metric) if table is None else table
     if table.empty:
-        return Finding.missing(key, title, "No finished LoRA run with a test metric in runs.parquet.")
+        return Finding.missing(key, title, f"No finished LoRA run with a test metric in {SweepDir.TABLE}.")
     best = table.loc[table["mean"].idxmin() if metric in LOWER_IS_BETTER else table["mean"].idxmax()]
     sentences = []
     for targets, t in table.groupby("targets"):
@@ -309,7 +312,7 @@ def loss_levelled(histories: dict[str, pd.DataFrame], tolerance: float = 0.05) -
     key, title = "loss", "Has training levelled off?"
     table = stats.loss_change(histories)
     if table.empty:
-        return Finding.missing(key, title, "No run has a history.csv with at least 8 logged steps.")
+        return Finding.missing(key, title, f"No run has a {RunDir.HISTORY} with at least 8 logged steps.")
     flat = table["relative_change"].abs() < tolerance
     worst = table.loc[table["relative_change"].idxmin()]
     sentence = (f"Mean training loss of the last quarter of steps against the quarter before: "

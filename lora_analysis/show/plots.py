@@ -17,9 +17,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
-from lora_analysis.derive.queries import lora_runs, metric_column, pair_rows, phi_matrix, shown_roles
+from lora_analysis.derive.queries import has_majority, lora_runs, metric_column, pair_rows, phi_matrix, shown_roles
 from lora_analysis.derive.stats import accuracy_table, full_reference
 from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.layout import RunDir, SweepDir
 from lora_analysis.show.labels import label as _label
 
 CMAP = matplotlib.colormaps["viridis"].with_extremes(bad="#d9d9d9")  # grey: cell absent (rank-deficient)
@@ -328,16 +329,24 @@ def _reference_lines(ax, runs: pd.DataFrame, metric: str) -> None:
         ax.axhline(full["mean"], color="black", lw=1.2, label=f"full fine-tuning ({full['mean']:.3f}, n={full['n']})")
         if full["n"] > 1:
             ax.axhspan(full["mean"] - full["std"], full["mean"] + full["std"], color="black", alpha=0.08, lw=0)
-    if metric == "test_accuracy" and "majority_accuracy" in runs and runs["majority_accuracy"].notna().any():
+    if draws_majority(runs, metric):
         majority = float(runs["majority_accuracy"].dropna().iloc[0])
         ax.axhline(majority, color="grey", ls=":", lw=1.2, label=f"majority class ({majority:.3f})")
 
 
+def draws_majority(runs: pd.DataFrame, metric: str | None) -> bool:
+    """Whether the accuracy figures draw the majority-class line (their captions ask this too)."""
+    return metric == "test_accuracy" and has_majority(runs)
+
+
 @_styled
-def accuracy_vs_rank(runs: pd.DataFrame, *, metric: str | None = None) -> Figure:
-    """Tables 5/6 analogue: test metric against rank (log2), one line per target set, error bars = std over seeds."""
+def accuracy_vs_rank(runs: pd.DataFrame, *, metric: str | None = None, table: pd.DataFrame | None = None) -> Figure:
+    """Tables 5/6 analogue: test metric against rank (log2), one line per target set, error bars = std over seeds.
+
+    ``table``: ``stats.accuracy_table(runs, metric)`` when already computed.
+    """
     metric = metric or metric_column(runs)
-    table = accuracy_table(runs, metric)
+    table = accuracy_table(runs, metric) if table is None else table
     if table.empty:
         raise LoraAnalysisError("no finished LoRA run with a test metric")
     fig = new_figure(6.4, 4.0)
@@ -358,14 +367,18 @@ def accuracy_vs_rank(runs: pd.DataFrame, *, metric: str | None = None) -> Figure
 
 
 @_styled
-def accuracy_by_targets(runs: pd.DataFrame, *, metric: str | None = None) -> Figure:
-    """Table 5 analogue: test metric per target set at one trainable-parameter budget (``lora.budget``)."""
+def accuracy_by_targets(runs: pd.DataFrame, *, metric: str | None = None, table: pd.DataFrame | None = None
+                        ) -> Figure:
+    """Table 5 analogue: test metric per target set at one trainable-parameter budget (``lora.budget``).
+
+    ``table``: ``stats.accuracy_table`` of the budget-matched runs when already computed.
+    """
     metric = metric or metric_column(runs)
     lora = lora_runs(runs)
     if "lora.budget" not in lora or lora["lora.budget"].isna().all():
-        raise LoraAnalysisError("no budget-matched runs (lora.budget is not set in runs.parquet)")
+        raise LoraAnalysisError(f"no budget-matched runs (lora.budget is not set in {SweepDir.TABLE})")
     lora = lora[lora["lora.budget"].notna()]
-    table = accuracy_table(lora, metric).sort_values("mean")
+    table = (accuracy_table(lora, metric) if table is None else table).sort_values("mean")
     fig = new_figure(max(6.8, 0.75 * len(table) + 2.5), 4.2)
     ax = fig.subplots()
     x = np.arange(len(table))
@@ -386,7 +399,7 @@ def loss_curves(histories: dict[str, pd.DataFrame]) -> Figure:
     """Training loss against step, one line per run (``history.csv``), to see that it has levelled off."""
     histories = {run: h for run, h in histories.items() if not h.empty}
     if not histories:
-        raise LoraAnalysisError("no history.csv with rows")
+        raise LoraAnalysisError(f"no {RunDir.HISTORY} with rows")
     fig = new_figure(6.8, 4.0)
     ax = fig.subplots()
     for run, h in sorted(histories.items()):
@@ -394,5 +407,5 @@ def loss_curves(histories: dict[str, pd.DataFrame]) -> Figure:
     ax.set(xlabel="step", ylabel="training loss (mean over the logging interval)")
     if len(histories) <= 12:
         ax.legend(frameon=False, ncols=2)
-    fig.suptitle(f"Training loss per run ({len(histories)} runs, history.csv)")
+    fig.suptitle(f"Training loss per run ({len(histories)} runs, {RunDir.HISTORY})")
     return fig

@@ -1,0 +1,185 @@
+"""Report sections that need only the sweep table (and the recommendation): the experiment, the accuracy
+ablation, the rank recommendation, the runs and the environment. Public: the ablation reports reuse them.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+
+import pandas as pd
+
+from lora_analysis.derive.queries import budgeted_runs, full_runs, lora_runs, main_targets
+from lora_analysis.derive.stats import Derived, full_reference
+from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.layout import RunDir, SweepDir
+from lora_analysis.show import findings as F
+from lora_analysis.show import plots
+from lora_analysis.show.document import Section
+from lora_analysis.show.focus import Focus
+from lora_analysis.show.labels import fmt
+from lora_analysis.show.sweep import SweepData
+
+SETTINGS = [
+    ("model", "model.name_or_path"), ("task", "model.task"), ("data", "data.path"),
+    ("train examples", "train_examples"), ("test examples", "test_examples"), ("split seed", "data.split_seed"),
+    ("max length (tokens)", "data.max_length"), ("method", "method"), ("LoRA targets", "lora.targets"),
+    ("rank r", "lora.r"), ("alpha (scale = alpha / r)", "lora.alpha"), ("rsLoRA", "lora.rslora"),
+    ("budget", "lora.budget"), ("A init", "lora.init"), ("init stream", "lora.init_stream"),
+    ("dropout", "lora.dropout"), ("seeds", "seed"), ("steps", "optim.steps"), ("batch size", "optim.batch_size"),
+    ("learning rate", "optim.lr"), ("schedule", "optim.schedule"), ("device", "device"), ("threads", "threads"),
+]  # fmt: skip
+RUN_COLUMNS = ["run", "method", "lora.targets", "lora.r", "seed", "optim.steps", "optim.lr", "test_accuracy",
+               "test_loss", "test_perplexity", "majority_accuracy", "final_train_loss", "a_moved_mean", "lora_params",
+               "trainable_params", "examples_per_s", "tokens_per_s", "train_seconds", "wall_seconds", "device"]
+PACKAGES = ("torch", "transformers", "peft", "numpy", "scipy", "pandas", "pyarrow", "matplotlib", "hydra-core",
+            "lora-analysis")
+
+
+def experiment_section(data: SweepData, focus: Focus | None = None) -> Section:
+    """What was trained and analysed: model, data, split, runs, steps, targets, init, seeds."""
+    runs = data.runs
+    section = Section("The experiment")
+    lora, full = lora_runs(runs), full_runs(runs)
+    section.text(f"Sweep `{data.sweep_dir.name}`: {len(lora)} LoRA run(s) and {len(full)} full fine-tuning run(s) "
+                 f"({', '.join(runs['run'].astype(str))}). The subspace analyses follow Hu et al. (2021), "
+                 "Section 7 and Appendix H.")
+    section.table(experiment_table(runs), "Settings (one value, or every value used in the sweep)")
+    if focus is not None:
+        section.text(f"The paper-style figures show target set `{focus.targets}`, layer {focus.layer} (the middle "
+                     "adapted layer unless chosen), " + (f"ranks {focus.rank_pair[0]} against {focus.rank_pair[1]}"
+                                                        if focus.rank_pair else "no rank pair")
+                     + (f" and seeds at r={focus.seed_rank}." if focus.seed_rank else " and no seed pair."))
+    gaps = data.missing + data.notes + (focus.notes if focus else [])
+    if gaps:
+        section.text("Missing or skipped:")
+        section.bullets(gaps)
+    return section
+
+
+def experiment_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Setting and value(s): the config columns of the sweep table worth stating, when present."""
+    rows = []
+    for label, column in SETTINGS:
+        if column in runs and runs[column].notna().any():
+            values = sorted({v for v in runs[column].dropna()}, key=lambda v: (str(type(v)), v))
+            rows.append((label, ", ".join(_plain(v) for v in values)))
+    return pd.DataFrame(rows, columns=["setting", "value"])
+
+
+def _plain(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def accuracy_pivot(table: pd.DataFrame) -> pd.DataFrame:
+    """``accuracy_table`` as target sets by ranks, cells ``mean ± std (n)``, for display."""
+    if table.empty:
+        return pd.DataFrame()
+    cells = table.assign(cell=[f"{m:.3f}" + (f" ± {s:.3f}" if n > 1 else "") + f" ({n})"
+                               for m, s, n in zip(table["mean"], table["std"], table["n"], strict=True)])
+    wide = cells.pivot(index="targets", columns="r", values="cell").fillna("—")
+    wide.columns = [f"r={c}" for c in wide.columns]
+    return wide.reset_index()
+
+
+def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str | None = None,
+                     sentences: bool = True, derived: Derived | None = None) -> Section:
+    """Test metric per (target set, rank): table and figure, the budget-matched variant, full fine-tuning.
+
+    ``sentences`` adds the accuracy finding (off when a Findings section already states it);
+    ``derived``: the report's tables when already computed (for this ``metric``).
+    """
+    derived = derived if derived is not None else Derived.of_runs(runs, metric)
+    metric = derived.metric
+    what = "Accuracy" if metric in (None, "test_accuracy") else metric.replace("_", " ").capitalize()
+    section = Section(title or f"{what} against rank and target set (Tables 5 and 6)")
+    table = derived.accuracy
+    if table.empty:
+        section.text(f"No finished LoRA run with a test metric in {SweepDir.TABLE}.")
+        return section
+    section.table(accuracy_pivot(table), f"{metric}: mean ± std over seeds (number of seeds)")
+    full = full_reference(runs, metric)
+    section.text(f"Full fine-tuning reference: {fmt(full['mean'], 3)} (n={full['n']})." if full else
+                 "No full fine-tuning run in this sweep: no reference line.")
+    lines = (["black: full fine-tuning"] if full else []) + (
+        ["dotted: majority class"] if metric == "test_accuracy" and "majority_accuracy" in runs else [])
+    section.plot("accuracy_rank", lambda: plots.accuracy_vs_rank(runs, metric=metric, table=table),
+                 f"{metric} against rank, one line per target set" + "".join(f"; {x}" for x in lines) + ".")
+    budgeted = budgeted_runs(runs)
+    if not budgeted.empty:
+        budget = derived.budget_accuracy
+        section.table(budget.rename(columns={"lora_params": "trainable LoRA parameters"}),
+                      f"Budget-matched runs ({', '.join(sorted(map(str, budgeted['lora.budget'].unique())))})")
+        section.plot("accuracy_budget", lambda: plots.accuracy_by_targets(runs, metric=metric, table=budget),
+                     "Test metric per target set at one parameter budget, with each set's rank and parameter count.")
+        section.bullets(F.ffn_under_budget(runs, metric, table=budget).sentences)
+    if sentences:
+        section.bullets(F.accuracy(runs, metric, table=table).sentences)
+    return section
+
+
+def recommendation_section(data: SweepData, derived: Derived | None = None) -> Section:
+    """``lora-analysis recommend``'s answer for the sweep: the rank per role, and how it was reached."""
+    from lora_analysis.derive.recommend import recommend_from
+
+    section = Section("Rank recommendation")
+    phi = data.tables["phi"]
+    shared = derived.shared if derived is not None and derived.targets == main_targets(phi) else None
+    try:
+        result = recommend_from(phi, data.tables["modules"], data.runs, shared=shared)
+    except LoraAnalysisError as error:
+        section.text(f"No recommendation: {error}.")
+        return section
+    if not result.layers["rank_pairs"].any():
+        section.text(f"No recommendation: target set {result.targets} was trained at one rank only, and a rank "
+                     "the task needs is read off directions shared across ranks as well as seeds (a rank sweep).")
+        return section
+    section.table(result.roles.rename(columns={"layers_min": "fewest (a layer)", "layers_max": "most (a layer)",
+                                               "n_layers": "layers", "seed_shared": "seed-shared (median)",
+                                               "rank_shared": "rank-shared (median)"}),
+                  f"Rank per role from the {result.subject} subspaces of target set {result.targets}")
+    section.bullets(result.explain())
+    section.text("As a PEFT rank_pattern (lora-analysis recommend <sweep> rank_pattern=ranks.json writes it): "
+                 + ", ".join(f"`{key}`: {rank}" for key, rank in result.rank_pattern.items()) + ".")
+    return section
+
+
+def run_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The sweep table with the lora.* values of full fine-tuning runs blanked: they have no adapter."""
+    table = runs.copy()
+    if "method" in table:
+        lora_columns = [c for c in table if c.startswith("lora.") or c in ("a_moved_mean", "lora_params")]
+        table[lora_columns] = table[lora_columns].astype(object).where(table["method"] != "full", None)
+    return table
+
+
+def runs_section(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> Section:
+    """The run table (config, metric, throughput, time) and the training curves."""
+    section = Section("Runs")
+    section.table(run_table(runs[[c for c in RUN_COLUMNS if c in runs]]),
+                  f"One row per finished run ({SweepDir.TABLE}; every column in runs.csv beside this report)")
+    section.plot("loss_curves", lambda: plots.loss_curves(histories), f"Training loss per run ({RunDir.HISTORY}).")
+    return section
+
+
+def environment_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Python, package versions, platform and CPU count here; device and threads as the runs recorded them."""
+    rows = [("python", platform.python_version()), ("platform", platform.platform()),
+            ("CPU count", str(os.cpu_count()))]
+    for package in PACKAGES:
+        try:
+            rows.append((package, metadata.version(package)))
+        except metadata.PackageNotFoundError:
+            rows.append((package, "not installed"))
+    for label, column in (("device (runs)", "device"), ("threads (runs)", "threads")):
+        if column in runs:
+            rows.append((label, ", ".join(sorted({str(v) for v in runs[column].dropna()})) or "—"))
+    return pd.DataFrame(rows, columns=["item", "value"])
+
+
+def environment_section(runs: pd.DataFrame) -> Section:
+    section = Section("Environment")
+    section.table(environment_table(runs), "Package versions when this report was built; device and threads "
+                  "as recorded by the runs")
+    return section

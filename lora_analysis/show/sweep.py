@@ -1,0 +1,56 @@
+"""What a report reads from a sweep folder: the sweep table, each run's history and the analysis tables.
+
+File names come from ``layout`` and the analysis tables from ``AnalysisResult.load`` (partially, so a
+missing table is an empty one, named in ``missing``, and the report says so where it would show it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.layout import SweepDir
+
+TABLES = ("phi", "spectra", "modules", "dw_vs_w", "w_dw_phi", "intruders")  # the analysis tables a report shows
+
+
+@dataclass
+class SweepData:
+    """Everything a report reads from a sweep folder; absent tables are empty frames, listed in ``missing``."""
+
+    sweep_dir: Path
+    runs: pd.DataFrame
+    histories: dict[str, pd.DataFrame]
+    tables: dict[str, pd.DataFrame]
+    notes: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+def load_sweep(sweep_dir: str | Path) -> SweepData:
+    """Read a sweep folder; only the sweep table is required."""
+    from lora_analysis.analysis.tables import AnalysisResult
+
+    sweep = SweepDir(Path(sweep_dir))
+    if not sweep.is_sweep():
+        raise LoraAnalysisError(f"{sweep.path} is not a sweep folder: no {SweepDir.TABLE} (expected the output of "
+                                "lora-analysis train -m or reproduce)")
+    runs = pd.read_parquet(sweep.table_path)
+    histories, missing = {}, []
+    for name in runs["run"].astype(str):
+        run = sweep.run(name)
+        if run.history_path.is_file():
+            histories[name] = pd.read_csv(run.history_path)
+        else:
+            missing.append(_relative(run.history_path, sweep))
+    analysis = sweep.analysis
+    result = AnalysisResult.load(analysis.path, partial=True)
+    missing += [_relative(analysis.table(name), sweep) for name in TABLES if not analysis.table(name).is_file()]
+    return SweepData(sweep.path, runs, histories, {name: getattr(result, name) for name in TABLES},
+                     list(result.notes), missing)
+
+
+def _relative(path: Path, sweep: SweepDir) -> str:
+    return path.relative_to(sweep.path).as_posix()
