@@ -15,14 +15,8 @@ import yaml
 from peft import LoraConfig, get_peft_model
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
-from transformers import (
-    BertConfig,
-    BertForSequenceClassification,
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-)
+from tiny import tiny_config
+from transformers import BertForSequenceClassification, GPT2LMHeadModel, LlamaForCausalLM
 
 TARGETS = {
     "bert": ["query", "value", "intermediate.dense"],
@@ -31,21 +25,13 @@ TARGETS = {
 }
 
 
+TASK_MODELS = {"bert": BertForSequenceClassification, "gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM}
+
+
 def tiny_model(family: str, hidden: int = 32):
-    """A 2-block randomly initialised task model, the same weights on every call (seed 0)."""
+    """A 2-block randomly initialised task model (``tiny.tiny_config``), the same weights on every call (seed 0)."""
     torch.manual_seed(0)
-    if family == "bert":
-        return BertForSequenceClassification(
-            BertConfig(hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=2 * hidden, vocab_size=100, max_position_embeddings=64)
-        )
-    if family == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(n_embd=hidden, n_layer=2, n_head=2, vocab_size=100, n_positions=64,
-                                          bos_token_id=1, eos_token_id=2))
-    return LlamaForCausalLM(
-        LlamaConfig(hidden_size=hidden, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=2, vocab_size=100, bos_token_id=1, eos_token_id=2)
-    )
+    return TASK_MODELS[family](tiny_config(family, hidden, vocab=100, positions=64, special=(1, 2), pad=None))
 
 
 def save_base(family: str, folder: Path, hidden: int = 32) -> Path:

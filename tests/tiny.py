@@ -25,18 +25,24 @@ VOCAB = 30522
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
-def tiny_config(family: str):
-    """A 2-block model of the family, hidden 32 (Llama: 4 heads, 2 KV heads, gated FFN of 48)."""
+def tiny_config(family: str, hidden: int = 32, vocab: int = VOCAB, positions: int = 128,
+                special: tuple[int, int] = (101, 102), pad: int | None = 0):
+    """A 2-block model of the family, hidden 32 (Llama: 4 heads, 2 KV heads, gated FFN of 48).
+
+    The one builder of tiny configs: ``_tiny_models`` uses it too, with a vocabulary of 100 and no
+    tokenizer. ``special``: the BOS and EOS ids of GPT-2 and Llama (MiniLM's [CLS] and [SEP] by default).
+    """
+    bos, eos = special
     if family == "bert":
-        return BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                          intermediate_size=64, max_position_embeddings=128, pad_token_id=0)
+        return BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=2 * hidden, max_position_embeddings=positions, pad_token_id=0)
     if family == "gpt2":
-        return GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2, n_positions=128,
-                          pad_token_id=0, bos_token_id=101, eos_token_id=102)
+        return GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=2, n_head=2, n_positions=positions,
+                          pad_token_id=pad, bos_token_id=bos, eos_token_id=eos)
     if family == "llama":
-        return LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                           num_key_value_heads=2, intermediate_size=48, max_position_embeddings=128,
-                           pad_token_id=0, bos_token_id=101, eos_token_id=102)
+        return LlamaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, intermediate_size=48, max_position_embeddings=positions,
+                           pad_token_id=pad, bos_token_id=bos, eos_token_id=eos)
     raise ValueError(family)
 
 

@@ -1,6 +1,6 @@
 """The LoRA update ``dW = scale * B @ A`` and what it does to the frozen weight ``W``.
 
-This module is the one place that defines the scale and dW (PAPER.md, "Notation"):
+This module is the one place that defines the scale and dW (Hu et al. 2021, arXiv 2106.09685, Section 4.1):
 
     scale = alpha / r            (rsLoRA: alpha / sqrt(r))
     dW    = scale * B @ A        A: (r, k) = (r, in_features), B: (d, r) = (out_features, r)

@@ -1,9 +1,10 @@
 """Subspaces of LoRA factors and the normalised subspace similarity phi (Hu et al. 2021, Eq. 4).
 
-Conventions (PAPER.md): ``A: (r, k)`` acts on the input space R^k, its subspace is spanned by its
-right-singular vectors (rows of ``Vh``); ``B: (d, r)`` writes into the output space R^d, its subspace
-is spanned by its left-singular vectors. A basis is returned as a ``(dim, rho)`` matrix whose columns
-are orthonormal and ordered by decreasing singular value, ``rho`` being the numerical rank.
+Conventions (Hu et al. 2021, arXiv 2106.09685, Section 7.2): ``A: (r, k)`` acts on the input space
+R^k, its subspace is spanned by its right-singular vectors (rows of ``Vh``); ``B: (d, r)`` writes into
+the output space R^d, its subspace is spanned by its left-singular vectors. A basis is returned as a
+``(dim, rho)`` matrix whose columns are orthonormal and ordered by decreasing singular value, ``rho``
+being the numerical rank.
 
     phi(V1, V2, i, j) = ||V1[:, :i]^T V2[:, :j]||_F^2 / min(i, j)
 

@@ -52,8 +52,7 @@ class Recommendation:
     def explain(self) -> list[str]:
         """Sentences saying how each number was reached."""
         lines = [
-            f"Subject {self.subject} of target set {self.targets}: a direction counts when its energy in the other "
-            "run's subspace reaches (1 + r_b/k)/2, halfway between chance and certain.",
+            f"Subject {self.subject} of target set {self.targets}: a direction counts when its {stats.SHARED_RULE}.",
         ]
         for row in self.roles.itertuples():
             lines.append(

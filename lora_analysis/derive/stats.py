@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from lora_analysis.analysis.delta import lora_scale
 from lora_analysis.derive.controls import increments
 from lora_analysis.derive.queries import PAIR_KEYS, budgeted_runs, empty_phi, lora_runs, metric_column
 
@@ -44,6 +45,11 @@ def direction_energy(phi_rows: pd.DataFrame) -> pd.DataFrame:
 def shared_threshold(baseline):
     """``(1 + b) / 2``: halfway between the random expectation ``b = r_b / k`` and a direction wholly inside."""
     return (1.0 + baseline) / 2.0
+
+
+# The rule of ``shared_threshold`` in words, for every sentence that states it ("... whose <rule>").
+SHARED_RULE = ("energy in the other run's subspace reaches (1 + b) / 2, halfway between the random "
+               "expectation b = r / k and 1")
 
 
 def shared_directions(phi: pd.DataFrame, comparisons: tuple[str, ...] = ("rank", "seed")) -> pd.DataFrame:
@@ -188,6 +194,18 @@ def stuck_runs(runs: pd.DataFrame, tolerance: float = 0.005) -> pd.DataFrame:
     if lora.empty or "majority_accuracy" not in lora or "test_accuracy" not in lora:
         return lora.iloc[0:0]
     return lora[(lora["test_accuracy"] - lora["majority_accuracy"]).abs() < tolerance]
+
+
+def uses_rslora(runs: pd.DataFrame) -> bool:
+    """Whether any run of the sweep table scales by ``alpha / sqrt(r)`` (rsLoRA)."""
+    return "lora.rslora" in runs and bool(runs["lora.rslora"].fillna(False).astype(bool).any())
+
+
+def lora_scales(runs: pd.DataFrame) -> pd.Series:
+    """Each run's LoRA scale from its ``lora.alpha``, ``lora.r`` and ``lora.rslora`` (``delta.lora_scale``)."""
+    rslora = runs["lora.rslora"].fillna(False).astype(bool) if "lora.rslora" in runs else pd.Series(False, runs.index)
+    return pd.Series([lora_scale(float(a), int(r), bool(s)) for a, r, s in
+                      zip(runs["lora.alpha"], runs["lora.r"], rslora, strict=True)], index=runs.index, dtype=float)
 
 
 def standard_errors(table: pd.DataFrame, metric: str | None, n_test: float) -> pd.Series:

@@ -101,8 +101,7 @@ def q_vs_v(shared: pd.DataFrame, *, r: int = paper.SEED_RANK,
         else:
             every = ", ".join(f"{m} {fmt(v, 1)}" for m, v in role_means.items())
             sentences.append(f"{name} at r={r}: no q and v pair to compare; shared directions by role: {every}.")
-    sentences.append("A direction is shared when its energy in the other run's subspace reaches (1 + b) / 2, "
-                     "halfway between the random expectation b = r / k and 1.")
+    sentences.append(f"A direction is shared when its {stats.SHARED_RULE}.")
     return Finding(key, title, sentences, table, values)
 
 
@@ -248,7 +247,7 @@ def stuck_at_majority(runs: pd.DataFrame) -> list[str]:
     """A sentence naming the LoRA runs whose test accuracy is the majority class's (within 0.5 point).
 
     Such a run predicts one class: its rank tells nothing about the task. Their LoRA scale is given,
-    since with alpha held fixed the smallest ranks get the largest ``alpha / r``.
+    since with alpha held fixed the smallest ranks get the largest ``alpha / r`` (``stats.lora_scales``).
     """
     lora, stuck = lora_runs(runs), stats.stuck_runs(runs)
     if stuck.empty:
@@ -256,9 +255,10 @@ def stuck_at_majority(runs: pd.DataFrame) -> list[str]:
     names = ", ".join(sorted(stuck["run"].astype(str))) if "run" in stuck else f"{len(stuck)} runs"
     detail = ""
     if {"lora.alpha", "lora.r"} <= set(stuck.columns):
-        scales = sorted({float(a) / float(r) for a, r in zip(stuck["lora.alpha"], stuck["lora.r"], strict=True)})
-        largest = (lora["lora.alpha"].astype(float) / lora["lora.r"].astype(float)).max()
-        detail += f" LoRA scale alpha/r {', '.join(f'{x:.3g}' for x in scales)}"
+        scales = sorted(set(stats.lora_scales(stuck)))
+        largest = stats.lora_scales(lora).max()
+        rule = "alpha/sqrt(r)" if stats.uses_rslora(lora) else "alpha/r"
+        detail += f" LoRA scale {rule} {', '.join(f'{x:.3g}' for x in scales)}"
         detail += " (the largest in the sweep);" if min(scales) >= largest else ";"
     if "final_train_loss" in stuck:
         detail += f" final training loss {fmt(stuck['final_train_loss'].mean(), 3)} on average"

@@ -16,7 +16,7 @@ import pandas as pd
 
 from lora_analysis.atomic import write_parquet, write_text
 from lora_analysis.derive.queries import empty_phi
-from lora_analysis.derive.stats import Derived
+from lora_analysis.derive.stats import SHARED_RULE, Derived
 from lora_analysis.layout import AnalysisDir, ReportDir, SweepDir
 from lora_analysis.show import findings as F
 from lora_analysis.show import paper, plots
@@ -242,9 +242,8 @@ def controls_section(tables: dict[str, pd.DataFrame], focus: Focus) -> Section:
 
 def findings_section(found: Findings) -> Section:
     section = Section("Findings")
-    section.text("Every sentence is computed from this sweep's tables; 'shared' directions are those whose "
-                 "energy in the other run's subspace reaches (1 + b) / 2, halfway between the random "
-                 "expectation b = r / k and 1.")
+    section.text(f"Every sentence is computed from this sweep's tables; 'shared' directions are those whose "
+                 f"{SHARED_RULE}.")
     for finding in found:
         section.text(f"**{finding.title}**")
         section.bullets(finding.sentences)

@@ -103,7 +103,7 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str |
     section.text(f"Full fine-tuning reference: {fmt(full['mean'], 3)} (n={full['n']})." if full else
                  "No full fine-tuning run in this sweep: no reference line.")
     lines = (["black: full fine-tuning"] if full else []) + (
-        ["dotted: majority class"] if metric == "test_accuracy" and "majority_accuracy" in runs else [])
+        ["dotted: majority class"] if plots.draws_majority(runs, metric) else [])
     section.plot("accuracy_rank", lambda: plots.accuracy_vs_rank(runs, metric=metric, table=table),
                  f"{metric} against rank, one line per target set" + "".join(f"; {x}" for x in lines) + ".")
     budgeted = budgeted_runs(runs)

@@ -113,7 +113,7 @@ def read_rank_pattern(spec: str) -> dict[str, int]:
 @dataclass
 class LoraSettings:
     r: int = 8
-    alpha: float = 8.0  # held fixed while r varies, as in the paper; scale = alpha / r
+    alpha: float = 8.0  # held fixed while r varies, as in the paper; scale = alpha / r (analysis.delta.lora_scale)
     rslora: bool = False  # scale = alpha / sqrt(r)
     dropout: float = 0.0
     init: Init = Init.gaussian
@@ -143,10 +143,6 @@ class LoraSettings:
     def ranks(self) -> dict[str, int]:
         """The rank_pattern as a dict (empty without one)."""
         return json.loads(self.rank_pattern) if self.rank_pattern else {}
-
-    @property
-    def scale(self) -> float:
-        return self.alpha / (self.r**0.5 if self.rslora else self.r)
 
 
 @dataclass
