@@ -7,7 +7,7 @@ dropped; each pair of runs then costs one ``(p1, k) x (k, p2)`` product per subj
 - ``rank``: same seed and group (the run config apart from r and seed), different r; ``run_a`` has the
   smaller r, so ``i <= r_a`` as in the paper's Figure 3;
 - ``seed``: same r and group, different seed;
-- ``random``: each run against two Gaussian matrices of its shape (``run_b = "gaussian"``), sampled once
+- ``random``: each run against two Gaussian matrices of its shape (``run_b = kinds.GAUSSIAN``), sampled once
   per shape from ``random_seed``;
 - plain PEFT folders (seed unknown): every pair, ``rank`` if r differs, else ``seed``.
 
@@ -46,12 +46,13 @@ from lora_analysis.analysis.delta import (
     stable_rank,
     w_dw_phi,
 )
+from lora_analysis.analysis.kinds import GAUSSIAN, Comparison, Side, Subject
 from lora_analysis.analysis.subspace import frame_product, frobenius, overlap, phi_from_overlap, sampled_baseline
 from lora_analysis.analysis.tables import SCHEMAS, AnalysisResult, TableBuilder, small_pages
 from lora_analysis.errors import LoraAnalysisError
 
-SUBJECTS = ("A", "A_init", "A_delta", "B", "dW")
-COMPARISONS = ("rank", "seed", "random")
+SUBJECTS = tuple(s.value for s in Subject)
+COMPARISONS = tuple(c.value for c in Comparison)
 
 
 @dataclass
@@ -87,7 +88,7 @@ class AnalyzeConfig:
             if bad:
                 raise LoraAnalysisError(f"{name} {bad} unknown: expected some of {list(allowed)}")
         for name in ("dw_side", "intruder_side"):
-            if getattr(self, name) not in ("left", "right"):
+            if getattr(self, name) not in tuple(Side):
                 raise LoraAnalysisError(f"{name} must be left or right, got {getattr(self, name)!r}")
         if self.workers < 1 or self.intruder_top_k < 1 or (self.w_directions is not None and self.w_directions < 1):
             raise LoraAnalysisError("workers, intruder_top_k and w_directions must be >= 1")
@@ -111,7 +112,7 @@ def _grid_index(r1: int, r2: int, k: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 @dataclass(frozen=True)
 class Pair:
-    comparison: str  # rank | seed
+    comparison: Comparison  # rank | seed
     a: int  # index into the run list; run a has the smaller (r, seed)
     b: int
 
@@ -123,11 +124,11 @@ def plan_pairs(runs: list[Run], comparisons: list[str] | tuple[str, ...] = COMPA
         if a.group != b.group:
             continue
         if a.seed is None or b.seed is None:
-            kind = "rank" if a.r != b.r else "seed"
+            kind = Comparison.rank if a.r != b.r else Comparison.seed
         elif a.seed == b.seed and a.r != b.r:
-            kind = "rank"
+            kind = Comparison.rank
         elif a.r == b.r and a.seed != b.seed:
-            kind = "seed"
+            kind = Comparison.seed
         else:
             continue
         if kind in comparisons:
@@ -149,12 +150,9 @@ class _Context:
     bases: list[BaseWeights | None]
     random_grids: dict[tuple[int, int], np.ndarray]
 
-    def internal_subject(self, subject: str) -> str:
-        return "dW_left" if subject == "dW" and self.cfg.dw_side == "left" else subject
-
     def space(self, subject: str, m: LoraModule) -> int:
         """Dimension of the space a subject's basis lives in."""
-        left = subject == "B" or (subject == "dW" and self.cfg.dw_side == "left")
+        left = subject == Subject.B or (subject == Subject.dW and self.cfg.dw_side == Side.left)
         return m.out_features if left else m.in_features
 
 
@@ -191,14 +189,15 @@ def analyse_module(
         targets = run_a.targets if run_a.targets == run_b.targets else f"{run_a.targets}|{run_b.targets}"
         for subject, grid, k in grids:
             _phi_rows(out, pair.comparison, run_a, run_b, path, targets, subject, grid, k)
-    if "random" in ctx.cfg.comparisons:
+    if Comparison.random in ctx.cfg.comparisons:
         for index in members:
             run, m = ctx.runs[index], ctx.runs[index].adapter.modules[path]
             for subject in ctx.cfg.subjects:
-                basis = factors[index].bases.get(ctx.internal_subject(subject))
+                basis = factors[index].bases.get(subject)
                 if basis is not None and basis.rank > 0:
                     k = ctx.space(subject, m)
-                    _phi_rows(out, "random", run, None, path, run.targets, subject, ctx.random_grids[m.r, k], k)
+                    _phi_rows(out, Comparison.random, run, None, path, run.targets, subject,
+                              ctx.random_grids[m.r, k], k)
     return out, notes
 
 
@@ -229,8 +228,8 @@ def _run_module(index: int, path: str, ctx: _Context, w_cache: dict) -> tuple[Mo
             f"W tables skipped for modules of shape ({m.out_features}, {m.in_features}): more than "
             f"w_max_elements={cfg.w_max_elements} entries for a dense SVD"
         )
-    subjects = tuple(ctx.internal_subject(s) for s in cfg.subjects)
-    f = module_factors(A, B, m.scale, A_init, subjects, dense_left=w_needed, rtol=cfg.rank_rtol)
+    f = module_factors(A, B, m.scale, A_init, tuple(cfg.subjects), dense_left=w_needed, rtol=cfg.rank_rtol,
+                       dw_side=Side(cfg.dw_side))
     if f.numerical_rank_A < min(m.r, m.in_features):
         notes.append(
             f"{run.label} {m.path}: A has numerical rank {f.numerical_rank_A} < r={m.r}; "
@@ -253,11 +252,11 @@ def _module_rows(out: dict, run: Run, m: LoraModule, f: ModuleFactors) -> None:
         effective_rank_dW=effective_rank(dw_values), stable_rank_dW=stable_rank(dw_values),
         numerical_rank_A=f.numerical_rank_A,
     )  # fmt: skip
-    for subject in ("dW", "A", "B", "A_delta"):
+    for subject in (Subject.dW, Subject.A, Subject.B, Subject.A_delta):
         if subject in f.spectra:
             s = f.spectra[subject]
             index = np.arange(1, len(s) + 1, dtype=np.int32)
-            out["spectra"].add(len(s), **ids, subject=subject, index=index, singular_value=s)
+            out["spectra"].add(len(s), **ids, subject=subject.value, index=index, singular_value=s)
 
 
 def _w_rows(m, A, B, f, w_and_svd, cfg, out, ids) -> None:
@@ -268,7 +267,7 @@ def _w_rows(m, A, B, f, w_and_svd, cfg, out, ids) -> None:
         out["dw_vs_w"].add(1, **ids, **row)
     if f.dw.right.rank > 0:
         for side, grid in w_dw_phi(w_svd, f.dw, cfg.w_directions).items():
-            k = m.out_features if side == "left" else m.in_features
+            k = m.out_features if side == Side.left else m.in_features
             i, j, baseline = _grid_index(*grid.shape, k)
             out["w_dw_phi"].add(grid.size, **ids, side=side, i=i, j=j, phi=grid, baseline=baseline)
     if cfg.intruders:
@@ -295,8 +294,7 @@ def _pair_grids(pair: Pair, path: str, factors: dict, ctx: _Context) -> list[tup
     frame_products: dict[tuple[int, int], np.ndarray] = {}
     grids = []
     for subject in ctx.cfg.subjects:
-        name = ctx.internal_subject(subject)
-        ba, bb = factors[pair.a].bases.get(name), factors[pair.b].bases.get(name)
+        ba, bb = factors[pair.a].bases.get(subject), factors[pair.b].bases.get(subject)
         if ba is None or bb is None:
             continue
         key = (id(ba.frame), id(bb.frame))
@@ -313,9 +311,9 @@ def _phi_rows(out, comparison, run_a, run_b, path, targets, subject, grid, k) ->
     i, j, baseline = _grid_index(*grid.shape, k)
     out["phi"].add(
         grid.size,
-        comparison=comparison,
+        comparison=Comparison(comparison).value,
         run_a=run_a.label,
-        run_b="gaussian" if run_b is None else run_b.label,
+        run_b=GAUSSIAN if run_b is None else run_b.label,
         r_a=ma.r,
         r_b=ma.r if run_b is None else run_b.adapter.modules[path].r,
         seed_a=run_a.seed,
@@ -323,7 +321,7 @@ def _phi_rows(out, comparison, run_a, run_b, path, targets, subject, grid, k) ->
         targets=targets,
         layer=ma.layer,
         module=ma.role,
-        subject=subject,
+        subject=Subject(subject).value,
         i=i,
         j=j,
         phi=grid,
@@ -365,10 +363,10 @@ def _run_analysis(cfg: AnalyzeConfig) -> AnalysisResult:
         raise LoraAnalysisError(f"no finished LoRA run in {cfg.inputs}: " + "; ".join(notes))
     ctx = _Context(runs, plan_pairs(runs, cfg.comparisons), cfg, _bases(runs, cfg, notes), {})
     for run in runs:
-        if run.adapter.init is None and {"A_init", "A_delta"} & set(cfg.subjects):
+        if run.adapter.init is None and {Subject.A_init, Subject.A_delta} & set(cfg.subjects):
             notes.append(f"{run.label}: no adapter_init.safetensors; A_init and A_delta skipped, a_moved is NaN")
     with _torch_threads(1 if cfg.workers > 1 else torch.get_num_threads()):
-        ctx.random_grids = _random_grids(ctx) if "random" in cfg.comparisons else {}
+        ctx.random_grids = _random_grids(ctx) if Comparison.random in cfg.comparisons else {}
         results = _map_modules(_module_paths(runs), ctx)
     built = {name: TableBuilder(schema) for name, schema in SCHEMAS.items()}
     for tables_of_module, module_notes in results:

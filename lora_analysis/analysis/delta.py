@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lora_analysis.analysis.kinds import Side, Subject
 from lora_analysis.analysis.subspace import (
     Basis,
     Frame,
@@ -114,7 +115,7 @@ def relative_change(A: np.ndarray, A_init: np.ndarray) -> float:
 class ModuleFactors:
     """Everything the analysis needs from one adapted module of one run, computed once.
 
-    ``bases`` maps a subject (``A``, ``A_init``, ``A_delta``, ``B``, ``dW``, ``dW_left``) to its basis;
+    ``bases`` maps a subject (``A``, ``A_init``, ``A_delta``, ``B``, ``dW``: its ``dw_side`` vectors) to its basis;
     ``spectra`` maps ``A``, ``B``, ``A_delta``, ``dW`` to all singular values; ``dw`` is dW's SVD.
     """
 
@@ -132,24 +133,26 @@ def module_factors(
     B: np.ndarray,
     scale: float,
     A_init: np.ndarray | None = None,
-    subjects: tuple[str, ...] = ("A", "A_init", "A_delta", "B", "dW"),
+    subjects: tuple[str, ...] = tuple(Subject),
     dense_left: bool = False,
     rtol: float | None = None,
+    dw_side: Side = Side.right,
 ) -> ModuleFactors:
     """Bases, spectra and norms of one module: ``A: (r, k)``, ``B: (d, r)``, ``A_init: (r, k)`` or None.
 
     One factorisation per matrix (``qr_frame``), reused: ``A``'s frame serves both ``A`` and dW's right
-    vectors; ``B``'s Q is kept only if a left basis is needed (subject ``B``, ``dW_left`` or ``dense_left``).
+    vectors; ``B``'s Q is kept only if a left basis is needed (subject ``B``, dW's left vectors, ``dense_left``).
+    ``dw_side``: which singular vectors of dW are its basis (``Side.left``: the output space, like B).
     """
-    want_left = dense_left or "B" in subjects or "dW_left" in subjects
+    dw_left = Subject.dW in subjects and Side(dw_side) is Side.left
+    want_left = dense_left or Subject.B in subjects or dw_left
     fa, fb = qr_frame(A.T), qr_frame(B, with_q=want_left)
     bases = {"A": column_basis(fa, rtol)}
     spectra = {"A": fa.s, "B": fb.s}
     dw = delta_svd_from_frames(fa, fb, scale, rtol)
     spectra["dW"] = dw.all_values
-    bases["dW"] = dw.right
+    bases["dW"] = dw.left if dw_left else dw.right
     if dw.left is not None:
-        bases["dW_left"] = dw.left
         bases["B"] = column_basis(fb, rtol)
     a_moved = math.nan
     if A_init is not None:
@@ -162,8 +165,7 @@ def module_factors(
             bases["A_init"] = column_basis(qr_frame(A_init.T), rtol)
         init_norm = frobenius(A_init)
         a_moved = frobenius(f_delta.s) / init_norm if init_norm > 0 else math.nan
-    keep = set(subjects) | ({"dW_left"} if dense_left else set())
-    bases = {name: basis for name, basis in bases.items() if name in keep}
+    bases = {name: basis for name, basis in bases.items() if name in subjects}
     norm_A, norm_B = frobenius(fa.s), frobenius(fb.s)  # ||X||_F = ||singular values||_2
     return ModuleFactors(bases, spectra, dw, norm_A, norm_B, a_moved, numerical_rank(fa.s, A.shape, rtol))
 

@@ -29,6 +29,7 @@ from collections.abc import Collection
 import numpy as np
 import pandas as pd
 
+from lora_analysis.analysis.kinds import Comparison
 from lora_analysis.derive.queries import PAIR_KEYS
 
 MATCH_KEYS = ["comparison", "r_a", "r_b", "targets", "layer", "module", "subject"]  # a pair and its shuffled twin
@@ -71,7 +72,7 @@ def direction_controls(phi: pd.DataFrame, shuffled_runs: Collection[str] = ()) -
     (the largest available), ``control_name``, ``excess`` (``energy - control``), ``threshold``
     (``(1 + control) / 2``) and ``task`` (``energy >= threshold``).
     """
-    pairs = phi[phi["comparison"].isin(["rank", "seed"])]
+    pairs = phi[phi["comparison"].isin([Comparison.rank, Comparison.seed])]
     e = increments(pairs, ["phi", "baseline", "geometry_baseline"]).rename(
         columns={"phi": "energy", "baseline": "isotropic", "geometry_baseline": "geometry"})
     if "geometry" not in e:

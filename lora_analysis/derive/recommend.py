@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lora_analysis.analysis.kinds import Comparison, Subject
 from lora_analysis.derive import queries, stats
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.layout import SweepDir
@@ -96,9 +97,9 @@ def layer_evidence(phi: pd.DataFrame, subject: str, targets: str, shared: pd.Dat
         raise LoraAnalysisError(f"no seed or rank pairs for subject {subject} and targets {targets} in the analysis")
     evidence = []
     for (module, layer), group in shared.groupby(["module", "layer"], observed=True):
-        seeds = group[group["comparison"] == "seed"]
+        seeds = group[group["comparison"] == Comparison.seed]
         seeds = seeds[seeds["r_a"] == seeds["r_a"].max()]
-        ranks = group[group["comparison"] == "rank"]
+        ranks = group[group["comparison"] == Comparison.rank]
         ranks = ranks[ranks["r_b"] == ranks["r_b"].max()]
         ranks = ranks[ranks["r_a"] == ranks["r_a"].max()]
         seed_k = float(seeds["shared"].median()) if len(seeds) else math.nan
@@ -176,7 +177,7 @@ def _role_key(role: str, modules: pd.DataFrame) -> str:
     raise LoraAnalysisError(f"no module path of role {role} with a layer index to write a rank_pattern key for")
 
 
-def recommend(sweep: str | Path, subject: str = "A_delta", targets: str | None = None) -> Recommendation:
+def recommend(sweep: str | Path, subject: str = Subject.A_delta, targets: str | None = None) -> Recommendation:
     """Recommend a rank per role from a sweep folder with its ``analysis/`` (run ``analyze`` first)."""
     from lora_analysis.analysis.tables import AnalysisResult
 
@@ -186,7 +187,7 @@ def recommend(sweep: str | Path, subject: str = "A_delta", targets: str | None =
     return recommend_from(analysis.phi, analysis.modules, runs, subject, targets, source=str(sweep.analysis.path))
 
 
-def recommend_from(phi: pd.DataFrame, modules: pd.DataFrame, runs: pd.DataFrame, subject: str = "A_delta",
+def recommend_from(phi: pd.DataFrame, modules: pd.DataFrame, runs: pd.DataFrame, subject: str = Subject.A_delta,
                    targets: str | None = None, source: str = "the analysis", shared: pd.DataFrame | None = None
                    ) -> Recommendation:
     """The recommendation from tables already loaded: the analysis' ``phi`` and ``modules``, the sweep table.

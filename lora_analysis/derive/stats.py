@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from lora_analysis.analysis.delta import lora_scale
+from lora_analysis.analysis.kinds import Comparison, Subject
 from lora_analysis.derive.controls import increments
 from lora_analysis.derive.queries import PAIR_KEYS, budgeted_runs, empty_phi, lora_runs, metric_column
 
@@ -52,7 +53,10 @@ SHARED_RULE = ("energy in the other run's subspace reaches (1 + b) / 2, halfway 
                "expectation b = r / k and 1")
 
 
-def shared_directions(phi: pd.DataFrame, comparisons: tuple[str, ...] = ("rank", "seed")) -> pd.DataFrame:
+PAIRS = (Comparison.rank, Comparison.seed)  # the comparisons of two trained runs
+
+
+def shared_directions(phi: pd.DataFrame, comparisons: tuple[str, ...] = PAIRS) -> pd.DataFrame:
     """How many of run a's directions lie in run b's subspace clearly above chance, per pair and module.
 
     A direction counts as shared when its energy (``direction_energies``) reaches
@@ -82,7 +86,7 @@ def top_direction_table(phi: pd.DataFrame, r_small: int, r_large: int, subjects:
     Columns ``subject, layer, module, phi_1_rb`` (the mean ``e_1 = phi(1, r_large)``), ``baseline``,
     ``pairs``; empty without such a rank pair.
     """
-    rows = phi[(phi["comparison"] == "rank") & (phi["r_a"] == r_small) & (phi["r_b"] == r_large)]
+    rows = phi[(phi["comparison"] == Comparison.rank) & (phi["r_a"] == r_small) & (phi["r_b"] == r_large)]
     energies = direction_energies(rows[rows["subject"].isin(subjects)])
     top = energies[energies["i"] == 1]
     if top.empty:
@@ -93,7 +97,7 @@ def top_direction_table(phi: pd.DataFrame, r_small: int, r_large: int, subjects:
 
 def seed_shared_table(shared: pd.DataFrame, r: int, subjects: tuple[str, ...]) -> pd.DataFrame:
     """Directions shared by two seeds at rank ``r`` per (subject, layer, module), averaged over seed pairs."""
-    s = shared[(shared["comparison"] == "seed") & (shared["r_a"] == r) & (shared["subject"].isin(subjects))]
+    s = shared[(shared["comparison"] == Comparison.seed) & (shared["r_a"] == r) & (shared["subject"].isin(subjects))]
     if s.empty:
         return s
     return s.groupby(["subject", "layer", "module"], observed=True).agg(
@@ -105,10 +109,10 @@ def init_control_table(phi: pd.DataFrame, shared: pd.DataFrame) -> tuple[pd.Data
 
     None without A_init rows of a rank or seed pair.
     """
-    energies = direction_energies(phi[phi["comparison"].isin(["rank", "seed"]) & (phi["subject"] == "A_init")])
+    energies = direction_energies(phi[phi["comparison"].isin(PAIRS) & (phi["subject"] == Subject.A_init)])
     if energies.empty:
         return None
-    s = shared[shared["subject"] == "A_init"]
+    s = shared[shared["subject"] == Subject.A_init]
     top = energies[energies["i"] == 1].groupby("comparison").agg(e1=("energy", "mean"), base=("baseline", "mean"))
     return s.groupby("comparison").agg(cases=("shared", "size"), shared_max=("shared", "max"),
                                        shared_mean=("shared", "mean")).join(top).reset_index()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from lora_analysis.analysis.kinds import Comparison, Side, Subject
 from lora_analysis.derive import stats
 from lora_analysis.derive.queries import LOWER_IS_BETTER, budgeted_runs, has_majority, lora_runs, metric_column
 from lora_analysis.layout import RunDir, SweepDir
@@ -40,6 +41,9 @@ class Finding:
         return self.table is not None
 
 
+LEARNED = (Subject.A, Subject.A_delta, Subject.dW)  # the subjects whose sharing the findings report
+
+
 def _by_rank(table: pd.DataFrame, column: str) -> dict[str, float]:
     return {f"r{int(r)}": float(v) for r, v in zip(table["r"], table[column], strict=True)}
 
@@ -48,7 +52,7 @@ def _by_rank(table: pd.DataFrame, column: str) -> dict[str, float]:
 
 
 def top_direction(phi: pd.DataFrame, *, r_small: int = paper.RANK_PAIR[0], r_large: int = paper.RANK_PAIR[1],
-                  subjects: tuple[str, ...] = ("A", "A_delta", "dW")) -> Finding:
+                  subjects: tuple[str, ...] = LEARNED) -> Finding:
     """Figure 3's claim per layer: does r_small's top direction lie in r_large's subspace above chance?"""
     key, title = "top_direction", f"Top direction of r={r_small} in the r={r_large} subspace (Figure 3)"
     table = stats.top_direction_table(phi, r_small, r_large, subjects)
@@ -73,7 +77,7 @@ def top_direction(phi: pd.DataFrame, *, r_small: int = paper.RANK_PAIR[0], r_lar
 
 
 def q_vs_v(shared: pd.DataFrame, *, r: int = paper.SEED_RANK,
-           subjects: tuple[str, ...] = ("A", "A_delta", "dW")) -> Finding:
+           subjects: tuple[str, ...] = LEARNED) -> Finding:
     """Figure 4's claim: does q keep more directions than v across seeds (a higher intrinsic rank)?"""
     key, title = "q_vs_v", f"Directions shared across seeds at r={r}: q against v (Figure 4)"
     table = stats.seed_shared_table(shared, r, subjects)
@@ -108,7 +112,7 @@ def q_vs_v(shared: pd.DataFrame, *, r: int = paper.SEED_RANK,
 def init_control(phi: pd.DataFrame, shared: pd.DataFrame) -> Finding:
     """The control the paper lacks: the random inits A_init of two runs should share nothing."""
     key, title = "init_control", "Control: A_init against the random baseline"
-    if not phi["comparison"].isin(["rank", "seed"]).any():
+    if not phi["comparison"].isin([Comparison.rank, Comparison.seed]).any():
         return Finding.missing(key, title, "No rank or seed pair in the analysis (it needs two runs that differ "
                                "only in rank or only in seed): the init control is not available.")
     table = stats.init_control_table(phi, shared)
@@ -179,7 +183,7 @@ def amplification(dw_vs_w: pd.DataFrame, *, layer: int, module: str = "q", ranks
     return Finding(key, title, sentences, table, values)
 
 
-def w_dw_overlap(w_dw_phi: pd.DataFrame, *, layer: int, module: str = "q", side: str = "left") -> Finding:
+def w_dw_overlap(w_dw_phi: pd.DataFrame, *, layer: int, module: str = "q", side: str = Side.left) -> Finding:
     """Figure 8's claim: the top directions of dW are not the top directions of W."""
     key, title = "w_dw_overlap", f"Top directions of W against those of ΔW (Figure 8, layer {layer}, {module})"
     d = w_dw_phi[(w_dw_phi["layer"] == layer) & (w_dw_phi["module"] == module) & (w_dw_phi["side"] == side)]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from lora_analysis.analysis.kinds import Comparison
 from lora_analysis.derive.queries import adapted_layers, main_targets, middle_layer, shown_roles
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.show import paper
@@ -33,7 +34,7 @@ def rank_pair(phi: pd.DataFrame, notes: list[str]) -> tuple[int, int] | None:
     """The paper's rank pair if present, else the largest rank against the rank nearest 8 (smaller on a tie)."""
     ranks = set()
     if not phi.empty:
-        rank = phi[phi["comparison"] == "rank"]
+        rank = phi[phi["comparison"] == Comparison.rank]
         ranks = set(zip(rank["r_a"].astype(int), rank["r_b"].astype(int), strict=True))
     small, large = paper.RANK_PAIR
     pair = paper.RANK_PAIR if paper.RANK_PAIR in ranks else (
@@ -45,7 +46,8 @@ def rank_pair(phi: pd.DataFrame, notes: list[str]) -> tuple[int, int] | None:
 
 def seed_rank(phi: pd.DataFrame, notes: list[str]) -> int | None:
     """The paper's seeded rank if present, else the largest rank trained with two seeds."""
-    seeded = sorted(int(r) for r in phi.loc[phi["comparison"] == "seed", "r_a"].unique()) if not phi.empty else []
+    seeds = phi.loc[phi["comparison"] == Comparison.seed, "r_a"].unique() if not phi.empty else []
+    seeded = sorted(int(r) for r in seeds)
     chosen = paper.SEED_RANK if paper.SEED_RANK in seeded else (seeded[-1] if seeded else None)
     if seeded and chosen != paper.SEED_RANK:
         notes.append(f"no seed pair at r={paper.SEED_RANK}: the seed figures use r={chosen}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
-SUBJECT_LABELS = {"A": "A", "A_init": "A_init", "A_delta": "A − A_init", "B": "B", "dW": "ΔW"}
+from lora_analysis.analysis.kinds import Subject
+
+SUBJECT_LABELS = {s.value: s.label for s in Subject}
 
 
 def label(subject: str) -> str:

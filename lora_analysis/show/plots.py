@@ -17,12 +17,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
+from lora_analysis.analysis.kinds import GAUSSIAN, Comparison, Side, Subject
 from lora_analysis.derive.queries import has_majority, lora_runs, metric_column, pair_rows, phi_matrix, shown_roles
 from lora_analysis.derive.stats import accuracy_table, full_reference
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.layout import RunDir, SweepDir
 from lora_analysis.show.labels import label as _label
 
+CONTROL_SUBJECTS = (Subject.A_init, Subject.A, Subject.A_delta, Subject.dW)  # the control maps, in this order
 CMAP = matplotlib.colormaps["viridis"].with_extremes(bad="#d9d9d9")  # grey: cell absent (rank-deficient)
 STYLE = {
     "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 8.5, "xtick.labelsize": 7.5, "ytick.labelsize": 7.5,
@@ -79,7 +81,7 @@ def _pair_heatmap(ax, rows: pd.DataFrame, title: str, zoom: int | None = None):
     if zoom:
         grid = grid[:zoom, :zoom]
     run_a, run_b = str(rows["run_a"].iloc[0]), str(rows["run_b"].iloc[0])
-    if run_b == "gaussian":
+    if run_b == GAUSSIAN:
         run_a, run_b = "Gaussian 1", "Gaussian 2"
     return _heatmap(ax, grid, title, f"i  ({run_a})", f"j  ({run_b})")
 
@@ -99,12 +101,12 @@ def _seed_text(rows: pd.DataFrame) -> str:
 
 @_styled
 def fig3_rank_similarity(phi: pd.DataFrame, *, layer: int, r_small: int = 8, r_large: int = 64,
-                         subject: str = "A", modules=None, seed: int | None = None) -> Figure:
+                         subject: str = Subject.A, modules=None, seed: int | None = None) -> Figure:
     """Figure 3: phi(X_{r_small}, X_{r_large}, i, j) at one layer, full grid and ``r_small x r_small`` zoom.
 
     One row per role (default: q, v and the FFN roles present); ``phi`` is the whole phi table.
     """
-    found = [(m, pair_rows(phi, "rank", subject=subject, layer=layer, module=m, r_a=r_small, r_b=r_large,
+    found = [(m, pair_rows(phi, Comparison.rank, subject=subject, layer=layer, module=m, r_a=r_small, r_b=r_large,
                            seed=seed)) for m in (modules or shown_roles(phi))]
     found = [(m, rows) for m, rows in found if not rows.empty]
     if not found:
@@ -121,14 +123,14 @@ def fig3_rank_similarity(phi: pd.DataFrame, *, layer: int, r_small: int = 8, r_l
 
 
 @_styled
-def fig4_seed_similarity(phi: pd.DataFrame, *, layer: int, r: int = 64, subject: str = "A", modules=None,
+def fig4_seed_similarity(phi: pd.DataFrame, *, layer: int, r: int = 64, subject: str = Subject.A, modules=None,
                          seed: int | None = None) -> Figure:
     """Figure 4: phi between two seeds at rank r, beside phi between two random Gaussian ``(r, k)`` matrices."""
     found = []
     for module in modules or shown_roles(phi):
-        rows = pair_rows(phi, "seed", subject=subject, layer=layer, module=module, r_a=r, r_b=r, seed=seed)
+        rows = pair_rows(phi, Comparison.seed, subject=subject, layer=layer, module=module, r_a=r, r_b=r, seed=seed)
         if not rows.empty:
-            gauss = pair_rows(phi, "random", subject=subject, layer=layer, module=module, r_a=r,
+            gauss = pair_rows(phi, Comparison.random, subject=subject, layer=layer, module=module, r_a=r,
                               seed=rows["seed_a"].iloc[0] if pd.notna(rows["seed_a"].iloc[0]) else None)
             found.append((module, rows, gauss))
     if not found:
@@ -153,7 +155,7 @@ def _layers(phi: pd.DataFrame, mask: pd.Series) -> list[int]:
 
 
 @_styled
-def fig6_rank_similarity_layers(phi: pd.DataFrame, *, r_small: int = 8, r_large: int = 64, subject: str = "A",
+def fig6_rank_similarity_layers(phi: pd.DataFrame, *, r_small: int = 8, r_large: int = 64, subject: str = Subject.A,
                                 modules=None, seed: int | None = None, zoom: bool | None = None) -> Figure:
     """Figure 6: Figure 3 for every layer, one row per layer, one column per role (default: q, v, FFN).
 
@@ -161,7 +163,7 @@ def fig6_rank_similarity_layers(phi: pd.DataFrame, *, r_small: int = 8, r_large:
     """
     modules = list(modules or shown_roles(phi))
     zoom = len(modules) <= 2 if zoom is None else zoom
-    mask = (phi["comparison"] == "rank") & (phi["subject"] == subject) & (phi["r_a"] == r_small)
+    mask = (phi["comparison"] == Comparison.rank) & (phi["subject"] == subject) & (phi["r_a"] == r_small)
     layers = _layers(phi, mask & (phi["r_b"] == r_large))
     if not layers or not modules:
         raise LoraAnalysisError(f"no phi rows for {subject}, r={r_small} vs r={r_large}")
@@ -172,8 +174,8 @@ def fig6_rank_similarity_layers(phi: pd.DataFrame, *, r_small: int = 8, r_large:
     image = shown = None
     for row, layer in enumerate(layers):
         for col, module in enumerate(modules):
-            rows = pair_rows(phi, "rank", subject=subject, layer=layer, module=module, r_a=r_small, r_b=r_large,
-                             seed=seed)
+            rows = pair_rows(phi, Comparison.rank, subject=subject, layer=layer, module=module, r_a=r_small,
+                             r_b=r_large, seed=seed)
             panels = axes[row, per_role * col:per_role * (col + 1)]
             if rows.empty:
                 for ax in panels:
@@ -195,18 +197,18 @@ def _space_dim(rows: pd.DataFrame) -> int:
 
 
 @_styled
-def fig7_seed_similarity_layers(phi: pd.DataFrame, *, r: int = 64, subject: str = "A", modules=None,
+def fig7_seed_similarity_layers(phi: pd.DataFrame, *, r: int = 64, subject: str = Subject.A, modules=None,
                                 seed: int | None = None) -> Figure:
     """Figure 7: Figure 4 for every layer: one row per layer, one column per role (default: q, v, FFN), then
     one Gaussian map per input dimension k among those roles (the random level r / k depends on k)."""
     modules = list(modules or shown_roles(phi))
-    mask = (phi["comparison"] == "seed") & (phi["subject"] == subject) & (phi["r_a"] == r)
+    mask = (phi["comparison"] == Comparison.seed) & (phi["subject"] == subject) & (phi["r_a"] == r)
     layers = _layers(phi, mask)
     if not layers or not modules:
         raise LoraAnalysisError(f"no seed pair at r={r} for {subject}")
     randoms: dict[int, str] = {}
     for module in modules:
-        rows = pair_rows(phi, "random", subject=subject, layer=layers[0], module=module, r_a=r, seed=seed)
+        rows = pair_rows(phi, Comparison.random, subject=subject, layer=layers[0], module=module, r_a=r, seed=seed)
         if not rows.empty:
             randoms.setdefault(_space_dim(rows), module)
     columns = len(modules) + len(randoms)
@@ -215,13 +217,13 @@ def fig7_seed_similarity_layers(phi: pd.DataFrame, *, r: int = 64, subject: str 
     image = None
     for row, layer in enumerate(layers):
         for col, module in enumerate(modules):
-            rows = pair_rows(phi, "seed", subject=subject, layer=layer, module=module, r_a=r, r_b=r, seed=seed)
+            rows = pair_rows(phi, Comparison.seed, subject=subject, layer=layer, module=module, r_a=r, r_b=r, seed=seed)
             if rows.empty:
                 axes[row, col].set_axis_off()
                 continue
             image = _pair_heatmap(axes[row, col], rows, f"layer {layer}, {module}")
         for col, (k, module) in enumerate(randoms.items(), start=len(modules)):
-            gauss = pair_rows(phi, "random", subject=subject, layer=layer, module=module, r_a=r, seed=seed)
+            gauss = pair_rows(phi, Comparison.random, subject=subject, layer=layer, module=module, r_a=r, seed=seed)
             if gauss.empty:
                 axes[row, col].set_axis_off()
             else:
@@ -232,9 +234,9 @@ def fig7_seed_similarity_layers(phi: pd.DataFrame, *, r: int = 64, subject: str 
 
 
 @_styled
-def controls_similarity(phi: pd.DataFrame, *, layer: int, comparison: str = "rank", r_a: int = 8, r_b: int = 64,
-                        seed: int | None = None, modules=None,
-                        subjects: tuple[str, ...] = ("A_init", "A", "A_delta", "dW")) -> Figure:
+def controls_similarity(phi: pd.DataFrame, *, layer: int, comparison: str = Comparison.rank, r_a: int = 8,
+                        r_b: int = 64, seed: int | None = None, modules=None,
+                        subjects: tuple[str, ...] = CONTROL_SUBJECTS) -> Figure:
     """The controls the paper lacks: phi of A_init, A, A - A_init and dW for the same pair, side by side.
 
     ``comparison`` is ``rank`` (r_a vs r_b, same seed) or ``seed`` (two seeds at r_a = r_b).
@@ -257,7 +259,7 @@ def controls_similarity(phi: pd.DataFrame, *, layer: int, comparison: str = "ran
                 axes[row, col].set_axis_off()
                 continue
             image = _pair_heatmap(axes[row, col], rows, f"{module}: {_label(subject)}")
-    what = f"r={r_a} vs r={r_b}" if comparison == "rank" else f"two seeds at r={r_a}"
+    what = f"r={r_a} vs r={r_b}" if comparison == Comparison.rank else f"two seeds at r={r_a}"
     fig.suptitle(f"Controls: φ of {', '.join(_label(s) for s in subjects)} for the same pair ({what}), "
                  f"layer {layer}")
     _colorbar(fig, image, axes)
@@ -268,7 +270,7 @@ def controls_similarity(phi: pd.DataFrame, *, layer: int, comparison: str = "ran
 
 
 @_styled
-def fig8_w_dw_similarity(w_dw_phi: pd.DataFrame, *, layer: int, module: str = "q", side: str = "left",
+def fig8_w_dw_similarity(w_dw_phi: pd.DataFrame, *, layer: int, module: str = "q", side: str = Side.left,
                          seed: int | None = None) -> Figure:
     """Figure 8: phi between the top-i singular directions of W and the top-j of dW, one panel per rank,
     and the random expectation ``max(i, j) / k`` of the largest rank's grid."""
@@ -295,7 +297,7 @@ def fig8_w_dw_similarity(w_dw_phi: pd.DataFrame, *, layer: int, module: str = "q
 
 @_styled
 def dw_spectra(spectra: pd.DataFrame, *, layer: int, modules=None, seed: int | None = None,
-               subject: str = "dW") -> Figure:
+               subject: str = Subject.dW) -> Figure:
     """Singular values of dW at one layer: one panel per role, one line per rank (the lowest seed each)."""
     s = spectra[(spectra["subject"] == subject) & (spectra["layer"] == layer)]
     modules = list(modules or shown_roles(s))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lora_analysis.analysis.kinds import Comparison, Subject
 from lora_analysis.atomic import write_parquet, write_text
 from lora_analysis.derive.queries import empty_phi
 from lora_analysis.derive.stats import SHARED_RULE, Derived
@@ -178,7 +179,7 @@ def figures_section(tables: dict[str, pd.DataFrame], focus: Focus, found: Findin
     phi, layer = tables["phi"], focus.layer
     if phi.empty:
         section.text(f"No phi table ({_analysis_file('phi')} missing or empty): Figures 3, 4, 6 and 7 not drawn.")
-    subjects = [s for s in ("A", "A_delta") if not phi.empty and (phi["subject"] == s).any()]
+    subjects = [s for s in (Subject.A, Subject.A_delta) if not phi.empty and (phi["subject"] == s).any()]
     lo, hi = focus.rank_pair or (None, None)
     if not phi.empty and not focus.rank_pair:
         section.text("No rank pair (two runs of one seed at different ranks): Figures 3 and 6 not drawn.")
@@ -233,7 +234,7 @@ def controls_section(tables: dict[str, pd.DataFrame], focus: Focus) -> Section:
             f"Controls for Figure 3: r={focus.rank_pair[0]} vs r={focus.rank_pair[1]}, layer {layer}.")
     if focus.seed_rank:
         section.plot("controls_seed", lambda: plots.controls_similarity(
-            phi, layer=layer, comparison="seed", r_a=focus.seed_rank, r_b=focus.seed_rank),
+            phi, layer=layer, comparison=Comparison.seed, r_a=focus.seed_rank, r_b=focus.seed_rank),
             f"Controls for Figure 4: two seeds at r={focus.seed_rank}, layer {layer}.")
     section.text("The numbers behind these maps (A_init against the baseline, how far A moved, intruder "
                  "dimensions) are in the Findings below.")
