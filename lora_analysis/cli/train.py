@@ -9,7 +9,6 @@ Runs land in ``<out_dir>/<name>/<run name>`` (``runs/default/r4-qv``); a finishe
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,16 +22,20 @@ from lora_analysis.hydra_compose import conf_dir
 from lora_analysis.train.config import register_configs
 from lora_analysis.train.sweep import default_threads, run_name, settings_from, train_run
 
-SWEEP_KEYS_ENV = "LORA_ANALYSIS_SWEEP_KEYS"  # inherited by launcher workers (joblib, submitit)
+KEY_SEPARATOR = "+"  # between the swept keys in the run_name resolver's second argument
 
 
-def _run_name_resolver(overrides, *, _root_) -> str:
-    """``hydra.sweep.subdir``: a run is named by the keys its sweep varies (command line or experiment)."""
+def _run_name_resolver(overrides, swept: str = "", *, _root_) -> str:
+    """``hydra.sweep.subdir``: a run is named by the keys its sweep varies (command line or experiment).
+
+    ``swept``: the command line's swept keys, joined by ``KEY_SEPARATOR`` (``main`` passes them in the
+    ``hydra.sweep.subdir`` override, so every launcher worker reads them from its own config).
+    """
     if str(OmegaConf.select(_root_, "hydra.mode", default="")) != "RunMode.MULTIRUN":
         return run_name(overrides)
-    swept = [k for k in os.environ.get(SWEEP_KEYS_ENV, "").split(",") if k]
+    keys = [k for k in str(swept).split(KEY_SEPARATOR) if k]
     params = OmegaConf.select(_root_, "hydra.sweeper.params", default=None) or {}
-    return run_name(overrides, swept + list(params))
+    return run_name(overrides, keys + list(params))
 
 
 register_configs()
@@ -41,8 +44,12 @@ if not OmegaConf.has_resolver("run_name"):
 
 
 def main(argv: list[str]) -> int:
-    os.environ[SWEEP_KEYS_ENV] = ",".join(swept_keys(argv))
-    sys.argv = ["lora-analysis train", *argv]  # Hydra reads its arguments from sys.argv
+    keys = swept_keys(argv)
+    if keys and not any(a.startswith("hydra.sweep.subdir=") for a in argv):  # into the config the resolver reads
+        # quoted: the override grammar would read the comma between the resolver's arguments as a sweep
+        argv = [*argv, f"hydra.sweep.subdir='${{run_name:${{hydra:overrides.task}},{KEY_SEPARATOR.join(keys)}}}'"]
+    # @hydra.main takes no argument list in Hydra 1.3: it parses sys.argv (and so do its launchers).
+    sys.argv = ["lora-analysis train", *argv]
     _hydra_app()
     return 0
 
