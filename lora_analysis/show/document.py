@@ -60,7 +60,9 @@ class Table:
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in self.frame.columns)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(v))}</td>" for v in row) + "</tr>"
                        for row in self.frame.itertuples(index=False))
-        return f"<table><caption>{_inline(self.caption)}</caption><tr>{head}</tr>{body}</table>"
+        # a wide table (the run table has a column per config key) scrolls in its own box, not the page
+        return (f'<div class="wide"><table><caption>{_inline(self.caption)}</caption><tr>{head}</tr>{body}</table>'
+                "</div>")
 
     def markdown(self) -> str:
         escape = lambda v: cell(v).replace("|", "\\|")  # noqa: E731
@@ -136,6 +138,7 @@ table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.85em}th,td{border:
 text-align:left;vertical-align:top}th{background:#f2f2f2}caption{caption-side:top;text-align:left;font-weight:600;
 padding:.3em 0}figure{margin:1em 0 1.5em}img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.9em;color:#444}code{background:#f4f4f4;padding:0 .2em}
+.wide{max-width:100%;overflow-x:auto}p,li,figcaption{overflow-wrap:anywhere}
 """
 
 
