@@ -37,8 +37,3 @@ def rotten_tomatoes_csv() -> Path:
     if not path.is_file():
         raise LoraAnalysisError(f"embedded data is missing: {path}")
     return path
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """``embedded:minilm`` becomes the installed directory; anything else is returned unchanged."""
-    return str(minilm_dir()) if name_or_path == MODEL_NAME else name_or_path

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from lora_analysis import hub
 from lora_analysis.analysis.delta import lora_scale
 from lora_analysis.errors import LoraAnalysisError, first_line
 from lora_analysis.layout import ADAPTER_BIN, ADAPTER_CONFIG, ADAPTER_WEIGHTS, RunDir
@@ -310,7 +311,8 @@ def find_runs(
     """
     runs, notes = [], []
     for item in inputs:
-        for folder in _run_folders(Path(item)):
+        local = hub.resolve(str(item), what="adapter") if hub.is_hub_id(str(item)) else Path(item)
+        for folder in _run_folders(local):
             run = _load_run(folder, match_ignore, notes)
             if run is not None:
                 runs.append(run)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from lora_analysis import hub
 from lora_analysis.embedded import MODEL_NAME, minilm_dir
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.targets import FAMILIES
@@ -24,8 +25,8 @@ INDEX_FILE = "model.safetensors.index.json"
 
 
 def resolve_base(name_or_path: str | None) -> Path | None:
-    """A local model directory for ``name_or_path``: ``embedded:minilm``, a folder, or a hub id already
-    in the local Hugging Face cache (never downloaded). None when none of these is found."""
+    """A local model directory for ``name_or_path``: ``embedded:minilm``, a folder, or a hub id in the
+    Hugging Face cache (``hub.resolve``). None when none of these is found."""
     if not name_or_path:
         return None
     if name_or_path == MODEL_NAME:
@@ -33,11 +34,11 @@ def resolve_base(name_or_path: str | None) -> Path | None:
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
+    if not hub.is_hub_id(name_or_path):
+        return None
     try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(name_or_path, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached, not a valid id: both mean "no base here"
+        return hub.resolve(name_or_path, what="base model")
+    except LoraAnalysisError:  # not cached (and not to be fetched): no base here
         return None
 
 

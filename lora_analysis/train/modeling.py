@@ -13,7 +13,6 @@ import logging
 import math
 import warnings
 import zlib
-from pathlib import Path
 
 import numpy as np
 import peft
@@ -21,7 +20,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from lora_analysis.embedded import resolve_model_path
+from lora_analysis import hub
 from lora_analysis.errors import LoraAnalysisError, first_line
 from lora_analysis.targets import ModuleTarget, family_for, pattern_key, select_modules
 from lora_analysis.train.budget import budget_params, rank_for_budget
@@ -67,11 +66,11 @@ def quiet_transformers() -> None:
 
 
 def _model_source(cfg: ModelConfig) -> str:
-    path = resolve_model_path(cfg.name_or_path)
-    looks_local = path.startswith((".", "/", "~")) or Path(path).exists() or path.count("/") > 1
-    if looks_local and not (Path(path).expanduser() / "config.json").is_file():
-        raise LoraAnalysisError(f"model path {path!r} is not a transformers model directory (no config.json)")
-    return str(Path(path).expanduser()) if looks_local else path
+    """A local model folder: the embedded default, a path, or a hub id from the Hugging Face cache (``hub``)."""
+    path = hub.resolve(cfg.name_or_path, cfg.revision)
+    if not (path / "config.json").is_file():
+        raise LoraAnalysisError(f"model path {str(path)!r} is not a transformers model directory (no config.json)")
+    return str(path)
 
 
 def model_type(model: torch.nn.Module) -> str:

@@ -1,0 +1,66 @@
+"""Hub ids (``org/name`` or ``org/name@revision``) resolved to local folders through the Hugging Face cache.
+
+Wherever a model or adapter folder is accepted (``model.name_or_path``, ``analyze base=``, adapter
+inputs), a hub id may stand instead: ``huggingface_hub.snapshot_download`` finds its snapshot in the
+standard cache (``HF_HUB_CACHE``, else ``HF_HOME/hub``, else ``~/.cache/huggingface/hub``), and fetches
+it only when the network is allowed (``HF_HUB_OFFLINE`` unset). A local path always wins over an id.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from lora_analysis.embedded import MODEL_NAME, minilm_dir
+from lora_analysis.errors import LoraAnalysisError, first_line
+
+_HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
+
+
+def split_hub_id(text: str) -> tuple[str, str | None] | None:
+    """``("org/name", "rev")`` for ``org/name@rev``, ``("org/name", None)`` for ``org/name``; None otherwise."""
+    found = _HUB_ID.match(text)
+    return (found["repo"], found["revision"]) if found else None
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def cache_dir() -> Path:
+    """The cache ``huggingface_hub`` searches (its own constant, so its rules for the variables hold)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def resolve(name_or_path: str, revision: str | None = None, *, what: str = "model") -> Path:
+    """A local folder for ``embedded:minilm``, a folder path, or a hub id in the cache (fetched when online).
+
+    ``revision`` applies to a bare id; ``org/name@rev`` names its own. Raises one line naming the id and
+    the cache searched when the id is not there (and cannot be fetched).
+    """
+    if name_or_path == MODEL_NAME:
+        return minilm_dir()
+    path = Path(name_or_path).expanduser()
+    if path.exists() or name_or_path.startswith((".", "/", "~")):
+        return path
+    parsed = split_hub_id(name_or_path)
+    if parsed is None:
+        raise LoraAnalysisError(f"{what} {name_or_path!r} is neither a folder nor a hub id (org/name[@revision])")
+    repo, own_revision = parsed
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo, revision=own_revision or revision, local_files_only=offline()))
+    except Exception as error:  # noqa: BLE001 - not cached, offline, no network, bad id: one line either way
+        how = "HF_HUB_OFFLINE is set" if offline() else "it could not be downloaded"
+        raise LoraAnalysisError(
+            f"{what} {name_or_path!r}: not in the Hugging Face cache {cache_dir()} and {how} ({first_line(error)})"
+        ) from None
+
+
+def is_hub_id(name_or_path: str) -> bool:
+    """A string that names a hub repository rather than an existing local path."""
+    return not Path(name_or_path).expanduser().exists() and split_hub_id(name_or_path) is not None

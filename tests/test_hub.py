@@ -1,0 +1,89 @@
+"""Hub ids through the Hugging Face cache, with the network forbidden: train, analyse and report.
+
+The cache is the standard layout ``models--org--name/snapshots/<commit>/...`` with ``refs/main``,
+built in ``tmp_path`` from the tiny test models; ``HF_HUB_CACHE`` points there, ``HF_HUB_OFFLINE=1``,
+and any socket connection fails the test.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+from _tiny_models import peft_adapter
+from tiny import build_tiny_model, tiny_overrides, write_tiny_csv
+
+from lora_analysis import hub
+from lora_analysis.cli import main as cli_main
+from lora_analysis.errors import LoraAnalysisError
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def cache_repo(cache: Path, repo: str, source: Path, commit: str = COMMIT) -> Path:
+    """Copy ``source`` into the cache as the snapshot of ``repo`` at ``commit``, with ``refs/main``."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    snapshot = folder / "snapshots" / commit
+    shutil.copytree(source, snapshot)
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return cache
+
+
+def test_hub_ids_parse():
+    assert hub.split_hub_id("org/name") == ("org/name", None)
+    assert hub.split_hub_id("org/name@v1.0") == ("org/name", "v1.0")
+    assert hub.split_hub_id("not an id") is None and hub.split_hub_id("a/b/c") is None
+
+
+def test_train_analyse_and_report_from_hub_ids_offline(offline_cache, tmp_path, capsys):
+    model = build_tiny_model("bert", tmp_path / "bert")
+    cache_repo(offline_cache, "tiny-org/tiny-bert", model)
+    csv = write_tiny_csv(tmp_path / "reviews.csv")
+    base = tiny_overrides(model, csv, tmp_path / "runs", steps=2)
+    base = [o for o in base if not o.startswith("model.name_or_path=")] + ["model.name_or_path=tiny-org/tiny-bert"]
+    for r in (2, 4):
+        assert cli_main(["train", *base, f"lora.r={r}", "name=hub"]) == 0
+    sweep = tmp_path / "runs" / "hub"
+    assert cli_main(["analyze", str(sweep)]) == 0
+    assert cli_main(["report", str(sweep)]) == 0
+    assert (sweep / "report" / "report.html").is_file()
+
+
+def test_adapter_and_base_given_as_hub_ids(offline_cache, tmp_path):
+    from _tiny_models import save_base
+
+    adapter = peft_adapter("bert", tmp_path / "adapter")
+    cache_repo(offline_cache, "someone/tiny-lora", adapter)
+    cache_repo(offline_cache, "someone/tiny-base", save_base("bert", tmp_path / "base"))
+    out = tmp_path / "analysis"
+    code = cli_main(["analyze", "inputs=[someone/tiny-lora@main]", "base=someone/tiny-base", f"out={out}"])
+    assert code == 0 and (out / "modules.parquet").is_file()
+
+
+def test_a_missing_hub_id_is_one_line_naming_the_id_and_the_cache(offline_cache, capsys):
+    with pytest.raises(LoraAnalysisError, match=r"'nobody/nothing'.*not in the Hugging Face cache .*hf-cache"):
+        hub.resolve("nobody/nothing")
+    assert cli_main(["analyze", "inputs=[nobody/nothing]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nobody/nothing" in err[0] and "hf-cache" in err[0]
