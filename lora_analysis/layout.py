@@ -12,7 +12,9 @@ A sweep (``SweepDir``) is ``<out_dir>/<name>/``; every run of it is a ``RunDir``
         adapter_init.safetensors   A and B at step 0 (the init control)
         checkpoint.safetensors     while training: the state to resume from (removed at the end)
         history.csv                step, loss, learning rate
-        metrics.json               test scores, timings, how far A moved
+        metrics.json               test scores, timings, how far A moved, the precision used
+        provenance.json            versions of torch, transformers, peft and this package, CPU/GPU, threads,
+                                   the data file's sha256
         FAILED.json                a run that stopped on a non-finite loss: why (no DONE then)
         DONE                       written last: the run finished
       analysis/                    AnalysisDir: <table>.parquet, analysis.json
@@ -54,6 +56,7 @@ class RunDir:
     CHECKPOINT = "checkpoint.safetensors"
     HISTORY = "history.csv"
     METRICS = "metrics.json"
+    PROVENANCE = "provenance.json"
     FAILED = "FAILED.json"
     DONE = "DONE"
 
@@ -86,6 +89,10 @@ class RunDir:
     @property
     def metrics_path(self) -> Path:
         return self.path / self.METRICS
+
+    @property
+    def provenance_path(self) -> Path:
+        return self.path / self.PROVENANCE
 
     @property
     def done_path(self) -> Path:

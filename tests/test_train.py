@@ -214,3 +214,20 @@ def test_runs_from_before_a_new_setting_are_still_skipped(tiny, tmp_path):
 
     with pytest.raises(LoraAnalysisError, match=r"different config \(lora.alpha: 3.0 there, 8.0 now\)"):
         run_overrides(overrides(tiny, tmp_path))
+
+
+def test_run_folder_records_its_provenance_and_a_resume_elsewhere_says_so(tiny, tmp_path):
+    import json
+
+    from lora_analysis.train import provenance
+
+    run_dir, _ = run_overrides(overrides(tiny, tmp_path))
+    saved = json.loads((run_dir / "provenance.json").read_text())
+    assert set(saved["versions"]) == {"torch", "transformers", "peft", "lora-analysis"}
+    assert saved["versions"]["torch"] == torch.__version__ and len(saved["data_sha256"]) == 64
+    assert saved["threads"] >= 1 and saved["device_name"]
+    assert provenance.record(run_dir, "cpu", 1, str(tiny[1])) is None  # same environment: no note
+    saved["versions"]["torch"] = "0.0.1"
+    (run_dir / "provenance.json").write_text(json.dumps(saved))
+    note = provenance.record(run_dir, "cpu", 1, str(tiny[1]))
+    assert "resumed in another environment" in note and "0.0.1" in note

@@ -25,6 +25,7 @@ from lora_analysis.atomic import locked, write_json, write_parquet, write_text
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.hydra_compose import compose
 from lora_analysis.layout import RunDir, SweepDir
+from lora_analysis.train import provenance
 from lora_analysis.train.config import Method, TrainConfig, register_configs
 
 log = logging.getLogger("lora_analysis")
@@ -191,6 +192,9 @@ def train_run(settings: TrainConfig, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(RunDir(run_dir).config_path, yaml.safe_dump(config, sort_keys=False))
     try:
+        note = provenance.record(run_dir, settings.device, settings.threads or 0, settings.data.path)
+        if note:
+            log.warning("note: %s", note)
         metrics = train(settings, run_dir)
     except LoraAnalysisError:
         # Bad input is found before any step is taken: leave no trace of the run.

@@ -1,0 +1,80 @@
+"""Where a run was computed: library versions, the machine, threads, and the data file's hash.
+
+Written to the run folder's ``provenance.json`` when a run starts; a run resumed on a machine whose
+versions or CPU differ says so in one line (its adapter then mixes two environments). The run's
+precision is in ``metrics.json`` (``precision``, ``precision_reason``), beside its other numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from lora_analysis.atomic import write_json
+from lora_analysis.embedded import DATA_NAME, rotten_tomatoes_csv
+from lora_analysis.layout import RunDir
+
+PACKAGES = ("torch", "transformers", "peft", "lora-analysis")
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def device_name(device: str) -> str:
+    """The GPU's name on CUDA, else the CPU's model name (``/proc/cpuinfo`` on Linux)."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def data_hash(path: str) -> str:
+    """sha256 of the data file's bytes (the embedded Rotten Tomatoes file for ``embedded:rotten_tomatoes``)."""
+    file = rotten_tomatoes_csv() if path == DATA_NAME else Path(path).expanduser()
+    if not file.is_file():
+        return "missing"  # the data loader says so in its own words
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def provenance(device: str, threads: int, data_path: str) -> dict:
+    return {"versions": versions(), "device": device, "device_name": device_name(device), "threads": threads,
+            "python": platform.python_version(), "data_sha256": data_hash(data_path)}
+
+
+def record(run_dir: Path, device: str, threads: int, data_path: str) -> str | None:
+    """Write ``provenance.json`` for a starting run; for a resumed one, keep the first and return a note
+    naming what differs now (None when nothing does)."""
+    path = RunDir(run_dir).provenance_path
+    now = provenance(device, threads, data_path)
+    if not path.is_file():
+        write_json(path, now)
+        return None
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError):
+        write_json(path, now)
+        return None
+    keys = ("versions", "device_name", "data_sha256")
+    changed = [f"{k}: {before.get(k)} then, {now[k]} now" for k in keys if before.get(k) != now[k]]
+    return f"{run_dir.name} resumed in another environment ({'; '.join(changed)})" if changed else None
