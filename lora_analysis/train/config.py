@@ -169,6 +169,18 @@ class OptimConfig:
             raise LoraAnalysisError(f"optim.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
 
+class LoggerKind(str, Enum):
+    csv = "csv"  # history.csv in the run folder (always written)
+    tensorboard = "tensorboard"  # also event files in <run>/tensorboard; pip install 'lora-analysis[tensorboard]'
+    mlflow = "mlflow"  # also an MLflow run per run, the sweep as experiment; pip install 'lora-analysis[mlflow]'
+
+
+@dataclass
+class LoggerConfig:
+    kind: LoggerKind = LoggerKind.csv
+    tracking_uri: str | None = None  # mlflow: any tracking URI; None: a local file store <out_dir>/mlruns
+
+
 DEFAULT_LR = {Method.lora: 1e-3, Method.full: 5e-5}
 
 
@@ -178,6 +190,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # where the training curves go; not the results
     method: Method = Method.lora
     seed: int = 0  # model head, LoRA init streams, batch order and dropout; not the data split
     device: str = "auto"  # auto: CUDA when present, else CPU; or a torch device name

@@ -27,6 +27,7 @@ from lora_analysis.hydra_compose import compose
 from lora_analysis.layout import RunDir, SweepDir
 from lora_analysis.train import provenance
 from lora_analysis.train.config import Method, TrainConfig, register_configs
+from lora_analysis.train.loggers import open_tracker
 
 log = logging.getLogger("lora_analysis")
 # Overrides that do not change what a run computes, or that name the sweep rather than the run.
@@ -35,7 +36,7 @@ _SHORT = {"lora.r": "r", "seed": "seed", "lora.alpha": "alpha", "optim.lr": "lr"
 _VALUE_ONLY = {"lora.targets", "method", "lora.init", "lora.init_stream", "data.shuffle_labels"}
 _ORDER = ["method", "lora.r", "seed", "lora.targets"]
 # Config keys that may differ between a finished run and a re-launch of it.
-_VOLATILE = {"progress", "threads", "device", "out_dir"}
+_VOLATILE = {"progress", "threads", "device", "out_dir", "logger"}
 
 
 def run_name(overrides: Iterable[str], sweep_keys: Iterable[str] | None = None) -> str:
@@ -195,7 +196,9 @@ def train_run(settings: TrainConfig, run_dir: Path) -> dict:
         note = provenance.record(run_dir, settings.device, settings.threads or 0, settings.data.path)
         if note:
             log.warning("note: %s", note)
-        metrics = train(settings, run_dir)
+        tracker = open_tracker(settings, run_dir, config)
+        metrics = train(settings, run_dir, tracker.log)
+        tracker.finish(run_dir, metrics)
     except LoraAnalysisError:
         # Bad input is found before any step is taken: leave no trace of the run.
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -45,8 +45,11 @@ class Progress:
     history: list[dict] = field(default_factory=list)
 
 
-def train(cfg: TrainConfig, run_dir: Path) -> dict:
-    """Train one run in ``run_dir`` (resuming from its checkpoint if any) and return its metrics."""
+def train(cfg: TrainConfig, run_dir: Path, on_log=None) -> dict:
+    """Train one run in ``run_dir`` (resuming from its checkpoint if any) and return its metrics.
+
+    ``on_log(step, {"loss": ..., "lr": ...})`` receives each history row as it is logged (a tracker).
+    """
     wall_start = time.perf_counter()
     # 1) determinism: the seed fixes the head init, dropout and batch order; LoRA init has its own streams
     torch.manual_seed(cfg.seed)
@@ -69,7 +72,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     # 4) continue from a checkpoint of this very run, if one exists
     progress = _load_checkpoint(run_dir, model, params, optimizer) or Progress()
     # 5) train
-    _train_loop(cfg, model, params, optimizer, data, tokenizer.pad_token_id, device, run_dir, progress)
+    _train_loop(cfg, model, params, optimizer, data, tokenizer.pad_token_id, device, run_dir, progress, on_log)
     # 6) evaluate on the test split
     eval_start = time.perf_counter()
     metrics = evaluate(model, data.test, cfg, tokenizer.pad_token_id, device)
@@ -100,7 +103,8 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     return metrics
 
 
-def _train_loop(cfg, model, params, optimizer, data, pad_id, device, run_dir, progress: Progress) -> None:
+def _train_loop(cfg, model, params, optimizer, data, pad_id, device, run_dir, progress: Progress,
+                on_log=None) -> None:
     model.train()
     batches: Iterator[np.ndarray] = task_data.train_batches(data.train.lengths, cfg.optim.batch_size, cfg.seed)
     batches = islice(batches, progress.step, None)  # a resumed run skips the batches it has done
@@ -129,6 +133,8 @@ def _train_loop(cfg, model, params, optimizer, data, pad_id, device, run_dir, pr
         if progress.step % cfg.optim.log_every == 0 or progress.step == cfg.optim.steps:
             progress.history.append({"step": progress.step, "loss": float(np.mean(losses)), "lr": lr,
                                      "seconds": progress.train_seconds})
+            if on_log is not None:
+                on_log(progress.step, {"loss": progress.history[-1]["loss"], "lr": lr})
             losses = []
             bar.set_postfix(loss=f"{progress.history[-1]['loss']:.4f}",
                             ex_s=f"{progress.examples / progress.train_seconds:.0f}")
