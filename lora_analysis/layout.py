@@ -17,7 +17,7 @@ A sweep (``SweepDir``) is ``<out_dir>/<name>/``; every run of it is a ``RunDir``
                                    the data file's sha256
         FAILED.json                a run that stopped on a non-finite loss: why (no DONE then)
         DONE                       written last: the run finished
-      analysis/                    AnalysisDir: <table>.parquet, analysis.json
+      analysis/                    AnalysisDir: <table>.parquet, analysis.json, inputs.safetensors
       report/                      report.html, report.md, figures/, accuracy.parquet, runs.csv
 
 Training writes run folders and the sweep table; analysis reads them (and any PEFT adapter folder) and
@@ -140,6 +140,7 @@ class AnalysisDir:
     path: Path
 
     META = "analysis.json"
+    INPUTS = "inputs.safetensors"  # every module's input statistics (analysis/inputs.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -150,6 +151,10 @@ class AnalysisDir:
     @property
     def meta_path(self) -> Path:
         return self.path / self.META
+
+    @property
+    def inputs_path(self) -> Path:
+        return self.path / self.INPUTS
 
     def exists(self) -> bool:
         return self.meta_path.is_file()

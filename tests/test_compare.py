@@ -24,7 +24,7 @@ from lora_analysis.hydra_compose import compose
 
 COLUMNS = {  # the contract with the plotting and report code
     "phi": ["comparison", "run_a", "run_b", "r_a", "r_b", "seed_a", "seed_b", "targets", "layer", "module",
-            "subject", "i", "j", "phi", "baseline"],
+            "subject", "i", "j", "phi", "baseline", "geometry_baseline", "geometry_std"],
     "spectra": ["run", "r", "seed", "layer", "module", "subject", "index", "singular_value"],
     "modules": ["run", "r", "seed", "targets", "layer", "module", "path", "in_features", "out_features", "scale",
                 "norm_A", "norm_B", "norm_dW", "a_moved", "effective_rank_dW", "stable_rank_dW", "numerical_rank_A"],

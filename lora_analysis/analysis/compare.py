@@ -46,6 +46,7 @@ from lora_analysis.analysis.delta import (
     stable_rank,
     w_dw_phi,
 )
+from lora_analysis.analysis.input_geometry import GeometryBaselines, gather
 from lora_analysis.analysis.kinds import GAUSSIAN, Comparison, Side, Subject
 from lora_analysis.analysis.subspace import frame_product, frobenius, overlap, phi_from_overlap, sampled_baseline
 from lora_analysis.analysis.tables import SCHEMAS, AnalysisResult, TableBuilder, small_pages
@@ -77,6 +78,16 @@ class AnalyzeConfig:
     intruder_side: str = "left"  # singular vectors compared: left (output space) or right
     workers: int = 2  # threads; a module's runs (then its pairs) are analysed in parallel
     progress: bool = True  # progress bar over modules on stderr
+    # Input statistics (analysis/inputs.py) and the input-geometry baseline (analysis/geometry.py):
+    input_stats: bool = True  # gather them (forward hooks on the frozen base model) and fill geometry_* in phi
+    data_path: str | None = None  # texts of adapters without a run config.yaml (CSV/TSV/JSONL); runs use their own
+    text_column: str = "text"  # data_path's text column
+    max_length: int = 64  # tokens per data_path text (a run uses its own data.max_length)
+    input_texts: int = 256  # training texts sampled (seeded by random_seed) for the statistics
+    input_top: int = 64  # eigenpairs of M and of C kept per module
+    input_dense_max: int = 2048  # in_features up to this: exact dense accumulation; above: an SVD sketch
+    geometry_moment: str = "second_moment"  # null rows ~ N(0, M) (second_moment), or N(0, C) (covariance)
+    geometry_draws: int = 32  # null pairs sampled per (module, r_a, r_b)
 
     def __post_init__(self) -> None:
         self.inputs = [str(p) for p in self.inputs]
@@ -90,6 +101,10 @@ class AnalyzeConfig:
         for name in ("dw_side", "intruder_side"):
             if getattr(self, name) not in tuple(Side):
                 raise LoraAnalysisError(f"{name} must be left or right, got {getattr(self, name)!r}")
+        if self.geometry_moment not in ("second_moment", "covariance"):
+            raise LoraAnalysisError(f"geometry_moment: second_moment or covariance, not {self.geometry_moment!r}")
+        if min(self.input_texts, self.input_top, self.input_dense_max, self.geometry_draws, self.max_length) < 1:
+            raise LoraAnalysisError("input_texts, input_top, input_dense_max, geometry_draws, max_length must be >= 1")
         if self.workers < 1 or self.intruder_top_k < 1 or (self.w_directions is not None and self.w_directions < 1):
             raise LoraAnalysisError("workers, intruder_top_k and w_directions must be >= 1")
         if not 0 < self.intruder_threshold <= 1 or not 0 <= self.rank_rtol < 1:
@@ -149,6 +164,7 @@ class _Context:
     cfg: AnalyzeConfig
     bases: list[BaseWeights | None]
     random_grids: dict[tuple[int, int], np.ndarray]
+    geometry: GeometryBaselines | None = None
 
     def space(self, subject: str, m: LoraModule) -> int:
         """Dimension of the space a subject's basis lives in."""
@@ -188,7 +204,8 @@ def analyse_module(
         run_a, run_b = ctx.runs[pair.a], ctx.runs[pair.b]
         targets = run_a.targets if run_a.targets == run_b.targets else f"{run_a.targets}|{run_b.targets}"
         for subject, grid, k in grids:
-            _phi_rows(out, pair.comparison, run_a, run_b, path, targets, subject, grid, k)
+            geometry = ctx.geometry.grid(pair.a, pair.b, path, subject, grid.shape)
+            _phi_rows(out, pair.comparison, run_a, run_b, path, targets, subject, grid, k, geometry)
     if Comparison.random in ctx.cfg.comparisons:
         for index in members:
             run, m = ctx.runs[index], ctx.runs[index].adapter.modules[path]
@@ -196,8 +213,9 @@ def analyse_module(
                 basis = factors[index].bases.get(subject)
                 if basis is not None and basis.rank > 0:
                     k = ctx.space(subject, m)
-                    _phi_rows(out, Comparison.random, run, None, path, run.targets, subject,
-                              ctx.random_grids[m.r, k], k)
+                    grid = ctx.random_grids[m.r, k]
+                    geometry = ctx.geometry.grid(index, None, path, subject, grid.shape)
+                    _phi_rows(out, Comparison.random, run, None, path, run.targets, subject, grid, k, geometry)
     return out, notes
 
 
@@ -304,7 +322,8 @@ def _pair_grids(pair: Pair, path: str, factors: dict, ctx: _Context) -> list[tup
     return grids
 
 
-def _phi_rows(out, comparison, run_a, run_b, path, targets, subject, grid, k) -> None:
+def _phi_rows(out, comparison, run_a, run_b, path, targets, subject, grid, k, geometry) -> None:
+    """phi rows of one grid; ``geometry``: (mean, std) grids of the input-geometry baseline, or NaNs."""
     if grid.size == 0:
         return
     ma = run_a.adapter.modules[path]
@@ -326,6 +345,8 @@ def _phi_rows(out, comparison, run_a, run_b, path, targets, subject, grid, k) ->
         j=j,
         phi=grid,
         baseline=baseline,
+        geometry_baseline=geometry[0],
+        geometry_std=geometry[1],
     )
 
 
@@ -362,6 +383,8 @@ def _run_analysis(cfg: AnalyzeConfig) -> AnalysisResult:
     if not runs:
         raise LoraAnalysisError(f"no finished LoRA run in {cfg.inputs}: " + "; ".join(notes))
     ctx = _Context(runs, plan_pairs(runs, cfg.comparisons), cfg, _bases(runs, cfg, notes), {})
+    inputs, members = gather(runs, cfg, notes)
+    ctx.geometry = GeometryBaselines(inputs, members, cfg)
     for run in runs:
         if run.adapter.init is None and {Subject.A_init, Subject.A_delta} & set(cfg.subjects):
             notes.append(f"{run.label}: no adapter_init.safetensors; A_init and A_delta skipped, a_moved is NaN")
@@ -388,7 +411,8 @@ def _run_analysis(cfg: AnalyzeConfig) -> AnalysisResult:
     notes = list(dict.fromkeys(notes))  # one note per message, not per module
     for note in notes:
         warnings.warn(note, stacklevel=2)
-    return AnalysisResult(**{n: b.frame() for n, b in built.items()}, notes=notes, config=asdict(cfg))
+    tables = {n: b.frame() for n, b in built.items()}
+    return AnalysisResult(**tables, notes=notes, config=asdict(cfg), inputs=inputs)
 
 
 @contextmanager

@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lora_analysis.analysis.inputs import InputStatistics
 from lora_analysis.atomic import write_atomic, write_json
 from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.layout import AnalysisDir
 
 # --- table schemas: ID columns first; "cat" = categorical of strings, "Int64" = nullable integer
 _IDS = {"run": "cat", "r": "int64", "seed": "Int64"}
@@ -27,6 +29,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "comparison": "cat", "run_a": "cat", "run_b": "cat", "r_a": "int64", "r_b": "int64",
         "seed_a": "Int64", "seed_b": "Int64", "targets": "cat", **_MODULE_IDS, "subject": "cat",
         "i": "int32", "j": "int32", "phi": "float64", "baseline": "float64",
+        "geometry_baseline": "float64", "geometry_std": "float64",
     },
     "spectra": {**_IDS, **_MODULE_IDS, "subject": "cat", "index": "int32", "singular_value": "float64"},
     "modules": {
@@ -121,6 +124,7 @@ class AnalysisResult:
     runs: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    inputs: InputStatistics | None = None  # the modules' input statistics (``AnalysisDir.INPUTS``), if gathered
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {name: getattr(self, name) for name in SCHEMAS}
@@ -131,6 +135,8 @@ class AnalysisResult:
         with small_pages():
             for name, frame in self.tables().items():
                 write_atomic(folder / f"{name}.parquet", partial(_to_parquet, frame, name=name))
+        if self.inputs is not None:
+            self.inputs.save(AnalysisDir(folder).inputs_path)
         write_json(folder / "analysis.json", {"config": self.config, "notes": self.notes})
         return folder
 
@@ -149,7 +155,9 @@ class AnalysisResult:
         meta = json.loads((folder / "analysis.json").read_text()) if has_meta else {}
         frames = {n: TableBuilder(s).frame() if n in missing else
                   restore_dtypes(pd.read_parquet(folder / f"{n}.parquet"), s) for n, s in SCHEMAS.items()}
-        return cls(**frames, notes=meta.get("notes", []), config=meta.get("config", {}))
+        inputs_path = AnalysisDir(folder).inputs_path
+        inputs = InputStatistics.load(inputs_path) if inputs_path.is_file() else None
+        return cls(**frames, notes=meta.get("notes", []), config=meta.get("config", {}), inputs=inputs)
 
 
 def _to_parquet(frame: pd.DataFrame, path: Path, name: str) -> None:
