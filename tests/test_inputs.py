@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from _tiny_models import peft_adapter
-from tiny import build_tiny_model, write_tiny_csv
+from tiny import build_tiny_model, tiny_overrides, write_tiny_csv
 
 from lora_analysis.analysis.compare import analyze
 from lora_analysis.analysis.inputs import InputStatistics, TextSource, gather_input_stats, match_modules
@@ -90,3 +90,25 @@ def test_foreign_adapters_get_geometry_columns_from_base_and_data(base, tmp_path
     with pytest.warns(UserWarning, match="data_path"):
         bare = analyze([a, b], base=str(base), progress=False)
     assert bare.phi["geometry_baseline"].isna().all() and bare.inputs is None
+
+
+@pytest.mark.slow
+def test_trained_runs_get_input_statistics_from_their_own_config(tmp_path):
+    """Two runs trained by the train app on a tiny model: the analysis finds their base and texts in
+    config.yaml alone, and the geometry baseline sits between the isotropic baseline and 1."""
+    from lora_analysis.train.sweep import run_overrides
+
+    model = build_tiny_model("bert", tmp_path / "bert")
+    csv = write_tiny_csv(tmp_path / "reviews.csv")
+    runs = tmp_path / "runs"
+    for r in (2, 8):
+        run_overrides([*tiny_overrides(model, csv, runs, steps=6), f"lora.r={r}", f"run_name=r{r}", "name=sweep"])
+    result = analyze(runs / "sweep", progress=False, w_tables=False)
+    assert result.inputs is not None and len(result.inputs.sources) == 1
+    assert result.inputs.sources[0].data_path == str(csv) and result.inputs.sources[0].test_size == 40
+    rank = result.phi.query("comparison == 'rank' and subject == 'A_delta'")
+    assert rank["geometry_baseline"].notna().all()
+    top = rank[(rank["i"] == 1) & (rank["j"] == 8)]
+    assert (top["geometry_baseline"] >= top["baseline"] - 3 * top["geometry_std"]).all()
+    assert (top["geometry_baseline"] <= 1).all() and (top["geometry_std"] > 0).all()
+    assert result.phi.loc[result.phi["subject"] == "B", "geometry_baseline"].isna().all()

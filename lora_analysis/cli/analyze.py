@@ -22,6 +22,8 @@ usage: lora-analysis analyze <sweep folder | run folders | adapter folders> [key
 Subspace analysis of LoRA adapters (Hu et al. 2021, Section 7): phi grids across ranks, seeds and a
 Gaussian baseline for A, A_init, A - A_init, B and dW; spectra; dW against the base weights W
 (Table 7, Figure 8) and intruder dimensions. Tables go to <sweep>/analysis/*.parquet (or out=...).
+Each module's input statistics (forward hooks on the frozen base over 256 training texts) give the
+input-geometry baseline of the phi table; for foreign adapters name base=MODEL data_path=FILE text_column=COL.
 """
 
 def main(argv: Sequence[str] | None = None) -> int:
