@@ -66,8 +66,9 @@ def gather(runs: list[Run], cfg, notes: list[str]) -> tuple[InputStatistics | No
     for index, source in enumerate(sources):
         paths = sorted({m.path for run, s in zip(runs, members, strict=True) if s == index for m in run.adapter})
         try:
-            found = source_statistics(source, paths, cfg.input_texts, cfg.random_seed, cfg.input_top,
-                                      cfg.input_dense_max)
+            with _one_thread():  # 2 torch threads on 2 busy cores: eigh/QR ~4x slower (measured)
+                found = source_statistics(source, paths, cfg.input_texts, cfg.random_seed, cfg.input_top,
+                                          cfg.input_dense_max)
         except (LoraAnalysisError, RuntimeError, IndexError, ValueError) as error:  # no tokenizer, ids out of range
             notes.append(f"input statistics skipped for base {source.model_dir} and data {source.data_path}: "
                          f"{first_line(error)}")
