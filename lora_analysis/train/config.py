@@ -46,6 +46,7 @@ class InitStream(str, Enum):
 
 
 class Precision(str, Enum):
+    auto = "auto"  # bf16 where the device multiplies bfloat16 fast (a probe, cached: train.precision), else fp32
     fp32 = "fp32"
     bf16 = "bf16"  # bfloat16 autocast for matrix products; weights, LoRA factors and optimizer stay fp32
 
@@ -154,7 +155,7 @@ class OptimConfig:
     warmup_ratio: float = 0.06
     schedule: Schedule = Schedule.linear
     max_grad_norm: float = 1.0  # 0 disables clipping
-    precision: Precision = Precision.fp32
+    precision: Precision = Precision.auto  # resolved once per run; config.yaml records the result
     eval_batch_size: int = 256
     checkpoint_every: int = 100  # steps between resumable checkpoints; 0: never
     log_every: int = 10  # steps between history rows

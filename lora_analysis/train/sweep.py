@@ -26,7 +26,7 @@ from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.hydra_compose import compose
 from lora_analysis.layout import RunDir, SweepDir
 from lora_analysis.train import provenance
-from lora_analysis.train.config import Method, TrainConfig, register_configs
+from lora_analysis.train.config import Method, Precision, TrainConfig, register_configs
 from lora_analysis.train.loggers import open_tracker
 
 log = logging.getLogger("lora_analysis")
@@ -185,6 +185,7 @@ def train_run(settings: TrainConfig, run_dir: Path) -> dict:
     """Train one run into ``run_dir`` unless it is already finished; return its metrics."""
     from lora_analysis.train.trainer import train
 
+    inherit_precision(settings, run_dir)
     config = plain_config(settings)
     action = prepare_run_dir(run_dir, config)
     if action == "skip":
@@ -207,6 +208,16 @@ def train_run(settings: TrainConfig, run_dir: Path) -> dict:
     scores = {k: round(v, 4) for k, v in metrics.items() if k.startswith("test_") and isinstance(v, float)}
     log.info("%s: %s", run_dir, scores)
     return metrics
+
+
+def inherit_precision(settings: TrainConfig, run_dir: Path) -> None:
+    """``optim.precision=auto`` on a folder whose run resolved it already: keep what it chose (a rerun or
+    resume computes as the run did; runs saved before ``auto`` existed recorded fp32)."""
+    if settings.optim.precision != Precision.auto:
+        return
+    saved = (RunDir(run_dir).load_config() or {}).get("optim") or {}
+    if saved.get("precision") in (Precision.fp32.value, Precision.bf16.value):
+        settings.optim.precision = Precision(saved["precision"])
 
 
 def default_threads() -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -27,8 +28,10 @@ from lora_analysis.atomic import write_atomic, write_text
 from lora_analysis.layout import RunDir
 from lora_analysis.machine import resolve_device
 from lora_analysis.train import data as task_data
+from lora_analysis.train import precision
 from lora_analysis.train.config import Method, Precision, Schedule, Task, TrainConfig
 from lora_analysis.train.modeling import add_lora, load_model, load_tokenizer, lora_state
+from lora_analysis.train.plateau import plateau_metrics
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +70,9 @@ def train(cfg: TrainConfig, run_dir: Path, on_log=None) -> dict:
         init_state = lora_state(model)
         write_atomic(RunDir(run_dir).init_path, lambda p: save_file(init_state, str(p)))
     model.to(device)
+    resolved = settle_precision(cfg, model, device, run_dir)
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    optimizer = torch.optim.AdamW(params.values(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    optimizer = make_optimizer(cfg, params)
     # 4) continue from a checkpoint of this very run, if one exists
     progress = _load_checkpoint(run_dir, model, params, optimizer) or Progress()
     # 5) train
@@ -98,6 +102,8 @@ def train(cfg: TrainConfig, run_dir: Path, on_log=None) -> dict:
         test_examples=len(data.test),
         threads=torch.get_num_threads(),
         device=str(device),
+        **resolved.metrics(),
+        **plateau_metrics(progress.history),
     )
     (RunDir(run_dir).checkpoint_path).unlink(missing_ok=True)
     return metrics
@@ -143,6 +149,33 @@ def _train_loop(cfg, model, params, optimizer, data, pad_id, device, run_dir, pr
         if every and progress.step % every == 0 and progress.step < cfg.optim.steps:
             _save_checkpoint(run_dir, params, optimizer, progress)
     bar.close()
+
+
+def settle_precision(cfg: TrainConfig, model, device: torch.device, run_dir: Path) -> precision.Resolved:
+    """Resolve ``optim.precision=auto`` (``train.precision``), record the result in ``config.yaml`` so a
+    rerun or resume uses the same one, and with bf16 store the frozen base's Linear weights in bfloat16."""
+    threads = torch.get_num_threads()
+    resolved = precision.resolve(cfg.optim.precision, device, precision.base_weight_shapes(model), threads)
+    if resolved.precision != cfg.optim.precision:
+        cfg.optim.precision = resolved.precision
+        config_path = RunDir(run_dir).config_path
+        if config_path.is_file():
+            saved = yaml.safe_load(config_path.read_text())
+            saved["optim"]["precision"] = resolved.precision.value
+            write_text(config_path, yaml.safe_dump(saved, sort_keys=False))
+    if resolved.precision == Precision.bf16 and cfg.method == Method.lora:
+        precision.cast_frozen_linears(model, torch.bfloat16)
+    return resolved
+
+
+def make_optimizer(cfg: TrainConfig, params: dict[str, torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW over the trainable tensors (float32 moments whatever the precision), fused into one kernel
+    over all of them where torch has it for the device: LoRA has ~2 tensors per module, each tiny, so the
+    per-tensor loop of the default implementation is mostly Python and launch overhead."""
+    kwargs = {"lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay}
+    tensors = list(params.values())
+    fusable = all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in tensors)
+    return torch.optim.AdamW(tensors, **kwargs, **({"fused": True} if fusable else {"foreach": True}))
 
 
 def autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
@@ -243,7 +276,8 @@ def _load_checkpoint(run_dir: Path, model, params: dict, optimizer) -> Progress 
         state = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
         if state:
             state["step"] = state["step"].reshape(())  # AdamW keeps its step count on the CPU
-            optimizer.state[p] = {k: v if k == "step" else v.to(p.device) for k, v in state.items()}
+            on_device = optimizer.defaults.get("fused")  # fused AdamW keeps its step count beside the tensor
+            optimizer.state[p] = {k: v if k == "step" and not on_device else v.to(p.device) for k, v in state.items()}
     torch.set_rng_state(tensors["rng.cpu"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])

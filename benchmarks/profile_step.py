@@ -1,0 +1,83 @@
+"""Where a training step spends its time: ``torch.profiler`` over real steps of the embedded default.
+
+LoRA r=8 on q, k, v, o, ffn_in, ffn_out of MiniLM-L6, batch 32 of real length-grouped batches, in fp32
+and under bfloat16 autocast; prints the top operators by self CPU time for each precision, and the
+share of the step spent in matrix products (aten::mm/addmm/bmm/linear and their backward).
+
+    .venv/bin/python benchmarks/profile_step.py [--steps 20] [--threads 2] [--top 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from lora_analysis.hydra_compose import compose
+from lora_analysis.train import data as task_data
+from lora_analysis.train import trainer
+from lora_analysis.train.config import register_configs
+from lora_analysis.train.modeling import add_lora, load_model, load_tokenizer
+from lora_analysis.train.sweep import settings_from
+
+MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::_scaled_dot_product")
+
+
+def setup(overrides: list[str]):
+    register_configs()
+    settings = settings_from(compose("train", overrides), "profile")
+    tokenizer = load_tokenizer(settings.model)
+    data = task_data.load_task_data(settings.data, settings.model.task, tokenizer, Path(settings.out_dir) / ".c")
+    model, _ = add_lora(load_model(settings.model, 2, tokenizer.pad_token_id), settings.lora, settings.model.task, 0)
+    return settings, model, data, tokenizer.pad_token_id
+
+
+def profile_steps(settings, model, data, pad_id, steps: int):
+    device = torch.device("cpu")
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = trainer.make_optimizer(settings, params)
+    batches = task_data.train_batches(data.train.lengths, settings.optim.batch_size, 0)
+    batch_list = [task_data.collate(data.train, next(batches), pad_id, settings.model.task) for _ in range(steps + 3)]
+    model.train()
+
+    def step(batch):
+        with trainer.autocast(settings, device):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for batch in batch_list[:3]:  # warm-up
+        step(batch)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for batch in batch_list[3:]:
+            step(batch)
+    return prof
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--precisions", default="fp32,bf16")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in args.precisions.split(","):
+            overrides = ["lora.r=8", "lora.targets=all", f"out_dir={tmp}", f"optim.precision={precision}"]
+            prof = profile_steps(*setup(overrides), args.steps)
+            events = prof.key_averages()
+            total = sum(e.self_cpu_time_total for e in events)
+            matmul = sum(e.self_cpu_time_total for e in events if e.key.startswith(MATMUL) or "Mm" in e.key)
+            print(f"\n== {precision}: {total / 1e3 / args.steps:.1f} ms per step (self CPU, profiled), "
+                  f"matrix products {matmul / total:.0%}")
+            print(events.table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=40))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""optim.precision=auto: the probe's choice, its cache, the recorded result; frozen weights cast once; plateau."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from tiny import build_tiny_model, tiny_overrides, write_tiny_csv
+
+from lora_analysis.train import precision
+from lora_analysis.train.config import Precision
+from lora_analysis.train.plateau import plateau_change, plateau_metrics
+from lora_analysis.train.sweep import run_overrides
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "lora-analysis" / "precision-probe.json"
+
+
+def test_auto_follows_the_probe_and_caches_it(cache, monkeypatch):
+    calls = []
+    monkeypatch.setattr(precision, "probe", lambda shapes: calls.append(shapes) or 1.2)
+    cpu = torch.device("cpu")
+    slow = precision.resolve(Precision.auto, cpu, [(8, 4)], threads=2)
+    assert slow.precision == Precision.fp32 and slow.speedup == 1.2 and "1.20x" in slow.reason
+    assert precision.resolve(Precision.auto, cpu, [(8, 4)], threads=2).speedup == 1.2
+    assert len(calls) == 1  # the second answer came from the cache
+    (key,) = json.loads(cache.read_text())
+    assert precision.cpu_model() in key and torch.__version__ in key and "threads 2" in key
+    monkeypatch.setattr(precision, "probe", lambda shapes: 3.0)
+    assert precision.resolve(Precision.auto, cpu, [(8, 4)], threads=1).precision == Precision.bf16  # another key
+    asked = precision.resolve(Precision.fp32, cpu, [(8, 4)], threads=1)
+    assert asked.precision == Precision.fp32 and asked.speedup is None
+
+
+def test_probe_measures_a_positive_ratio():
+    assert 0 < precision.probe([(64, 32)], tokens=64, seconds=0.01) < 1000
+
+
+def test_frozen_weights_cast_once_give_what_autocast_computes():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 4))
+    model[0].requires_grad_(False)
+    x = torch.randn(5, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(x)
+    assert precision.base_weight_shapes(model) == [(32, 16)]
+    assert precision.cast_frozen_linears(model) == 1
+    assert model[0].weight.dtype == torch.bfloat16 and model[2].weight.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        after = model(x)
+    assert torch.equal(before, after)
+
+
+def test_resolved_precision_is_recorded_and_kept(tmp_path, cache, monkeypatch):
+    monkeypatch.setattr(precision, "probe", lambda shapes: 2.0)
+    model, csv = build_tiny_model("bert", tmp_path / "bert"), write_tiny_csv(tmp_path / "reviews.csv")
+    overrides = tiny_overrides(model, csv, tmp_path / "runs", 3)
+    run_dir, metrics = run_overrides(overrides)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["optim"]["precision"] == "bf16"
+    assert metrics["precision"] == "bf16" and metrics["precision_probe_speedup"] == 2.0
+    assert "2.00x" in metrics["precision_reason"]
+    # The machine changes its mind: the finished run is still skipped, as computed with bf16.
+    monkeypatch.setattr(precision, "probe", lambda shapes: 1.0)
+    cache.unlink()
+    again = run_overrides(overrides)[1]
+    assert (again["precision"], again["test_accuracy"]) == ("bf16", metrics["test_accuracy"])
+    assert set(metrics) >= {"plateau", "plateau_change"}
+
+
+def test_plateau_criterion():
+    steps = np.arange(10, 410, 10)
+    falling = 1.0 / np.sqrt(steps)  # still falling ~13% over the last quarter
+    flat = 0.5 + 0.5 * np.exp(-steps / 20)
+    assert plateau_change(steps, falling) > 0.1
+    assert abs(plateau_change(steps, flat)) < 1e-3
+    assert plateau_metrics([{"step": s, "loss": v} for s, v in zip(steps, flat, strict=True)])["plateau"]
+    assert not plateau_metrics([{"step": s, "loss": v} for s, v in zip(steps, falling, strict=True)])["plateau"]
+    assert np.isnan(plateau_change(steps[:3], flat[:3]))
