@@ -6,8 +6,9 @@ The baseline is the common recipe: tokenise with ``padding="max_length"`` (64) a
 ``Trainer``. Ours pads each length-grouped batch to its own longest text and evaluates under
 ``torch.inference_mode``.
 
-Printed: examples/s of each and their ratio (target: >= 2x), test accuracy of each (target: within
-1 point), and achieved FLOP/s against a float32 matrix-multiply peak measured here in the same run.
+Three loops: ours in fp32, ours with ``optim.precision=auto`` (its choice, and why, in the header) and
+the baseline. Printed: examples/s, test accuracy and achieved FLOP/s of each against the matrix-multiply
+peak of its own number format (fp32 or bf16, 2048^3) measured here in the same run, and the ratios.
 FLOPs are counted by ``torch.utils.flop_counter`` on real forward+backward steps, fitted as
 ``B * T * (a + b * T)`` in batch size B and padded width T, and summed over the batches each loop ran.
 
@@ -25,14 +26,15 @@ import torch
 
 from lora_analysis.hydra_compose import compose
 from lora_analysis.train import data as task_data
-from lora_analysis.train.config import TrainConfig
+from lora_analysis.train.config import TrainConfig, register_configs
 from lora_analysis.train.modeling import add_lora, load_model, load_tokenizer
+from lora_analysis.train.precision import cpu_model
 from lora_analysis.train.sweep import run_overrides, settings_from
 
 
-def matmul_peak(seconds: float = 3.0, n: int = 2048) -> float:
-    """Float32 FLOP/s of an n x n matrix multiply, best of repeated timings."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(seconds: float = 3.0, n: int = 2048, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of an n x n matrix multiply in ``dtype``, best of repeated timings."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     best, stop = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < stop:
         start = time.perf_counter()
@@ -67,7 +69,8 @@ def ours(overrides: list[str], settings: TrainConfig) -> dict:
     steps = zip(batches, range(settings.optim.steps), strict=False)  # the first optim.steps batches
     shapes = [(len(rows), int(train.lengths[rows].max())) for rows, _ in steps]
     return {"examples_per_s": metrics["examples_per_s"], "accuracy": metrics["test_accuracy"],
-            "train_seconds": metrics["train_seconds"], "batch_shapes": shapes}
+            "train_seconds": metrics["train_seconds"], "batch_shapes": shapes, "precision": metrics["precision"],
+            "reason": metrics["precision_reason"]}
 
 
 def baseline(settings: TrainConfig, out: Path) -> dict:
@@ -115,22 +118,34 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [f"optim.steps={args.steps}", "lora.r=8", "lora.targets=all", f"out_dir={tmp}",
                      f"threads={args.threads}", "progress=false", "optim.checkpoint_every=0"]
-        settings = settings_from(compose("train", overrides), "bench")
-        peak = matmul_peak()
+        register_configs()
+        settings = settings_from(compose("train", [*overrides, "optim.precision=fp32"]), "bench")
+        peaks = {"fp32": matmul_peak(), "bf16": matmul_peak(dtype=torch.bfloat16)}
         a, b = flop_model(settings)
-        results = {"ours (length-grouped, dynamic padding)": ours(overrides, settings),
-                   "Trainer + PEFT (pad to 64)": baseline(settings, Path(tmp) / "trainer")}
-    print(f"\nMiniLM-L6 + LoRA r=8 on q,k,v,o,ffn_in,ffn_out; batch {settings.optim.batch_size}, "
-          f"{args.steps} steps, {args.threads} threads; matmul peak {peak / 1e9:.1f} GFLOP/s (fp32, 2048^3)\n")
-    print(f"{'loop':<40} {'examples/s':>10} {'test acc':>9} {'train s':>8} {'GFLOP/s':>8} {'of peak':>8}")
+        results = {
+            "ours fp32": ours([*overrides, "optim.precision=fp32", "name=fp32"], settings),
+            "ours auto": ours([*overrides, "optim.precision=auto", "name=auto"], settings),
+            "Trainer + PEFT (pad to 64, fp32)": baseline(settings, Path(tmp) / "trainer"),
+        }
+    results["Trainer + PEFT (pad to 64, fp32)"]["precision"] = "fp32"
+    auto = results["ours auto"]
+    print(f"\nCPU: {cpu_model()}; auto chose {auto['precision']} ({auto['reason']})")
+    print(f"MiniLM-L6 + LoRA r=8 on q,k,v,o,ffn_in,ffn_out; batch {settings.optim.batch_size}, {args.steps} steps, "
+          f"{args.threads} threads; matmul peak (2048^3) fp32 {peaks['fp32'] / 1e9:.1f}, "
+          f"bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s\n")
+    print(f"{'loop':<34} {'format':>6} {'examples/s':>10} {'test acc':>9} {'train s':>8} {'GFLOP/s':>8} {'of peak':>8}")
     for name, r in results.items():
         flops = sum(n * t * (a + b * t) for n, t in r["batch_shapes"])
         rate = flops / r["train_seconds"]
-        print(f"{name:<40} {r['examples_per_s']:>10.1f} {r['accuracy']:>9.4f} {r['train_seconds']:>8.1f} "
-              f"{rate / 1e9:>8.1f} {rate / peak:>8.1%}")
-    mine, theirs = results.values()
-    print(f"\nthroughput ratio: {mine['examples_per_s'] / theirs['examples_per_s']:.2f}x (target >= 2x)")
-    print(f"accuracy difference: {100 * (mine['accuracy'] - theirs['accuracy']):+.2f} points (target within 1)")
+        print(f"{name:<34} {r['precision']:>6} {r['examples_per_s']:>10.1f} {r['accuracy']:>9.4f} "
+              f"{r['train_seconds']:>8.1f} {rate / 1e9:>8.1f} {rate / peaks[r['precision']]:>8.1%}")
+    fp32, theirs = results["ours fp32"], results["Trainer + PEFT (pad to 64, fp32)"]
+    print(f"\nauto / Trainer+PEFT: {auto['examples_per_s'] / theirs['examples_per_s']:.2f}x "
+          "(target >= 4x on a bf16 CPU, >= 2.4x fp32-only)")
+    print(f"auto / ours fp32: {auto['examples_per_s'] / fp32['examples_per_s']:.2f}x (target >= 1.6x on a bf16 CPU)")
+    print(f"ours fp32 / Trainer+PEFT: {fp32['examples_per_s'] / theirs['examples_per_s']:.2f}x")
+    print(f"accuracy auto - Trainer+PEFT: {100 * (auto['accuracy'] - theirs['accuracy']):+.2f} points, "
+          f"auto - ours fp32: {100 * (auto['accuracy'] - fp32['accuracy']):+.2f} points")
 
 
 if __name__ == "__main__":
