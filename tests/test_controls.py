@@ -94,3 +94,66 @@ def test_shuffled_run_labels_from_the_sweep_table():
     runs = pd.DataFrame({"run": ["a", "b", "c"], "data.shuffle_labels": [True, False, None]})
     assert C.shuffled_run_labels(runs) == {"a"}
     assert C.shuffled_run_labels(pd.DataFrame({"run": ["a"]})) == set()
+
+
+def _sweep_tables(rng, frames, layers=(0, 1), shuffled=False):
+    """phi (rank pair r4 vs r16, seed pair at r16), modules and runs of a fabricated sweep, role v.
+
+    ``frames(rng, r)`` draws an adapter's directions; the geometry column is the anisotropic null's."""
+    scales = np.ones(K)
+    scales[0] = 30.0
+    tag = "-shuffled" if shuffled else ""
+    parts, modules = [], []
+    for layer in layers:
+        geometry_rank = geometry_grid(scales, rng, samples=60)
+        geometry_seed = np.mean([phi_of(anisotropic_frame(rng, R_B, scales), anisotropic_frame(rng, R_B, scales))
+                                 for _ in range(60)], axis=0)
+        a4, a16, b16 = frames(rng, R_A), frames(rng, R_B), frames(rng, R_B)
+        rank = rows(phi_of(a4, a16), geometry_rank, f"r4{tag}", f"r16{tag}", layer=layer)
+        seed = rows(phi_of(a16, b16), geometry_seed, f"r16{tag}", f"r16-seed1{tag}", layer=layer)
+        seed = seed.assign(comparison="seed", r_a=R_B, seed_b=1)
+        parts += [rank, seed]
+        modules.append({"module": "v", "layer": layer, "path": f"bert.encoder.layer.{layer}.attention.self.value"})
+    runs = pd.DataFrame({"run": [f"r4{tag}", f"r16{tag}", f"r16-seed1{tag}"], "method": "lora",
+                         "lora.r": [R_A, R_B, R_B], "lora.targets": "all", "data.shuffle_labels": shuffled,
+                         "test_accuracy": [0.8, 0.8, 0.8]})
+    return pd.concat(parts, ignore_index=True), pd.DataFrame(modules), runs
+
+
+def test_recommendation_counts_nothing_when_shared_directions_are_the_inputs_top_directions():
+    from lora_analysis.derive.recommend import recommend_from
+
+    scales = np.ones(K)
+    scales[0] = 30.0
+    phi, modules, runs = _sweep_tables(np.random.default_rng(5), lambda rng, r: anisotropic_frame(rng, r, scales))
+    result = recommend_from(phi, modules, runs)
+    assert result.nothing and result.rank_pattern == {}
+    assert "strongest control" in result.explain()[0] and "input-geometry" in result.explain()[0]
+
+
+def test_recommendation_recovers_a_planted_task_direction_outside_the_inputs_top_directions():
+    from lora_analysis.derive.recommend import recommend_from
+
+    rng0 = np.random.default_rng(6)
+    task = rng0.standard_normal(K)
+    task[0] = 0.0
+    task /= np.linalg.norm(task)
+
+    def frames(rng, r):  # the task direction first, the rest random
+        return orthonormal(np.column_stack([task, rng.standard_normal((K, r - 1))]))
+
+    phi, modules, runs = _sweep_tables(rng0, frames)
+    result = recommend_from(phi, modules, runs)
+    assert result.nothing is None
+    assert result.roles.set_index("role").loc["v", "rank"] == 1
+    assert list(result.rank_pattern.values()) == [1]
+    assert "input-geometry baseline" in result.explain()[0] or "isotropic" in result.explain()[0]
+
+
+def test_a_sweep_of_shuffled_label_runs_only_recommends_nothing():
+    from lora_analysis.derive.recommend import recommend_from
+
+    rng = np.random.default_rng(7)
+    phi, modules, runs = _sweep_tables(rng, lambda g, r: orthonormal(g.standard_normal((K, r))), shuffled=True)
+    result = recommend_from(phi, modules, runs)
+    assert result.nothing and "shuffled labels" in result.nothing and result.rank_pattern == {}

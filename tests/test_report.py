@@ -28,7 +28,7 @@ SECTIONS = ["The experiment", "The paper's numbers and ours", "Our figures, besi
             "Environment"]
 FIGURES = {"fig3_rank_A", "fig3_rank_A_delta", "fig4_seed_A", "fig4_seed_A_delta", "fig6_rank_layers_A",
            "fig6_rank_layers_A_delta", "fig7_seed_layers_A", "fig7_seed_layers_A_delta", "fig8_w_dw", "spectra_dw",
-           "controls_rank", "controls_seed", "accuracy_rank", "loss_curves"}
+           "controls_rank", "controls_seed", "controls_strongest", "accuracy_rank", "loss_curves"}
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_side_by_side_keeps_rows_it_cannot_fill(report):
     one_rank = tables.dw_vs_w[tables.dw_vs_w["r"] == 8]
     unused = F.Finding.missing("unused", "not in the table", "not read by side_by_side")
     found = Findings(top_direction=F.top_direction(tables.phi, r_small=2),
-                     q_vs_v=F.q_vs_v(S.shared_directions(tables.phi.iloc[0:0])), init_control=unused,
+                     q_vs_v=F.q_vs_v(S.shared_directions(tables.phi.iloc[0:0])), init_control=unused, controls=unused,
                      a_moved=F.a_moved(tables.modules), amplification=F.amplification(one_rank, layer=0),
                      w_dw_overlap=F.w_dw_overlap(tables.w_dw_phi.iloc[0:0], layer=0), intruders=unused,
                      accuracy=unused, loss=unused)

@@ -35,6 +35,11 @@ def main(argv: Sequence[str]) -> int:
         raise LoraAnalysisError(f"sweep folder {sweep} does not exist")
     ensure_analysis(sweep, True, "lora-analysis recommend")
     result = recommend(sweep, cfg.subject, cfg.targets)
+    if result.nothing:  # an answer, not an error: there is nothing above the controls to size a rank by
+        print("\n".join(result.explain()))
+        if cfg.rank_pattern:
+            print(f"no rank_pattern written to {cfg.rank_pattern}")
+        return 0
     print(result.roles.to_string(index=False))
     print()
     print("\n".join(result.explain()))

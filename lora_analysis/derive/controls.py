@@ -33,6 +33,9 @@ from lora_analysis.analysis.kinds import Comparison
 from lora_analysis.derive.queries import PAIR_KEYS
 
 MATCH_KEYS = ["comparison", "r_a", "r_b", "targets", "layer", "module", "subject"]  # a pair and its shuffled twin
+# The rule of ``direction_controls`` in words, for every sentence that states it ("... whose <rule>").
+TASK_RULE = ("energy in the other run's subspace reaches halfway from the strongest control (the largest of the "
+             "isotropic baseline, the input-geometry baseline and the shuffled-label pair) to 1")
 _TIE = 1e-9  # a direction exactly as shared as its control (e.g. both 1) is not above it
 CONTROLS = ("isotropic", "geometry", "shuffled")
 CONTROL_LABELS = {"isotropic": "isotropic baseline", "geometry": "input-geometry baseline",

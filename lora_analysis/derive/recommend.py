@@ -1,15 +1,19 @@
 """Rank recommendation: the rank each module role needs, read off a sweep's subspaces and accuracies.
 
-For each role and layer, two counts of directions that agree clearly above the random baseline
-(``stats.shared_directions``: a direction of run a is shared when its energy in run b's subspace
-reaches halfway between chance ``r_b / k`` and 1):
+For each role and layer, two counts of task-specific directions: directions of run a whose energy in
+run b's subspace reaches halfway from the strongest control to 1 (``controls.direction_controls``:
+the largest of the isotropic baseline ``r_b / k``, the input-geometry baseline, and the same pair
+trained on shuffled labels where the sweep has one). Counting against the isotropic baseline alone
+would count the inputs' dominant directions, which any two adapters trained on the same inputs share:
 
 - across seeds: the largest rank trained with two or more seeds, seed against seed;
 - across ranks: the largest smaller rank against the largest rank, same seed.
 
 A direction found by both is one the task needs, so a layer needs ``min(seed count, rank count)``
-(the one available when the sweep has only one kind of pair), at least 1. A role's rank is the median
+(the one available when the sweep has only one kind of pair), possibly 0. A role's rank is the median
 over its layers; a layer that needs more than twice or less than half of that gets its own entry.
+When no role needs a direction (a sweep of shuffled-label runs only, or shared directions no larger
+than the controls) nothing is recommended and no rank_pattern is written, and the reason is given.
 The accuracy curve is the cross-check: the smallest rank whose mean test metric is within one standard
 deviation over seeds (at least 0.5 point) of the best one, where the accuracy stops improving.
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from lora_analysis.analysis.kinds import Comparison, Subject
-from lora_analysis.derive import queries, stats
+from lora_analysis.derive import controls, queries
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.layout import SweepDir
 from lora_analysis.targets import FAMILIES, ROLES
@@ -49,11 +54,21 @@ class Recommendation:
     targets: str
     accuracy_plateau: int | None
     rank_pattern: dict[str, int]
+    nothing: str | None = None  # why nothing is recommended (no task-specific direction anywhere), else None
+
+    @property
+    def controls_used(self) -> str:
+        """Which control was strongest, over the (role, layer) cases: ``geometry in 30 of 36``."""
+        counts = self.layers["control"].value_counts() if "control" in self.layers else pd.Series(dtype=int)
+        return ", ".join(f"{controls.CONTROL_LABELS.get(k, k)} in {v} of {len(self.layers)}" for k, v in counts.items())
 
     def explain(self) -> list[str]:
         """Sentences saying how each number was reached."""
+        if self.nothing:
+            return [f"No rank recommended for subject {self.subject} of target set {self.targets}: {self.nothing}."]
         lines = [
-            f"Subject {self.subject} of target set {self.targets}: a direction counts when its {stats.SHARED_RULE}.",
+            f"Subject {self.subject} of target set {self.targets}: a direction counts when it is task-specific, "
+            f"its {controls.TASK_RULE} (strongest control: {self.controls_used} (role, layer) cases).",
         ]
         for row in self.roles.itertuples():
             lines.append(
@@ -83,18 +98,22 @@ def _count(value: float) -> str:
     return "none (no such pair)" if math.isnan(value) else f"{value:g}"
 
 
-def layer_evidence(phi: pd.DataFrame, subject: str, targets: str, shared: pd.DataFrame | None = None
-                   ) -> pd.DataFrame:
-    """Seed- and rank-shared direction counts per (role, layer) for one subject and target set.
+def layer_evidence(phi: pd.DataFrame, subject: str, targets: str, shared: pd.DataFrame | None = None,
+                   shuffled: Collection[str] = ()) -> pd.DataFrame:
+    """Seed- and rank-shared counts of task-specific directions per (role, layer), one subject and target set.
 
-    ``shared``: ``stats.shared_directions`` of (at least) these phi rows, when already computed.
+    A direction counts when it beats the strongest control (``controls.direction_controls``);
+    ``shared``: ``controls.task_directions`` of (at least) these phi rows, when already computed;
+    ``shuffled``: the shuffled-label runs, whose pairs are the controls.
     """
     if shared is None:
-        shared = stats.shared_directions(phi[(phi["subject"] == subject) & (phi["targets"].astype(str) == targets)])
+        rows = phi[(phi["subject"] == subject) & (phi["targets"].astype(str) == targets)]
+        shared = controls.task_directions(controls.direction_controls(rows, shuffled))
     else:
         shared = shared[(shared["subject"] == subject) & (shared["targets"].astype(str) == targets)]
     if shared.empty:
         raise LoraAnalysisError(f"no seed or rank pairs for subject {subject} and targets {targets} in the analysis")
+    shared = shared.assign(shared=shared["task"])
     evidence = []
     for (module, layer), group in shared.groupby(["module", "layer"], observed=True):
         seeds = group[group["comparison"] == Comparison.seed]
@@ -105,12 +124,14 @@ def layer_evidence(phi: pd.DataFrame, subject: str, targets: str, shared: pd.Dat
         seed_k = float(seeds["shared"].median()) if len(seeds) else math.nan
         rank_k = float(ranks["shared"].median()) if len(ranks) else math.nan
         needed = np.nanmin([seed_k, rank_k])
+        used = pd.concat([seeds, ranks])["top_control_name"]  # the control that bites: at the top direction
         evidence.append({
             "role": str(module), "layer": int(layer), "seed_shared": seed_k, "rank_shared": rank_k,
+            "control": used.value_counts().index[0] if len(used) else None,
             "seed_pairs": len(seeds), "rank_pairs": len(ranks),
             "seed_r": int(seeds["r_a"].max()) if len(seeds) else None,
             "rank_r": f"{int(ranks['r_a'].max())} vs {int(ranks['r_b'].max())}" if len(ranks) else None,
-            "needed": max(1, int(math.ceil(needed))),
+            "needed": int(math.ceil(needed)),  # 0: no direction above the strongest control
         })
     order = {role: i for i, role in enumerate(ROLES)}
     return pd.DataFrame(evidence).sort_values(["role", "layer"], key=lambda s: s.map(order) if s.name == "role" else s)
@@ -120,7 +141,7 @@ def role_ranks(layers: pd.DataFrame) -> pd.DataFrame:
     """A rank per role (median over layers, rounded up), the spread over layers and the median counts."""
     grouped = layers.groupby("role", sort=False)
     out = grouped["needed"].agg(
-        rank=lambda s: max(1, int(math.ceil(s.median()))), layers_min="min", layers_max="max", n_layers="size"
+        rank=lambda s: int(math.ceil(s.median())), layers_min="min", layers_max="max", n_layers="size"
     )
     out["seed_shared"] = grouped["seed_shared"].median()
     out["rank_shared"] = grouped["rank_shared"].median()
@@ -151,11 +172,12 @@ def rank_pattern(roles: pd.DataFrame, layers: pd.DataFrame, modules: pd.DataFram
     """
     if not {"module", "layer", "path"} <= set(modules.columns):
         raise LoraAnalysisError("the analysis has no modules table to write rank_pattern keys from")
+    roles = roles[roles["rank"] >= 1]  # a role with no task-specific direction gets no key (PEFT needs r >= 1)
     keys_of = {role: _role_key(role, modules) for role in roles["role"]}
     pattern: dict[str, int] = {}
     for row in roles.itertuples():
         for layer in layers[layers["role"] == row.role].itertuples():
-            if layer.needed > 2 * row.rank or 2 * layer.needed < row.rank:
+            if layer.needed >= 1 and (layer.needed > 2 * row.rank or 2 * layer.needed < row.rank):
                 pattern[keys_of[row.role].replace(r"\d+", str(layer.layer), 1)] = int(layer.needed)
     for row in roles.itertuples():
         pattern[keys_of[row.role]] = int(row.rank)
@@ -192,13 +214,30 @@ def recommend_from(phi: pd.DataFrame, modules: pd.DataFrame, runs: pd.DataFrame,
                    ) -> Recommendation:
     """The recommendation from tables already loaded: the analysis' ``phi`` and ``modules``, the sweep table.
 
-    ``shared``: ``stats.shared_directions`` of the phi rows of the target set recommended for, when the
-    caller has it already (the report); computed here otherwise.
+    ``shared``: ``controls.task_directions`` of the phi rows of the target set recommended for, when the
+    caller has it already (the report); computed here otherwise. Shuffled-label runs (the sweep table's
+    ``data.shuffle_labels``) are the controls, never the evidence.
     """
     targets = targets or queries.main_targets(phi)
     if targets is None:
         raise LoraAnalysisError(f"{source} has no phi rows: nothing to recommend from")
-    layers = layer_evidence(phi, subject, targets, shared)
+    shuffled = controls.shuffled_run_labels(runs)
+    plateau = accuracy_plateau(runs[~runs["run"].astype(str).isin(shuffled)], targets) if not runs.empty else None
+    trained = set(phi.loc[phi["targets"].astype(str) == targets, "run_a"].astype(str))
+    if trained and trained <= shuffled:
+        return _nothing(subject, targets, plateau, "every run of this target set was trained on shuffled labels, so "
+                        "there is no task whose directions could be counted")
+    layers = layer_evidence(phi, subject, targets, shared, shuffled)
     roles = role_ranks(layers)
-    plateau = accuracy_plateau(runs, targets) if not runs.empty else None
+    if int(roles["rank"].max()) < 1:
+        return _nothing(subject, targets, plateau, "no direction of any role and layer exceeds the strongest control "
+                        f"({', '.join(sorted({controls.CONTROL_LABELS[c] for c in layers['control'].dropna()}))}) "
+                        "halfway to 1: the shared directions are what the inputs or label-free training give",
+                        layers, roles)
     return Recommendation(layers, roles, subject, targets, plateau, rank_pattern(roles, layers, modules))
+
+
+def _nothing(subject, targets, plateau, why, layers=None, roles=None) -> Recommendation:
+    empty = pd.DataFrame(columns=["role", "rank", "layers_min", "layers_max", "n_layers", "seed_shared", "rank_shared"])
+    return Recommendation(pd.DataFrame() if layers is None else layers, empty if roles is None else roles, subject,
+                          targets, plateau, {}, nothing=why)

@@ -9,6 +9,7 @@ the findings, the figures and the recommendation.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ import pandas as pd
 
 from lora_analysis.analysis.delta import lora_scale
 from lora_analysis.analysis.kinds import Comparison, Subject
-from lora_analysis.derive.controls import increments
+from lora_analysis.derive.controls import direction_controls, increments, task_directions
 from lora_analysis.derive.queries import PAIR_KEYS, budgeted_runs, empty_phi, lora_runs, metric_column
 
 
@@ -247,7 +248,9 @@ class Derived:
     """The derived tables of one report, computed once: findings, figures and the recommendation read them.
 
     ``shared``: ``shared_directions`` of the focus phi table; ``accuracy``: ``accuracy_table`` of every
-    run; ``budget_accuracy``: of the budget-matched runs; ``a_moved``: ``a_moved_table``.
+    run; ``budget_accuracy``: of the budget-matched runs; ``a_moved``: ``a_moved_table``; ``controls``:
+    ``controls.direction_controls`` (every direction of every real pair against the strongest control;
+    the shuffled-label pairs are its controls), ``task``: ``controls.task_directions`` of it.
     """
 
     targets: str | None
@@ -256,14 +259,22 @@ class Derived:
     accuracy: pd.DataFrame
     budget_accuracy: pd.DataFrame
     a_moved: pd.DataFrame
+    controls: pd.DataFrame
+    task: pd.DataFrame
 
     @classmethod
     def compute(cls, phi: pd.DataFrame, modules: pd.DataFrame, runs: pd.DataFrame, targets: str | None = None,
-                metric: str | None = None) -> Derived:
-        """The tables of the focus ``phi`` and ``modules`` (of target set ``targets``) and the sweep table."""
+                metric: str | None = None, control_phi: pd.DataFrame | None = None,
+                shuffled: Collection[str] = ()) -> Derived:
+        """The tables of the focus ``phi`` and ``modules`` (of target set ``targets``) and the sweep table.
+
+        ``control_phi``: the phi rows with the shuffled-label pairs too (``phi`` holds the real runs only).
+        """
         metric = metric or metric_column(runs)
+        per_direction = direction_controls(phi if control_phi is None else control_phi, shuffled)
         return cls(targets, metric, shared_directions(phi), accuracy_table(runs, metric),
-                   accuracy_table(budgeted_runs(runs), metric), a_moved_table(modules))
+                   accuracy_table(budgeted_runs(runs), metric), a_moved_table(modules), per_direction,
+                   task_directions(per_direction))
 
     @classmethod
     def of_runs(cls, runs: pd.DataFrame, metric: str | None = None) -> Derived:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from lora_analysis.analysis.kinds import Comparison, Side, Subject
-from lora_analysis.derive import stats
+from lora_analysis.derive import controls, stats
 from lora_analysis.derive.queries import LOWER_IS_BETTER, budgeted_runs, has_majority, lora_runs, metric_column
 from lora_analysis.layout import RunDir, SweepDir
 from lora_analysis.show import paper
@@ -123,13 +123,57 @@ def init_control(phi: pd.DataFrame, shared: pd.DataFrame) -> Finding:
              f"{fmt(row.shared_mean, 1)} on average (at most {int(row.shared_max)}) over {int(row.cases)} "
              "(pair, layer, role) cases" for c, row in table.set_index("comparison").iterrows()]
     clean = int(table["shared_max"].max()) == 0
-    verdict = ("the inits are independent, so a subspace shared by A − A_init or ΔW is learned, not inherited "
-               "from the init" if clean else "the inits overlap (shared init stream?), so directions shared by A "
-               "may be an init artefact; read A − A_init instead")
+    verdict = ("the inits are independent, so what A − A_init or ΔW share is not inherited from the init; "
+               "whether it is task signal is judged against the strongest control (next finding)" if clean else
+               "the inits overlap (shared init stream?), so directions shared by A may be an init artefact; read "
+               "A − A_init instead")
     values = {f"{c}.e1": float(v) for c, v in table.set_index("comparison")["e1"].dropna().items()}
     values["shared_max"] = float(table["shared_max"].max())
     return Finding(key, title, ["A_init (the random init of A): " + "; ".join(parts) + f" — {verdict}."],
                    table, values)
+
+
+def against_controls(per_direction: pd.DataFrame, runs: pd.DataFrame, shuffled: set[str]) -> Finding:
+    """Is the shared top direction task signal? Each pair's e_1 against the strongest of its controls.
+
+    Per (comparison, r_a, r_b, subject): the mean top-direction energy over (pair, layer, role) cases
+    beside the isotropic baseline, the input-geometry baseline and the shuffled-label pair, the excess
+    over the strongest with its spread, and the verdict of ``controls.verdict``.
+    """
+    key, title = "controls", "Against the strongest control: task signal or input geometry? (the paper lacks it)"
+    summary = controls.top_direction_summary(per_direction)
+    summary = summary[summary["subject"].isin([*LEARNED, Subject.B])]
+    if summary.empty:
+        return Finding.missing(key, title, "No rank or seed pair of trained runs: nothing to judge against controls.")
+    sentences, values = [], {}
+    for row in summary.itertuples(index=False):
+        row = pd.Series(row._asdict())
+        pair = (f"r={int(row.r_a)} vs r={int(row.r_b)}" if row.comparison == Comparison.rank
+                else f"two seeds at r={int(row.r_a)}")
+        shuffled_text = ("no shuffled-label pair" if pd.isna(row.shuffled)
+                         else f"shuffled-label pair {fmt(row.shuffled)}")
+        geometry_text = "input geometry n/a" if pd.isna(row.geometry) else f"input-geometry {fmt(row.geometry)}"
+        sentences.append(
+            f"{subject_label(row.subject)}, {pair}: φ(1, r_b) = {fmt(row.energy)} against isotropic "
+            f"{fmt(row.isotropic)}, {geometry_text}, {shuffled_text}; excess over the strongest control "
+            f"{row.excess_mean:+.2f} ± {fmt(row.excess_std)} (range {row.excess_min:+.2f} to {row.excess_max:+.2f}) "
+            f"over {int(row.cases)} (pair, layer, role) cases, task-specific in {int(row.task_cases)}: "
+            f"{controls.verdict(row)}.")
+        values[f"{row.comparison}.{row.r_a}.{row.r_b}.{row.subject}"] = float(row.excess_mean)
+    if shuffled:
+        ran = runs[runs["run"].astype(str).isin(shuffled)] if "run" in runs else runs.iloc[0:0]
+        if "test_accuracy" in ran and ran["test_accuracy"].notna().any():
+            majority = ran["majority_accuracy"].dropna()
+            sentences.append(
+                "The shuffled-label runs (" + ", ".join(sorted(shuffled)) + ") reach test accuracy "
+                + ", ".join(fmt(v, 3) for v in ran["test_accuracy"])
+                + (f" against the majority class {fmt(majority.iloc[0], 3)}" if len(majority) else "")
+                + ": they learned no task, so what their pair shares is what inputs and optimiser give alone.")
+    else:
+        sentences.append("This sweep has no shuffled-label runs (data.shuffle_labels=true): the strongest control "
+                         "available is the larger of the isotropic and the input-geometry baseline.")
+    sentences.append(f"A direction is task-specific when its {controls.TASK_RULE}.")
+    return Finding(key, title, sentences, summary, values)
 
 
 def a_moved(modules: pd.DataFrame, table: pd.DataFrame | None = None) -> Finding:

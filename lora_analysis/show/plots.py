@@ -266,6 +266,65 @@ def controls_similarity(phi: pd.DataFrame, *, layer: int, comparison: str = Comp
     return fig
 
 
+def _control_grids(real: pd.DataFrame, twin: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The real phi grid of one pair, its controls' grids (where present) and real minus the strongest."""
+    grids = {"real": phi_matrix(real), "isotropic": phi_matrix(real.assign(phi=real["baseline"]))}
+    if "geometry_baseline" in real and real["geometry_baseline"].notna().any():
+        grids["input geometry"] = phi_matrix(real.assign(phi=real["geometry_baseline"]))
+    if not twin.empty:
+        grids["shuffled labels"] = phi_matrix(twin)[: grids["real"].shape[0], : grids["real"].shape[1]]
+    strongest = np.nanmax(np.stack([g for k, g in grids.items() if k != "real"]), axis=0)
+    grids["real − strongest control"] = grids["real"] - strongest
+    return grids
+
+
+@_styled
+def against_controls(phi: pd.DataFrame, shuffled, *, layer: int, r_a: int = 8, r_b: int = 64,
+                     subject: str = Subject.A_delta, modules=None) -> Figure:
+    """Figure 3's pair beside its controls: the real phi map, the same pair on shuffled labels, the
+    input-geometry expectation, and the real map minus the strongest control, cell by cell.
+
+    ``phi`` holds the real and the shuffled-label runs; ``shuffled`` names the latter.
+    """
+    names = set(shuffled)
+    is_twin = phi["run_a"].astype(str).isin(names) & phi["run_b"].astype(str).isin(names)
+    real_phi, twin_phi = phi[~is_twin & ~phi["run_a"].astype(str).isin(names)], phi[is_twin]
+    modules = _two_roles(real_phi, modules)
+    cells = {}
+    for m in modules:
+        real = pair_rows(real_phi, Comparison.rank, subject=subject, layer=layer, module=m, r_a=r_a, r_b=r_b)
+        if not real.empty:
+            twin = pair_rows(twin_phi, Comparison.rank, subject=subject, layer=layer, module=m, r_a=r_a, r_b=r_b)
+            cells[m] = _control_grids(real, twin)
+    if not cells:
+        raise LoraAnalysisError(f"no rank pair r={r_a} vs r={r_b} at layer {layer} for {subject}")
+    columns = [c for c in ("real", "shuffled labels", "input geometry", "real − strongest control")
+               if any(c in g for g in cells.values())]
+    fig = new_figure(3.0 * len(columns) + 1.2, 0.8 + 2.4 * len(cells))
+    axes = fig.subplots(len(cells), len(columns), squeeze=False)
+    image = diff = None
+    for row, (module, grids) in enumerate(cells.items()):
+        for col, name in enumerate(columns):
+            ax = axes[row, col]
+            if name not in grids:
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, f"no {name}", ha="center", va="center", transform=ax.transAxes)
+                continue
+            if name.startswith("real −"):
+                n_i, n_j = grids[name].shape
+                diff = ax.imshow(grids[name], vmin=-1, vmax=1, cmap="RdBu_r", aspect="auto",
+                                 interpolation="nearest", extent=(0.5, n_j + 0.5, n_i + 0.5, 0.5))
+                ax.set(title=f"{module}: {name}", xlabel=f"j  (r={r_b})", ylabel=f"i  (r={r_a})")
+            else:
+                image = _heatmap(ax, grids[name], f"{module}: {name}", f"i  (r={r_a})", f"j  (r={r_b})")
+    fig.suptitle(f"{_label(subject)}, r={r_a} vs r={r_b}, layer {layer}: the real map against its controls")
+    fig.colorbar(image, ax=list(axes[:, :-1].ravel()) if diff is not None else list(axes.ravel()),
+                 label="φ(i, j)", shrink=0.9, aspect=30)
+    if diff is not None:
+        fig.colorbar(diff, ax=list(axes[:, -1]), label="φ − strongest control", shrink=0.9, aspect=30)
+    return fig
+
+
 # --- Figure 8, spectra
 
 

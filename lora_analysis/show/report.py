@@ -16,6 +16,7 @@ import pandas as pd
 
 from lora_analysis.analysis.kinds import Comparison, Subject
 from lora_analysis.atomic import write_parquet, write_text
+from lora_analysis.derive.controls import shuffled_run_labels
 from lora_analysis.derive.queries import empty_phi
 from lora_analysis.derive.stats import SHARED_RULE, Derived
 from lora_analysis.layout import AnalysisDir, ReportDir, SweepDir
@@ -33,7 +34,7 @@ from lora_analysis.show.sections import (
     run_table,
     runs_section,
 )
-from lora_analysis.show.sweep import SweepData, load_sweep
+from lora_analysis.show.sweep import SweepData, load_sweep, without_runs
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Findings:
     top_direction: F.Finding
     q_vs_v: F.Finding
     init_control: F.Finding
+    controls: F.Finding
     a_moved: F.Finding
     amplification: F.Finding
     w_dw_overlap: F.Finding
@@ -54,8 +56,12 @@ class Findings:
         return (getattr(self, f.name) for f in fields(self))
 
 
-def compute_findings(data: SweepData, focus: Focus, tables: dict[str, pd.DataFrame], derived: Derived) -> Findings:
-    """Every finding of the report, from the focus tables and the tables derived once."""
+def compute_findings(data: SweepData, focus: Focus, tables: dict[str, pd.DataFrame], derived: Derived,
+                     shuffled: set[str] = frozenset(), all_runs: pd.DataFrame | None = None) -> Findings:
+    """Every finding of the report, from the focus tables and the tables derived once.
+
+    ``data`` and ``tables`` hold the real runs only; ``all_runs`` the sweep table with the controls.
+    """
     phi = tables["phi"]
     lo, hi = focus.rank_pair or paper.RANK_PAIR
     layer, role = focus.layer, focus.role or "q"
@@ -63,6 +69,7 @@ def compute_findings(data: SweepData, focus: Focus, tables: dict[str, pd.DataFra
         top_direction=F.top_direction(phi, r_small=lo, r_large=hi),
         q_vs_v=F.q_vs_v(derived.shared, r=focus.seed_rank or paper.SEED_RANK),
         init_control=F.init_control(phi, derived.shared),
+        controls=F.against_controls(derived.controls, data.runs if all_runs is None else all_runs, shuffled),
         a_moved=F.a_moved(tables["modules"], table=derived.a_moved),
         amplification=_or_missing(tables["dw_vs_w"], "amplification", "Table 7",
                                   lambda t: F.amplification(t, layer=layer, module=role)),
@@ -219,7 +226,8 @@ def _headline(finding: F.Finding, subject: str) -> str:
     return "" if value is None else f"Mean φ(1, r) over layers and roles: {fmt(value)}."
 
 
-def controls_section(tables: dict[str, pd.DataFrame], focus: Focus) -> Section:
+def controls_section(tables: dict[str, pd.DataFrame], focus: Focus, control_phi: pd.DataFrame | None = None,
+                     shuffled: set[str] = frozenset()) -> Section:
     """A_init, A - A_init and dW beside A for the same rank and seed pairs (their numbers are in Findings)."""
     section = Section("Controls the paper lacks")
     section.text("With B = 0 at init, A learns slowly and can stay close to its random init. The same pairs are "
@@ -236,8 +244,15 @@ def controls_section(tables: dict[str, pd.DataFrame], focus: Focus) -> Section:
         section.plot("controls_seed", lambda: plots.controls_similarity(
             phi, layer=layer, comparison=Comparison.seed, r_a=focus.seed_rank, r_b=focus.seed_rank),
             f"Controls for Figure 4: two seeds at r={focus.seed_rank}, layer {layer}.")
-    section.text("The numbers behind these maps (A_init against the baseline, how far A moved, intruder "
-                 "dimensions) are in the Findings below.")
+    if focus.rank_pair and control_phi is not None and not control_phi.empty:
+        lo, hi = focus.rank_pair
+        section.plot("controls_strongest", lambda: plots.against_controls(
+            control_phi, shuffled, layer=layer, r_a=lo, r_b=hi),
+            f"Figure 3's pair against its controls (A − A_init, layer {layer}): the real map, the same pair trained "
+            "on shuffled labels (where the sweep has it), the input-geometry expectation, and the real map minus "
+            "the strongest control cell by cell (red: above the control).")
+    section.text("The numbers behind these maps (A_init against the baseline, the excess over the strongest "
+                 "control, how far A moved, intruder dimensions) are in the Findings below.")
     return section
 
 
@@ -261,23 +276,27 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, la
     ``out_dir`` defaults to ``<sweep>/report``; ``layer`` to the middle adapted layer. Returns the paths
     of the HTML and the Markdown file.
     """
-    data = load_sweep(sweep_dir)
+    loaded = load_sweep(sweep_dir)
+    shuffled = shuffled_run_labels(loaded.runs)
+    data = without_runs(loaded, shuffled)  # the controls are shown as controls, never as results
     focus = choose_focus(data, layer)
+    control_phi = focus_tables(loaded, focus)["phi"]
     tables = focus_tables(data, focus)
     if tables["phi"].empty:
         tables = dict(tables, phi=empty_phi())
-    derived = Derived.compute(tables["phi"], tables["modules"], data.runs, focus.targets)
-    found = compute_findings(data, focus, tables, derived)
+    derived = Derived.compute(tables["phi"], tables["modules"], data.runs, focus.targets,
+                              control_phi=control_phi if not control_phi.empty else empty_phi(), shuffled=shuffled)
+    found = compute_findings(data, focus, tables, derived, shuffled, loaded.runs)
     sections = [
         experiment_section(data, focus),
         paper_section(data, focus, found, derived),
         figures_section(tables, focus, found),
-        controls_section(tables, focus),
+        controls_section(tables, focus, control_phi, shuffled),
         findings_section(found),
         ablation_section(data.runs, sentences=False, derived=derived),
         recommendation_section(data, derived),
-        runs_section(data.runs, data.histories),
-        environment_section(data.runs),
+        runs_section(loaded.runs, loaded.histories),
+        environment_section(loaded.runs),
     ]
     out = ReportDir(Path(out_dir) if out_dir is not None else SweepDir(Path(sweep_dir)).report_path)
     if not derived.accuracy.empty:  # the Tables 5 and 6 analogue, for other tools to read

@@ -125,11 +125,14 @@ def recommendation_section(data: SweepData, derived: Derived | None = None) -> S
 
     section = Section("Rank recommendation")
     phi = data.tables["phi"]
-    shared = derived.shared if derived is not None and derived.targets == main_targets(phi) else None
+    shared = derived.task if derived is not None and derived.targets == main_targets(phi) else None
     try:
         result = recommend_from(phi, data.tables["modules"], data.runs, shared=shared)
     except LoraAnalysisError as error:
         section.text(f"No recommendation: {error}.")
+        return section
+    if result.nothing:
+        section.bullets(result.explain())
         return section
     if not result.layers["rank_pairs"].any():
         section.text(f"No recommendation: target set {result.targets} was trained at one rank only, and a rank "

@@ -54,3 +54,19 @@ def load_sweep(sweep_dir: str | Path) -> SweepData:
 
 def _relative(path: Path, sweep: SweepDir) -> str:
     return path.relative_to(sweep.path).as_posix()
+
+
+def without_runs(data: SweepData, names: set[str]) -> SweepData:
+    """``data`` without the runs ``names`` (the shuffled-label controls): in no table, pair or history."""
+    if not names:
+        return data
+    tables = {}
+    for key, frame in data.tables.items():
+        keep = pd.Series(True, index=frame.index)
+        for column in ("run", "run_a", "run_b"):
+            if column in frame:
+                keep &= ~frame[column].astype(str).isin(names)
+        tables[key] = frame[keep]
+    runs = data.runs[~data.runs["run"].astype(str).isin(names)] if "run" in data.runs else data.runs
+    histories = {k: v for k, v in data.histories.items() if k not in names}
+    return SweepData(data.sweep_dir, runs, histories, tables, data.notes, data.missing)
