@@ -112,3 +112,39 @@ def test_trained_runs_get_input_statistics_from_their_own_config(tmp_path):
     assert (top["geometry_baseline"] >= top["baseline"] - 3 * top["geometry_std"]).all()
     assert (top["geometry_baseline"] <= 1).all() and (top["geometry_std"] > 0).all()
     assert result.phi.loc[result.phi["subject"] == "B", "geometry_baseline"].isna().all()
+
+
+class _Recycler(torch.nn.Module):
+    """q and k share one input; ``second`` then gets another tensor at the address and shape ``first``'s
+    input had, as when the allocator hands a freed block to the next tensor of that size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.first, self.second = (torch.nn.Linear(6, 6) for _ in range(4))
+
+    def forward(self, input_ids, attention_mask):
+        h = input_ids.to(torch.float32)[..., None] * torch.arange(1.0, 7.0)  # (B, T, 6)
+        self.q(h), self.k(h)
+        block = torch.empty_like(h)
+        x = torch.sin(h, out=block[:])
+        out = self.first(x)
+        del x
+        y = torch.cos(out, out=block[:])  # a new tensor on the same memory: same data_ptr, same shape
+        return self.second(y)
+
+
+def test_modules_sharing_an_address_are_not_aliased_only_the_same_input_is():
+    model = _Recycler().eval()
+    modules = {name: getattr(model, name) for name in ("q", "k", "first", "second")}
+    batches = [(torch.arange(40).reshape(4, 10) % 7, torch.ones(4, 10, dtype=torch.long)) for _ in range(3)]
+    stats = gather_input_stats(model, modules, batches, top=6)
+    assert stats["k"] is stats["q"]  # the very same tensor: counted once
+    for name in ("first", "second"):
+        captured = []
+        handle = modules[name].register_forward_hook(lambda m, a, o: captured.append(a[0].reshape(-1, 6).clone()))
+        with torch.inference_mode():
+            for ids, mask in batches:
+                model(ids, mask)
+        handle.remove()
+        X = torch.cat(captured).to(torch.float64).numpy()
+        np.testing.assert_allclose(stats[name].mean, X.mean(0), rtol=1e-9, atol=1e-12)

@@ -23,6 +23,7 @@ for foreign adapters, every row of ``data_path`` (``AnalyzeConfig``).
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -188,10 +189,13 @@ def gather_input_stats(
     def hook(path: str):
         def record(_module, args, _output) -> None:
             x = args[0]
-            owner = state["seen"].setdefault((x.data_ptr(), tuple(x.shape)), path)
-            if owner != path:
-                alias[path] = owner
+            # Keyed by the tensor object, not its address: a freed input's memory is reused by later
+            # tensors of the same shape, and an address key then aliased unrelated modules.
+            owner = state["seen"].get(id(x))
+            if owner is not None and owner[0]() is x:
+                alias[path] = owner[1]
                 return
+            state["seen"][id(x)] = (weakref.ref(x), path)
             X = x.reshape(-1, x.shape[-1])[state["keep"]].to(torch.float64)
             if path not in accumulators:
                 k = X.shape[1]
