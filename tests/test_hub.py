@@ -12,12 +12,14 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 from _tiny_models import peft_adapter
 from tiny import build_tiny_model, tiny_overrides, write_tiny_csv
 
 from lora_analysis import hub
 from lora_analysis.cli import main as cli_main
 from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.train.provenance import data_hash, device_name
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -68,6 +70,10 @@ def test_train_analyse_and_report_from_hub_ids_offline(offline_cache, tmp_path, 
     assert cli_main(["analyze", str(sweep)]) == 0
     assert cli_main(["report", str(sweep)]) == 0
     assert (sweep / "report" / "report.html").is_file()
+    markdown = (sweep / "report" / "report.md").read_text()  # the settings table shows where the runs ran
+    for shown in (f"| torch | {torch.__version__} |", f"| CPU / GPU | {device_name('cpu')} |",
+                  f"| data sha256 (first 12) | {data_hash(str(csv))[:12]} |"):
+        assert shown in markdown, shown
 
 
 def test_adapter_and_base_given_as_hub_ids(offline_cache, tmp_path):

@@ -29,6 +29,10 @@ SETTINGS = [
     ("budget", "lora.budget"), ("A init", "lora.init"), ("init stream", "lora.init_stream"),
     ("dropout", "lora.dropout"), ("seeds", "seed"), ("steps", "optim.steps"), ("batch size", "optim.batch_size"),
     ("learning rate", "optim.lr"), ("schedule", "optim.schedule"), ("device", "device"), ("threads", "threads"),
+    ("precision (auto's choice)", "precision"), ("CPU / GPU", "provenance.device_name"),
+    ("torch", "provenance.torch"), ("transformers", "provenance.transformers"), ("peft", "provenance.peft"),
+    ("lora-analysis", "provenance.lora-analysis"), ("python", "provenance.python"),
+    ("data sha256 (first 12)", "provenance.data_sha256"),
 ]  # fmt: skip
 RUN_COLUMNS = ["run", "method", "lora.targets", "lora.r", "seed", "optim.steps", "optim.lr", "test_accuracy",
                "test_loss", "test_perplexity", "majority_accuracy", "final_train_loss", "a_moved_mean", "lora_params",

@@ -78,3 +78,21 @@ def record(run_dir: Path, device: str, threads: int, data_path: str) -> str | No
     keys = ("versions", "device_name", "data_sha256")
     changed = [f"{k}: {before.get(k)} then, {now[k]} now" for k in keys if before.get(k) != now[k]]
     return f"{run_dir.name} resumed in another environment ({'; '.join(changed)})" if changed else None
+
+
+def columns(run_dir: Path) -> dict[str, str]:
+    """The run's provenance as flat sweep-table columns (``provenance.torch``, ..., ``provenance.data_sha256``
+    shortened to 12 hex digits); none for a run without a readable ``provenance.json`` (older runs)."""
+    try:
+        found = json.loads(RunDir(run_dir).provenance_path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    out = {f"provenance.{name}": str(v) for name, v in (found.get("versions") or {}).items()}
+    for key in ("device_name", "python"):
+        if key in found:
+            out[f"provenance.{key}"] = str(found[key])
+    if "data_sha256" in found:
+        out["provenance.data_sha256"] = str(found["data_sha256"])[:12]
+    return out

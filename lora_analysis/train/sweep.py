@@ -134,6 +134,7 @@ def collect_runs(sweep_dir: Path) -> pd.DataFrame:
         row = {"run": run.name}
         row.update(pd.json_normalize(comparable(config), sep=".").iloc[0].to_dict())
         row.update({k: v for k, v in metrics.items() if not isinstance(v, dict | list)})
+        row.update(provenance.columns(run.path))
         rows.append(row)
     frame = pd.DataFrame(rows)
     for column in frame.columns:  # mixed None/str columns (e.g. lora.layers) must stay writable
