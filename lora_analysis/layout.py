@@ -105,6 +105,16 @@ class RunDir:
     def is_done(self) -> bool:
         return self.done_path.is_file()
 
+    def failure(self) -> str | None:
+        """Why the run stopped without finishing (its ``FAILED.json``), or None when it did not fail."""
+        if not self.failed_path.is_file():
+            return None
+        try:
+            record = json.loads(self.failed_path.read_text())
+            return str(record.get("reason", "no reason recorded"))
+        except (OSError, ValueError, AttributeError):
+            return f"{self.failed_path} is unreadable"
+
     def has_adapter(self) -> bool:
         return (self.path / ADAPTER_CONFIG).is_file()
 
@@ -206,7 +216,9 @@ class SweepDir:
         return RunDir(self.path / name)
 
     def finished_runs(self) -> list[RunDir]:
-        return sorted((RunDir(p.parent) for p in self.path.glob(f"*/{RunDir.DONE}")), key=lambda r: r.path)
+        """Runs with a ``DONE`` marker and no ``FAILED.json`` (a failed run is never a finished one)."""
+        runs = (RunDir(p.parent) for p in self.path.glob(f"*/{RunDir.DONE}"))
+        return sorted((r for r in runs if not r.failed_path.exists()), key=lambda r: r.path)
 
     def failed_runs(self) -> list[RunDir]:
         return sorted((RunDir(p.parent) for p in self.path.glob(f"*/{RunDir.FAILED}")), key=lambda r: r.path)

@@ -354,6 +354,10 @@ def _load_run(folder: Path, match_ignore: tuple[str, ...], notes: list[str]) -> 
         return Run(folder.name, adapter, r, None, adapter.targets, adapter.base_model_name_or_path)
     run_dir = RunDir(folder)
     config = run_dir.load_config() or {}
+    failure = run_dir.failure()
+    if failure is not None:
+        notes.append(f"skipped {folder}: failed run ({failure})")
+        return None
     if not run_dir.is_done():
         notes.append(f"skipped {folder}: unfinished run (no {RunDir.DONE} marker)")
         return None

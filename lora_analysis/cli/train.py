@@ -15,14 +15,17 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.hydra_compose import conf_dir
 from lora_analysis.train.config import register_configs
+from lora_analysis.train.divergence import DivergedError
 from lora_analysis.train.sweep import default_threads, run_name, settings_from, train_run
 
 KEY_SEPARATOR = "+"  # between the swept keys in the run_name resolver's second argument
+_DIVERGED: list[str] = []  # runs of this sweep that diverged: the sweep goes on, the exit status says so
 
 
 def _run_name_resolver(overrides, swept: str = "", *, _root_) -> str:
@@ -50,8 +53,9 @@ def main(argv: list[str]) -> int:
         argv = [*argv, f"hydra.sweep.subdir='${{run_name:${{hydra:overrides.task}},{KEY_SEPARATOR.join(keys)}}}'"]
     # @hydra.main takes no argument list in Hydra 1.3: it parses sys.argv (and so do its launchers).
     sys.argv = ["lora-analysis train", *argv]
+    _DIVERGED.clear()
     _hydra_app()
-    return 0
+    return 2 if _DIVERGED else 0
 
 
 def swept_keys(argv: Sequence[str]) -> list[str]:
@@ -74,6 +78,10 @@ def _hydra_app(cfg: DictConfig) -> float | None:
             settings.threads = default_threads()
         metrics = train_run(settings, run_dir)
     except LoraAnalysisError as error:
+        if isinstance(error.__cause__, DivergedError) and HydraConfig.get().mode == RunMode.MULTIRUN:
+            print(f"lora-analysis train: error: {error}", file=sys.stderr)  # the other runs go on
+            _DIVERGED.append(run_dir.name)
+            return None
         for folder in (run_dir, run_dir.parent):  # Hydra made them for a run that never started
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()

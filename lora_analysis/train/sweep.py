@@ -27,6 +27,7 @@ from lora_analysis.hydra_compose import compose
 from lora_analysis.layout import RunDir, SweepDir
 from lora_analysis.train import provenance
 from lora_analysis.train.config import Method, Precision, TrainConfig, register_configs
+from lora_analysis.train.divergence import DivergedError, record_failure
 from lora_analysis.train.loggers import open_tracker
 
 log = logging.getLogger("lora_analysis")
@@ -201,6 +202,9 @@ def train_run(settings: TrainConfig, run_dir: Path) -> dict:
         tracker = open_tracker(settings, run_dir, config)
         metrics = train(settings, run_dir, tracker.log)
         tracker.finish(run_dir, metrics)
+    except DivergedError as error:  # the folder stays, saying why; no DONE, no final adapter
+        record_failure(run_dir, error)
+        raise LoraAnalysisError(f"{run_dir}: {error} (recorded in {RunDir.FAILED})") from error
     except LoraAnalysisError:
         # Bad input is found before any step is taken: leave no trace of the run.
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -30,6 +30,7 @@ from lora_analysis.machine import resolve_device
 from lora_analysis.train import data as task_data
 from lora_analysis.train import precision
 from lora_analysis.train.config import Method, Precision, Schedule, Task, TrainConfig
+from lora_analysis.train.divergence import check_step
 from lora_analysis.train.modeling import add_lora, load_model, load_tokenizer, lora_state
 from lora_analysis.train.plateau import plateau_metrics
 
@@ -127,6 +128,7 @@ def _train_loop(cfg, model, params, optimizer, data, pad_id, device, run_dir, pr
         with autocast(cfg, device):
             loss = model(**batch).loss
         loss.backward()
+        check_step(loss, params.values(), progress.step + 1)  # before the step: no NaN reaches the weights
         if cfg.optim.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params.values(), cfg.optim.max_grad_norm)
         optimizer.step()
