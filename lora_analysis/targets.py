@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from lora_analysis import patterns
 from lora_analysis.errors import LoraAnalysisError
 
 ROLES = ("q", "k", "v", "o", "qkv", "ffn_gate", "ffn_in", "ffn_out")
@@ -155,8 +156,7 @@ def select_modules(
     """
     paths = list(module_paths)
     if target_regex:
-        regex = re.compile(target_regex)
-        chosen = [parse_module_path(p) for p in paths if regex.fullmatch(p)]
+        chosen = [parse_module_path(p) for p in paths if patterns.fullmatch(target_regex, p, "lora.target_regex")]
         if not chosen:
             raise LoraAnalysisError(f"lora.target_regex {target_regex!r} matches no module")
     else:
@@ -199,14 +199,9 @@ def targets_label(targets: str | Sequence[str]) -> str:
     return targets if isinstance(targets, str) else "+".join(targets)
 
 
-def pattern_key(pattern_keys, module_path: str) -> str:
+def pattern_key(pattern_keys, module_path: str, source: str = "rank_pattern") -> str:
     """The ``rank_pattern``/``alpha_pattern`` key that applies to ``module_path`` (else the path itself).
 
-    The same rule as ``peft.utils.other.get_pattern_key`` (first key ``k`` with
-    ``re.match(rf"(.*\\.)?({k})$", path)``); importing peft costs seconds, so it is restated here
-    and tested against peft's own function.
+    PEFT's ``peft.utils.other.get_pattern_key``, matched in linear time (``patterns.pattern_key``).
     """
-    for key in pattern_keys:
-        if re.match(rf"(.*\.)?({key})$", module_path):
-            return key
-    return module_path
+    return patterns.pattern_key(pattern_keys, module_path, source)

@@ -191,7 +191,7 @@ def test_rank_pattern_from_a_recommendation_file(tiny, tmp_path):
 @pytest.mark.parametrize("spec, message", [
     ("missing.json", "is not a file"),
     ("'{\"query\": 0}'", "must be an integer >= 1"),
-    ("'{\"(query\": 2}'", "is not a regular expression"),
+    ("'{\"(query\": 2}'", "is not a valid regular expression"),
     ("'{\"pooler\\\\.dense\": 2}'", "matches none of the adapted modules"),
     ("'{\"query\": 40}'", "exceeds min(in, out) = 32"),
 ])

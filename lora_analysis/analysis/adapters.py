@@ -211,10 +211,12 @@ class Adapter:
         r = shape_A[0]
         rank_pattern = self.config.get("rank_pattern") or {}
         alpha_pattern = self.config.get("alpha_pattern") or {}
-        r_config = rank_pattern.get(pattern_key(rank_pattern, path), self.config.get("r", r))
+        source = f"{self.folder / CONFIG_FILE}"
+        r_config = rank_pattern.get(pattern_key(rank_pattern, path, f"{source} rank_pattern"), self.config.get("r", r))
         if r_config != r:
             raise LoraAnalysisError(f"{file}: {keys['A']} has rank {r} but {CONFIG_FILE} says r={r_config}")
-        alpha = float(alpha_pattern.get(pattern_key(alpha_pattern, path), self.config.get("lora_alpha", r)))
+        alpha_key = pattern_key(alpha_pattern, path, f"{source} alpha_pattern")
+        alpha = float(alpha_pattern.get(alpha_key, self.config.get("lora_alpha", r)))
         scale = lora_scale(alpha, r, bool(self.config.get("use_rslora", False)))
         target = parse_module_path(path)
         return LoraModule(

@@ -8,7 +8,6 @@ OmegaConf cannot (ranges, choices that depend on each other). Each field is docu
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
+from lora_analysis import patterns
 from lora_analysis.embedded import DATA_NAME, MODEL_NAME
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.targets import expand_roles, targets_label
@@ -104,10 +104,7 @@ def read_rank_pattern(spec: str) -> dict[str, int]:
     for key, rank in pattern.items():
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise LoraAnalysisError(f"lora.rank_pattern: the rank of {key!r} must be an integer >= 1, got {rank!r}")
-        try:
-            re.compile(key)
-        except re.error as error:
-            raise LoraAnalysisError(f"lora.rank_pattern: {key!r} is not a regular expression ({error})") from None
+        patterns.check_key(key, "lora.rank_pattern")
     return pattern
 
 
@@ -138,6 +135,8 @@ class LoraSettings:
             self.targets = targets_label([str(t) for t in self.targets])
         if self.target_regex is None:
             expand_roles(self.targets)  # raises on an unknown role or preset
+        else:  # before any run folder exists
+            patterns.check(self.target_regex, "lora.target_regex")
         if self.rank_pattern is not None:
             self.rank_pattern = json.dumps(read_rank_pattern(self.rank_pattern), sort_keys=True)
 

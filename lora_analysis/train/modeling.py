@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import warnings
 import zlib
 
@@ -100,6 +101,17 @@ def choose_targets(model: torch.nn.Module, cfg: LoraSettings) -> list[ModuleTarg
     return chosen
 
 
+def resolved_ranks(targets: list[ModuleTarget], cfg: LoraSettings) -> dict[str, int]:
+    """``lora.rank_pattern`` resolved here in linear time, as PEFT would, into one escaped path per module.
+
+    PEFT matches pattern keys with Python's backtracking ``re``: given the user's keys it could take
+    exponential time on a crafted one. Longest paths first, so no path is taken for a suffix of another.
+    """
+    pattern = cfg.ranks()
+    ranks = {t.path: pattern[key] for t in targets if (key := pattern_key(pattern, t.path)) in pattern}
+    return {re.escape(path): ranks[path] for path in sorted(ranks, key=len, reverse=True)}
+
+
 def _select(model: torch.nn.Module, cfg: LoraSettings, targets: str) -> list[ModuleTarget]:
     names = [name for name, module in model.named_modules() if _weight_shape(module) is not None]
     return select_modules(names, model_type(model), targets, cfg.layers, cfg.target_regex)
@@ -149,7 +161,7 @@ def add_lora(
     fan_in_fan_out = cfg.target_regex is None and family_for(model_type(model)).fan_in_fan_out
     lora_config = peft.LoraConfig(
         r=cfg.r,
-        rank_pattern=cfg.ranks(),
+        rank_pattern=resolved_ranks(targets, cfg),
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         use_rslora=cfg.rslora,
