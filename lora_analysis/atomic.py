@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -59,3 +60,34 @@ def locked(path: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def replaced_folder(folder: str | Path, replaceable: Callable[[Path], bool]) -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``folder``; when the block succeeds it becomes ``folder``.
+
+    A folder is written as one unit: a reader sees the old folder or the new one, never a mix, whatever
+    files the block writes. An existing ``folder`` is replaced only when ``replaceable(folder)`` says it
+    is one of ours (else nothing is touched); a failed block leaves the old folder as it was.
+    """
+    folder = Path(folder)
+    if folder.exists() and not (folder.is_dir() and (not any(folder.iterdir()) or replaceable(folder))):
+        from lora_analysis.errors import LoraAnalysisError
+
+        kind = "a folder of other files" if folder.is_dir() else "a file"
+        raise LoraAnalysisError(f"{folder} exists and is {kind}: not replaced (choose another output folder)")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex
+    tmp, old = folder.parent / f".{folder.name}.{tag}.tmp", folder.parent / f".{folder.name}.{tag}.old"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not folder.exists():
+            os.replace(old, folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

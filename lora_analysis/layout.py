@@ -151,9 +151,14 @@ class AnalysisDir:
 
     META = "analysis.json"
     INPUTS = "inputs.safetensors"  # every module's input statistics (analysis/inputs.py)
+    REBUILD = "rebuild it with lora-analysis analyze <its sweep or adapter folders> (out= this folder)"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
+
+    def unreadable(self, path: Path, error: BaseException) -> LoraAnalysisError:
+        """The one-line error for a damaged file of this folder, saying how to rebuild it."""
+        return LoraAnalysisError(f"{path}: unreadable ({first_line(error)}); {self.REBUILD}")
 
     def table(self, name: str) -> Path:
         return self.path / f"{name}.parquet"
@@ -211,6 +216,18 @@ class SweepDir:
 
     def is_sweep(self) -> bool:
         return self.table_path.is_file()
+
+    def read_table(self, columns: list[str] | None = None):
+        """The sweep table as a DataFrame; a damaged file is one line saying how to rebuild it."""
+        import pandas as pd
+
+        try:
+            return pd.read_parquet(self.table_path, columns=columns)
+        except (OSError, ValueError) as error:
+            raise LoraAnalysisError(
+                f"{self.table_path}: unreadable ({first_line(error)}); rebuild it by re-launching the sweep's "
+                "lora-analysis train command (finished runs are skipped, the table is rewritten)"
+            ) from None
 
     def run(self, name: str) -> RunDir:
         return RunDir(self.path / name)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.errors import LoraAnalysisError, first_line
 from lora_analysis.layout import SweepDir
 
 
@@ -17,7 +17,10 @@ def stale_reason(sweep: Path) -> str | None:
     folder = SweepDir(sweep).analysis
     if not folder.exists() or not folder.table("runs").is_file():
         return "no analysis yet"
-    analysed = set(pd.read_parquet(folder.table("runs"), columns=["run"])["run"])
+    try:
+        analysed = set(pd.read_parquet(folder.table("runs"), columns=["run"])["run"])
+    except (OSError, ValueError, KeyError) as error:  # damaged: analysing again rebuilds it
+        return f"{folder.table('runs')} is unreadable ({first_line(error)})"
     new = sorted(run.name for run in SweepDir(sweep).finished_runs() if run.has_adapter() and run.name not in analysed)
     if not new:  # runs analysed and since deleted stay in the tables: their results were real
         return None

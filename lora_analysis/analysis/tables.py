@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from lora_analysis.analysis.inputs import InputStatistics
-from lora_analysis.atomic import write_atomic, write_json
+from lora_analysis.atomic import replaced_folder, write_atomic, write_json
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.layout import AnalysisDir
 
@@ -132,12 +132,13 @@ class AnalysisResult:
     def save(self, folder: str | Path) -> Path:
         """Write ``<table>.parquet`` for each table and ``analysis.json`` (settings, notes) into ``folder``."""
         folder = Path(folder)
-        with small_pages():
+        with replaced_folder(folder, lambda old: AnalysisDir(old).exists()) as tmp, small_pages():
+            out = AnalysisDir(tmp)  # written whole beside the old one, then renamed into place
             for name, frame in self.tables().items():
-                write_atomic(folder / f"{name}.parquet", partial(_to_parquet, frame, name=name))
-        if self.inputs is not None:
-            self.inputs.save(AnalysisDir(folder).inputs_path)
-        write_json(folder / "analysis.json", {"config": self.config, "notes": self.notes})
+                write_atomic(out.table(name), partial(_to_parquet, frame, name=name))
+            if self.inputs is not None:
+                self.inputs.save(out.inputs_path)
+            write_json(out.meta_path, {"config": self.config, "notes": self.notes})
         return folder
 
     @classmethod
@@ -147,17 +148,29 @@ class AnalysisResult:
         ``partial``: a missing table is an empty table of its schema, and a missing ``analysis.json``
         leaves no notes, instead of an error (a report still shows what is there).
         """
-        folder = Path(folder)
-        missing = [n for n in SCHEMAS if not (folder / f"{n}.parquet").is_file()]
-        has_meta = (folder / "analysis.json").is_file()
+        where = AnalysisDir(folder)
+        missing = [n for n in SCHEMAS if not where.table(n).is_file()]
+        has_meta = where.meta_path.is_file()
         if not partial and (missing or not has_meta):
             raise LoraAnalysisError(f"{folder} is not an analysis folder (missing {missing or 'analysis.json'})")
-        meta = json.loads((folder / "analysis.json").read_text()) if has_meta else {}
-        frames = {n: TableBuilder(s).frame() if n in missing else
-                  restore_dtypes(pd.read_parquet(folder / f"{n}.parquet"), s) for n, s in SCHEMAS.items()}
-        inputs_path = AnalysisDir(folder).inputs_path
-        inputs = InputStatistics.load(inputs_path) if inputs_path.is_file() else None
+        meta = {}
+        if has_meta:
+            try:
+                meta = json.loads(where.meta_path.read_text())
+                if not isinstance(meta, dict):
+                    raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+            except (OSError, ValueError) as error:
+                raise where.unreadable(where.meta_path, error) from None
+        frames = {n: TableBuilder(s).frame() if n in missing else _read_table(where, n) for n, s in SCHEMAS.items()}
+        inputs = InputStatistics.load(where.inputs_path) if where.inputs_path.is_file() else None
         return cls(**frames, notes=meta.get("notes", []), config=meta.get("config", {}), inputs=inputs)
+
+
+def _read_table(where: AnalysisDir, name: str) -> pd.DataFrame:
+    try:
+        return restore_dtypes(pd.read_parquet(where.table(name)), SCHEMAS[name])
+    except (OSError, ValueError, KeyError, AttributeError) as error:  # truncated, foreign or mis-typed
+        raise where.unreadable(where.table(name), error) from None
 
 
 def _to_parquet(frame: pd.DataFrame, path: Path, name: str) -> None:

@@ -205,7 +205,7 @@ def recommend(sweep: str | Path, subject: str = Subject.A_delta, targets: str | 
 
     sweep = SweepDir(Path(sweep))
     analysis = AnalysisResult.load(sweep.analysis.path)
-    runs = pd.read_parquet(sweep.table_path) if sweep.is_sweep() else pd.DataFrame()
+    runs = sweep.read_table() if sweep.is_sweep() else pd.DataFrame()
     return recommend_from(analysis.phi, analysis.modules, runs, subject, targets, source=str(sweep.analysis.path))
 
 

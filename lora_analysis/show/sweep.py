@@ -37,7 +37,7 @@ def load_sweep(sweep_dir: str | Path) -> SweepData:
     if not sweep.is_sweep():
         raise LoraAnalysisError(f"{sweep.path} is not a sweep folder: no {SweepDir.TABLE} (expected the output of "
                                 "lora-analysis train -m or reproduce)")
-    runs = pd.read_parquet(sweep.table_path)
+    runs = sweep.read_table()
     histories, missing = {}, []
     for name in runs["run"].astype(str):
         run = sweep.run(name)
