@@ -62,6 +62,25 @@ def locked(path: str | Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def check_output_folder(folder: str | Path, replaceable: Callable[[Path], bool]) -> None:
+    """Raise ``LoraAnalysisError`` unless ``replaced_folder(folder, replaceable)`` could write there.
+
+    Called before long work, so an output path that is a file, a folder of other files or not
+    writable is refused at once instead of after the work.
+    """
+    from lora_analysis.errors import LoraAnalysisError
+
+    folder = Path(folder)
+    if folder.exists() and not (folder.is_dir() and (not any(folder.iterdir()) or replaceable(folder))):
+        kind = "a folder of other files" if folder.is_dir() else "a file"
+        raise LoraAnalysisError(f"{folder} exists and is {kind}: not replaced (choose another output folder)")
+    parent = folder.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise LoraAnalysisError(f"cannot write {folder}: {parent} is not a writable folder")
+
+
 @contextlib.contextmanager
 def replaced_folder(folder: str | Path, replaceable: Callable[[Path], bool]) -> Iterator[Path]:
     """Yield an empty temporary sibling of ``folder``; when the block succeeds it becomes ``folder``.
@@ -71,11 +90,7 @@ def replaced_folder(folder: str | Path, replaceable: Callable[[Path], bool]) -> 
     is one of ours (else nothing is touched); a failed block leaves the old folder as it was.
     """
     folder = Path(folder)
-    if folder.exists() and not (folder.is_dir() and (not any(folder.iterdir()) or replaceable(folder))):
-        from lora_analysis.errors import LoraAnalysisError
-
-        kind = "a folder of other files" if folder.is_dir() else "a file"
-        raise LoraAnalysisError(f"{folder} exists and is {kind}: not replaced (choose another output folder)")
+    check_output_folder(folder, replaceable)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex
     tmp, old = folder.parent / f".{folder.name}.{tag}.tmp", folder.parent / f".{folder.name}.{tag}.old"

@@ -141,7 +141,10 @@ def test_modules_sharing_an_address_are_not_aliased_only_the_same_input_is():
     assert stats["k"] is stats["q"]  # the very same tensor: counted once
     for name in ("first", "second"):
         captured = []
-        handle = modules[name].register_forward_hook(lambda m, a, o: captured.append(a[0].reshape(-1, 6).clone()))
+        def keep(_module, args, _output, into=captured):
+            into.append(args[0].reshape(-1, 6).clone())
+
+        handle = modules[name].register_forward_hook(keep)
         with torch.inference_mode():
             for ids, mask in batches:
                 model(ids, mask)

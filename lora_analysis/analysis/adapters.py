@@ -272,9 +272,37 @@ def _read_config(folder: Path) -> dict:
     peft_type = str(config.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
         raise LoraAnalysisError(f"{path}: peft_type {peft_type} is not LORA")
+    _check_numbers(path, config)
     if config.get("use_dora"):
         warnings.warn(f"{path}: DoRA adapter; its magnitude vector is ignored, B @ A is analysed", stacklevel=4)
     return config
+
+
+def _check_numbers(path: Path, config: dict) -> None:
+    """The values this toolkit reads, of the types PEFT writes: ``r`` and ranks integers >= 1,
+    ``lora_alpha`` and alphas finite numbers, names strings, switches booleans."""
+    def number(value) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    for key in ("rank_pattern", "alpha_pattern"):
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            raise LoraAnalysisError(f"{path}: {key} must be a JSON object of pattern: value, got {config[key]!r}")
+    for key in ("base_model_name_or_path", "peft_type", "task_type", "revision"):
+        if config.get(key) is not None and not isinstance(config[key], str):
+            raise LoraAnalysisError(f"{path}: {key} must be a string, got {config[key]!r}")
+    for key in ("fan_in_fan_out", "use_rslora", "use_dora"):
+        if config.get(key) is not None and not isinstance(config[key], bool):
+            raise LoraAnalysisError(f"{path}: {key} must be true or false, got {config[key]!r}")
+    ranks = [("r", config["r"])] if "r" in config else []
+    ranks += [(f"rank_pattern[{k!r}]", v) for k, v in (config.get("rank_pattern") or {}).items()]
+    for name, value in ranks:
+        if not number(value) or value != int(value) or value < 1:
+            raise LoraAnalysisError(f"{path}: {name} must be an integer >= 1, got {value!r}")
+    alphas = [("lora_alpha", config["lora_alpha"])] if "lora_alpha" in config else []
+    alphas += [(f"alpha_pattern[{k!r}]", v) for k, v in (config.get("alpha_pattern") or {}).items()]
+    for name, value in alphas:
+        if not number(value):
+            raise LoraAnalysisError(f"{path}: {name} must be a finite number, got {value!r}")
 
 
 def load_adapter(folder: str | Path) -> Adapter:

@@ -11,7 +11,7 @@ import os
 import sys
 from itertools import takewhile
 
-from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.errors import LoraAnalysisError, first_line
 
 COMMANDS = {
     "train": ("lora_analysis.cli.train", "train LoRA adapters (one run, or a sweep with -m)"),
@@ -76,6 +76,9 @@ def one_line(error: BaseException) -> str | None:
     for err in chain:
         if isinstance(err, HydraException | OmegaConfBaseException):
             return _config_message(chain)
+    for err in chain:  # a path the user gave that cannot be read or written (a file for a folder, read-only)
+        if isinstance(err, OSError) and err.filename and not isinstance(err, BlockingIOError):
+            return f"cannot use {err.filename}: {err.strerror or first_line(err)}"
     return None
 
 

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from omegaconf import OmegaConf
 
 from lora_analysis.analysis.compare import AnalyzeConfig, default_out, run_analysis
+from lora_analysis.atomic import check_output_folder
 from lora_analysis.hydra_compose import compose, help_text, split_args
+from lora_analysis.layout import AnalysisDir
 
 SUMMARY = """\
 usage: lora-analysis analyze <sweep folder | run folders | adapter folders> [key=value ...]
@@ -32,12 +34,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(help_text(SUMMARY, "analyze"))
         return 0
     cfg: AnalyzeConfig = OmegaConf.to_object(compose("analyze", overrides))
+    out = cfg.out or default_out(cfg.inputs)
+    check_output_folder(out, lambda old: AnalysisDir(old).exists())  # before the analysis, not after it
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = run_analysis(cfg)
     for warning in caught:
         print(f"lora-analysis analyze: note: {warning.message}", file=sys.stderr)
-    folder = result.save(cfg.out or default_out(cfg.inputs))
+    folder = result.save(out)
     rows = ", ".join(f"{name} {len(frame)}" for name, frame in result.tables().items())
     print(f"analysed {len(result.runs)} runs; wrote {folder} ({rows} rows)")
     return 0

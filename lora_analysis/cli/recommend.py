@@ -33,6 +33,8 @@ def main(argv: Sequence[str]) -> int:
     sweep = Path(cfg.sweep)
     if not sweep.is_dir():
         raise LoraAnalysisError(f"sweep folder {sweep} does not exist")
+    if cfg.rank_pattern and (Path(cfg.rank_pattern).is_dir() or not Path(cfg.rank_pattern).parent.is_dir()):
+        raise LoraAnalysisError(f"rank_pattern={cfg.rank_pattern}: expected a file path in an existing folder")
     ensure_analysis(sweep, True, "lora-analysis recommend")
     result = recommend(sweep, cfg.subject, cfg.targets)
     if result.nothing:  # an answer, not an error: there is nothing above the controls to size a rank by

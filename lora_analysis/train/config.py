@@ -77,6 +77,7 @@ class DataConfig:
     # seed (test labels untouched, label counts kept). For causal_lm each training text is paired with
     # the next-token targets of another training text (the same permutation), its inputs unchanged.
     shuffle_labels: bool = False
+    many_labels: bool = False  # accept a label column that looks continuous (texts.read_text_table)
 
     def __post_init__(self) -> None:
         if self.test_size < 1:
@@ -205,6 +206,10 @@ class TrainConfig:
             self.optim.lr = DEFAULT_LR[self.method]
         if self.model.task == Task.classification and not self.data.label_column:
             raise LoraAnalysisError("data.label_column is required for model.task=classification")
+        if isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
+            raise LoraAnalysisError(f"seed must be an integer in [0, 2**32), got {self.seed}")
+        if not self.name or self.name in (".", "..") or any(c in self.name for c in "/\\\0"):
+            raise LoraAnalysisError(f"name must be a plain folder name (no / or ..), got {self.name!r}")
         if self.threads is not None and self.threads < 1:
             raise LoraAnalysisError(f"threads must be >= 1 or null, got {self.threads}")
 

@@ -117,6 +117,18 @@ def _select(model: torch.nn.Module, cfg: LoraSettings, targets: str) -> list[Mod
     return select_modules(names, model_type(model), targets, cfg.layers, cfg.target_regex)
 
 
+def check_max_length(cfg: ModelConfig, max_length: int) -> None:
+    """Refuse ``data.max_length`` beyond the model's position embeddings (read from its config only)."""
+    quiet_transformers()
+    try:
+        config = AutoConfig.from_pretrained(_model_source(cfg), revision=cfg.revision)
+    except (OSError, ValueError) as error:
+        raise LoraAnalysisError(f"cannot load model {cfg.name_or_path!r}: {first_line(error)}") from error
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if positions and max_length > positions:
+        raise LoraAnalysisError(f"data.max_length={max_length} exceeds the model's {positions} positions")
+
+
 def skeleton(cfg: ModelConfig) -> torch.nn.Module:
     """The model's modules on the meta device: shapes and names without reading or allocating weights."""
     path = _model_source(cfg)

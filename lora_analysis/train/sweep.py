@@ -20,6 +20,7 @@ import pandas as pd
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from safetensors import safe_open
 
 from lora_analysis.atomic import locked, write_json, write_parquet, write_text
 from lora_analysis.errors import LoraAnalysisError
@@ -99,11 +100,27 @@ def prepare_run_dir(run_dir: Path, config: dict) -> str:
             )
         return "skip"
     if same and run.checkpoint_path.is_file():
-        return "resume"
+        if readable_checkpoint(run):
+            return "resume"
+        log.warning("%s: discarded an unreadable %s; starting the run again", run_dir, RunDir.CHECKPOINT)
     if run.path.is_dir():
         for item in run.path.iterdir():
             shutil.rmtree(item) if item.is_dir() else item.unlink()
     return "start"
+
+
+def readable_checkpoint(run: RunDir) -> bool:
+    """Whether the run's checkpoint reads whole (a truncated one would wedge every relaunch)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        load_file(str(run.checkpoint_path))
+        with safe_open(str(run.checkpoint_path), "pt") as handle:
+            json.loads((handle.metadata() or {})["progress"])
+    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError):
+        return False
+    return True
 
 
 def _first_difference(old: dict, new: dict, prefix: str = "") -> str:
@@ -193,6 +210,9 @@ def train_run(settings: TrainConfig, run_dir: Path) -> dict:
     if action == "skip":
         log.info("%s: finished already, skipped", run_dir)
         return RunDir(run_dir).load_metrics()
+    from lora_analysis.train.modeling import check_max_length
+
+    check_max_length(settings.model, settings.data.max_length)  # before the run folder holds anything
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(RunDir(run_dir).config_path, yaml.safe_dump(config, sort_keys=False))
     try:

@@ -1,0 +1,118 @@
+"""Bad input that used to end in a traceback (issue 12, items 5 and 7): one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+from _tiny_models import peft_adapter
+from safetensors.torch import load_file
+from tiny import build_tiny_model, tiny_overrides, write_tiny_csv
+
+from lora_analysis import cli
+from lora_analysis.layout import ADAPTER_WEIGHTS, RunDir
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return build_tiny_model("bert", root / "bert"), write_tiny_csv(root / "reviews.csv")
+
+
+def train(tiny, out, *extra):
+    model, csv = tiny
+    return cli.main(["train", *tiny_overrides(model, csv, out, 2), *extra])
+
+
+def one_line(capsys, command: str) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith(f"lora-analysis {command}: error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["seed=-1"], "seed must be an integer in [0, 2**32)"),
+    (["data.max_length=100000"], "data.max_length=100000 exceeds the model's"),
+    (["name=../x"], "name must be a plain folder name"),
+    (["lora.target_regex='(unclosed'"], "is not a valid regular expression"),
+])
+def test_bad_train_settings_are_one_line_and_leave_nothing(tiny, tmp_path, capsys, extra, message):
+    assert train(tiny, tmp_path / "runs", *extra) == 2
+    assert message in one_line(capsys, "train")
+    left = [p for p in tmp_path.rglob("*") if p.name in (RunDir.CONFIG, RunDir.INIT)]
+    assert left == [] and not (tmp_path / "x").exists()
+
+
+def test_out_dir_that_is_a_file_is_one_line(tiny, tmp_path, capsys):
+    (tmp_path / "afile").write_text("not a folder")
+    assert train(tiny, tmp_path / "afile") == 2
+    assert "afile" in one_line(capsys, "train")
+
+
+@pytest.fixture
+def adapter(tmp_path):
+    return shutil.copytree(peft_adapter("bert", tmp_path / "src", r=2), tmp_path / "adapter")
+
+
+@pytest.mark.parametrize("out", ["afile", "afile/below"])
+def test_analyze_out_a_file_is_refused_before_the_analysis(adapter, tmp_path, capsys, monkeypatch, out):
+    (tmp_path / "afile").write_text("x")
+    import lora_analysis.cli.analyze as analyze
+
+    monkeypatch.setattr(analyze, "run_analysis", lambda cfg: pytest.fail("the analysis ran first"))
+    assert cli.main(["analyze", str(adapter), f"out={tmp_path / out}"]) == 2
+    assert str(tmp_path / "afile") in one_line(capsys, "analyze")
+
+
+def test_recommend_rank_pattern_a_folder_is_refused_first(sweep, tmp_path, capsys, monkeypatch):
+    import lora_analysis.cli.recommend as recommend
+
+    monkeypatch.setattr(recommend, "ensure_analysis", lambda *a: pytest.fail("analysed first"))
+    assert cli.main(["recommend", str(sweep), f"rank_pattern={tmp_path}"]) == 2
+    assert "expected a file path" in one_line(capsys, "recommend")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"lora_alpha": "eight"}, "lora_alpha must be a finite number, got 'eight'"),
+    ({"r": 0}, "r must be an integer >= 1, got 0"),
+    ({"r": True}, "r must be an integer >= 1, got True"),
+    ({"rank_pattern": ["query"]}, "rank_pattern must be a JSON object"),
+    ({"alpha_pattern": {"query": None}}, "alpha_pattern['query'] must be a finite number"),
+])
+def test_bad_numbers_in_an_adapter_config_are_one_line(adapter, tmp_path, capsys, change, message):
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, **change}))
+    assert cli.main(["analyze", str(adapter), f"out={tmp_path / 'out'}", "progress=false"]) == 2
+    assert message in one_line(capsys, "analyze")
+
+
+def test_a_run_config_that_is_a_yaml_list_is_one_line(tiny, tmp_path, capsys):
+    assert train(tiny, tmp_path / "runs", "name=s") == 0
+    (run,) = [p for p in (tmp_path / "runs" / "s").iterdir() if p.is_dir()]
+    (run / RunDir.CONFIG).write_text(yaml.safe_dump(["a", "list"]))
+    capsys.readouterr()
+    assert cli.main(["analyze", str(run.parent), "progress=false"]) == 2
+    assert "expected a mapping of config keys, got a list" in one_line(capsys, "analyze")
+
+
+def test_a_truncated_checkpoint_is_discarded_and_the_run_starts_again(tiny, tmp_path, capsys):
+    assert train(tiny, tmp_path / "runs", "name=s") == 0
+    (run,) = [RunDir(p) for p in (tmp_path / "runs" / "s").iterdir() if p.is_dir()]
+    first = load_file(str(run.path / ADAPTER_WEIGHTS))
+    run.done_path.unlink()  # as if killed after a checkpoint, which was cut short
+    run.checkpoint_path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    assert train(tiny, tmp_path / "runs", "name=s") == 0
+    assert "discarded an unreadable checkpoint.safetensors; starting the run again" in capsys.readouterr().out
+    again = load_file(str(run.path / ADAPTER_WEIGHTS))
+    assert run.is_done() and not run.checkpoint_path.exists()
+    assert all((first[k] == again[k]).all() for k in first)  # the same run, trained from the start
+
+
+def test_report_markdown_makes_html_in_user_strings_inert():
+    from lora_analysis.show.document import Bullets, Paragraph, md_safe
+
+    assert md_safe("sweep <svg onload=alert(1)> & `r<8`") == "sweep &lt;svg onload=alert(1)&gt; &amp; `r<8`"
+    assert "<svg" not in Paragraph("run <svg onload=x>").markdown()
+    assert "<img" not in Bullets(("a <img src=x onerror=y>",)).markdown()
