@@ -42,6 +42,21 @@ def resolve_base(name_or_path: str | None) -> Path | None:
         return None
 
 
+def check_model_dir(name_or_path: str) -> Path:
+    """The model directory named by ``base=``, or one line saying why it is not one."""
+    path = resolve_base(name_or_path)
+    if path is None:
+        raise LoraAnalysisError(f"base={name_or_path}: no such model directory (or hub id in the local cache)")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise LoraAnalysisError(f"base={name_or_path}: {path} holds no model weights (*.safetensors)")
+    return path
+
+
+def chosen_base(recorded: str | None, given: str | None) -> Path | None:
+    """The base a run is analysed against: an explicit ``base=`` wins over the one the run records."""
+    return resolve_base(given) if given else resolve_base(recorded)
+
+
 class BaseWeights:
     """The weight tensors of one model directory (default: the embedded MiniLM)."""
 
@@ -91,8 +106,9 @@ class BaseWeights:
     def weight(self, module_path: str, out_features: int, in_features: int, fan_in_fan_out: bool = False) -> np.ndarray:
         """``W: (out_features, in_features)`` float64 of module ``module_path``.
 
-        A stored ``(in, out)`` tensor is transposed when the shape says so or, for a square matrix,
-        when ``fan_in_fan_out`` is set (by the adapter, or by a GPT-2-style base).
+        A stored ``(in, out)`` tensor is transposed only where the format says so: ``fan_in_fan_out``
+        set by the adapter, or a GPT-2-style base (Conv1D). Any other shape than the adapter's is refused,
+        naming the module and both shapes (an adapter with in and out swapped, or another base).
         """
         key = self.key_for(module_path)
         if key is None:
@@ -102,7 +118,7 @@ class BaseWeights:
             tensor = f.get_tensor(key)
         shape, want = tuple(tensor.shape), (out_features, in_features)
         transpose = fan_in_fan_out or self.fan_in_fan_out
-        if shape == want[::-1] and (shape != want or transpose):
+        if transpose and shape == want[::-1]:
             tensor = tensor.T
         elif shape != want:
             raise LoraAnalysisError(

@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from lora_analysis.analysis.adapters import MATCH_IGNORE, LoraModule, Run, find_runs
-from lora_analysis.analysis.base_weights import BaseWeights, resolve_base
+from lora_analysis.analysis.base_weights import BaseWeights, check_model_dir, chosen_base
 from lora_analysis.analysis.delta import (
     ModuleFactors,
     WeightSVD,
@@ -447,16 +447,17 @@ def _module_paths(runs: list[Run]) -> list[str]:
 
 
 def _bases(runs: list[Run], cfg: AnalyzeConfig, notes: list[str]) -> list[BaseWeights | None]:
-    """Each run's base weights (shared per directory): its own base (config.yaml or adapter_config.json)
-    if found locally, else ``base=``; None, with a note, where neither is found."""
+    """Each run's base weights (shared per directory): ``base=`` when given (it wins over what the run
+    records), else its own base (config.yaml or adapter_config.json) if found locally; None, with a note,
+    where neither is found."""
     if not cfg.w_tables:
         return [None] * len(runs)
-    if cfg.base is not None and resolve_base(cfg.base) is None:
-        raise LoraAnalysisError(f"base={cfg.base}: no such model directory (or hub id in the local cache)")
+    if cfg.base is not None:
+        check_model_dir(cfg.base)
     opened: dict[Path, BaseWeights] = {}
     bases = []
     for run in runs:
-        path = resolve_base(run.base) or (resolve_base(cfg.base) if cfg.base else None)
+        path = chosen_base(run.base, cfg.base)
         if path is None:
             notes.append(
                 f"{run.label}: base model {run.base!r} not found; dw_vs_w, w_dw_phi and intruders "

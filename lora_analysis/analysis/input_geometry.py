@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from lora_analysis.analysis.adapters import Run
-from lora_analysis.analysis.base_weights import resolve_base
+from lora_analysis.analysis.base_weights import chosen_base
 from lora_analysis.analysis.geometry import sampled_geometry, tail_level
 from lora_analysis.analysis.inputs import InputStatistics, TextSource, source_statistics
 from lora_analysis.embedded import DATA_NAME
@@ -30,7 +30,7 @@ INPUT_SPACE = ("A", "A_init", "A_delta")  # and dW when its right side is analys
 def run_source(run: Run, cfg) -> tuple[TextSource | None, str | None]:
     """The run's ``TextSource``, or None and what is missing. ``cfg``: an ``AnalyzeConfig``."""
     config = RunDir(run.folder).load_config() if (run.folder / RunDir.CONFIG).is_file() else None
-    model_dir = resolve_base(run.base) or (resolve_base(cfg.base) if cfg.base else None)
+    model_dir = chosen_base(run.base, cfg.base)
     if model_dir is None:
         return None, f"base model {run.base!r} not found (give base=<model dir>)"
     if config is not None and cfg.data_path is None:
