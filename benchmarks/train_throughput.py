@@ -78,7 +78,7 @@ def baseline(settings: TrainConfig, out: Path) -> dict:
     from transformers import Trainer, TrainingArguments
 
     tokenizer = load_tokenizer(settings.model)
-    texts, labels, _ = task_data.load_table(settings.data, settings.model.task)
+    texts, labels, _, _ = task_data.load_table(settings.data, settings.model.task)
     train_rows, test_rows = task_data.split_indices(len(texts), settings.data.test_size, None, settings.data.split_seed)
 
     def dataset(rows):

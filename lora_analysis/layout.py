@@ -42,7 +42,7 @@ ADAPTER_BIN = "adapter_model.bin"
 
 # Settings added after runs were saved, with the value such a run had without naming it: a run's saved
 # config is read with them filled in, so an older run is skipped, paired and tabled like a new one.
-ADDED_SETTINGS: dict[tuple[str, str], object] = {("data", "shuffle_labels"): False}
+ADDED_SETTINGS: dict[tuple[str, str], object] = {("data", "shuffle_labels"): False, ("data", "many_labels"): False}
 
 
 @dataclass(frozen=True)

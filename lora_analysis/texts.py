@@ -10,7 +10,9 @@ texts here, so the analysis sees exactly the texts and tokens a run trained on.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -18,38 +20,79 @@ import pandas as pd
 from lora_analysis.embedded import DATA_NAME, rotten_tomatoes_csv
 from lora_analysis.errors import LoraAnalysisError
 
+MANY_CLASSES = 50  # more distinct labels than this, and more than a fifth of the rows: looks continuous
+
+
+class TextTable(NamedTuple):
+    texts: list[str]
+    labels: np.ndarray | None  # (n,) int64 class indices; None without a label column
+    names: list[str]  # label names, sorted; index i is class i
+    dropped: dict[str, int]  # rows dropped: {"empty": text or label empty, "repeated": repeated text}
+
 
 def read_text_table(
-    path: str, text_column: str, label_column: str | None
-) -> tuple[list[str], np.ndarray | None, list[str]]:
+    path: str, text_column: str, label_column: str | None, many_labels: bool = False
+) -> TextTable:
     """Texts, integer labels (None when ``label_column`` is None) and label names, cleaned and de-duplicated.
 
-    ``path`` is a CSV/TSV/JSONL file or ``embedded:rotten_tomatoes`` (whose columns are fixed).
+    ``path`` is a CSV/TSV/JSONL file or ``embedded:rotten_tomatoes`` (whose columns are fixed). Rows
+    with an empty text or label and repeated texts are dropped, counted in one warning
+    (``dropped_rows``). Labels that look continuous (numbers with a fractional part, or more than
+    ``MANY_CLASSES`` distinct values and more than a fifth of the rows) are refused unless ``many_labels``.
     """
     if path == DATA_NAME:
         frame = pd.read_csv(rotten_tomatoes_csv())
         frame = frame[frame["category"] != "plot"].drop_duplicates("text")
         labels = (frame["category"] == "fresh").to_numpy(np.int64)
-        return frame["text"].tolist(), labels if label_column is not None else None, ["rotten", "fresh"]
+        return TextTable(frame["text"].tolist(), labels if label_column is not None else None, ["rotten", "fresh"],
+                         {"empty": 0, "repeated": 0})
     frame = read_file(Path(path))
     columns = [text_column] + ([label_column] if label_column is not None else [])
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise LoraAnalysisError(f"{path}: no column {missing[0]!r} (columns: {', '.join(map(str, frame.columns))})")
-    frame = frame.dropna(subset=columns)
-    frame = frame[frame[text_column].astype(str).str.strip() != ""]
+    rows = len(frame)
+    if label_column is not None and _empty(frame[label_column]).all() and rows:
+        raise LoraAnalysisError(f"{path}: label column {label_column!r} is empty in all {rows} rows")
+    if _empty(frame[text_column]).all() and rows:
+        raise LoraAnalysisError(f"{path}: text column {text_column!r} is empty in all {rows} rows")
+    keep = ~_empty(frame[text_column])
+    if label_column is not None:
+        keep &= ~_empty(frame[label_column])
+    frame = frame[keep]
+    kept = len(frame)
     frame = frame.drop_duplicates(text_column)
     if frame.empty:
         raise LoraAnalysisError(f"{path}: no rows with a non-empty {text_column!r}")
+    dropped = {"empty": rows - kept, "repeated": kept - len(frame)}
+    if len(frame) < rows:
+        warnings.warn(f"{path}: {rows - len(frame)} of {rows} rows dropped ({dropped['empty']} with an empty text "
+                      f"or label, {dropped['repeated']} repeated texts)", stacklevel=2)
     texts = frame[text_column].astype(str).tolist()
     if label_column is None:
-        return texts, None, []
+        return TextTable(texts, None, [], dropped)
     values = frame[label_column]
+    if not many_labels:
+        _refuse_continuous(path, label_column, values)
     names = sorted(values.unique().tolist())
     if len(names) < 2:
         raise LoraAnalysisError(f"{path}: column {label_column!r} has a single class {names[0]!r}")
     index = {name: i for i, name in enumerate(names)}
-    return texts, values.map(index).to_numpy(np.int64), [str(n) for n in names]
+    return TextTable(texts, values.map(index).to_numpy(np.int64), [str(n) for n in names], dropped)
+
+
+def _empty(column: pd.Series) -> pd.Series:
+    return column.isna() | (column.astype(str).str.strip() == "")
+
+
+def _refuse_continuous(path: str, column: str, values: pd.Series) -> None:
+    distinct = values.nunique()
+    numeric = pd.to_numeric(values, errors="coerce")
+    fractional = numeric.notna().all() and bool((numeric != numeric.round()).any())
+    if fractional or (distinct > MANY_CLASSES and distinct > len(values) / 5):
+        why = "numbers with a fractional part" if fractional else f"{distinct} distinct values in {len(values)} rows"
+        raise LoraAnalysisError(f"{path}: label column {column!r} looks continuous ({why}); a classifier would "
+                                f"get {distinct} classes. Give data.many_labels=true if that is meant")
 
 
 def read_file(path: Path) -> pd.DataFrame:

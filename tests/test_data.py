@@ -18,7 +18,7 @@ from lora_analysis.train.data import (
 
 
 def test_embedded_rotten_tomatoes_split_is_fixed():
-    texts, labels, names = load_table(DataConfig(), Task.classification)
+    texts, labels, names, _ = load_table(DataConfig(), Task.classification)
     assert (len(texts), names) == (12_752, ["rotten", "fresh"])
     assert len(set(texts)) == len(texts)
     train, test = split_indices(len(texts), 2000, None, split_seed=0)

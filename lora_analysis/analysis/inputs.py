@@ -254,7 +254,7 @@ class TextSource:
 
     def texts(self, n: int, seed: int) -> list[str]:
         """A fixed sample of ``n`` training texts: seeded by ``seed`` alone, sorted by row."""
-        texts, _, _ = read_text_table(self.data_path, self.text_column, None)
+        texts = read_text_table(self.data_path, self.text_column, None).texts
         rows = np.arange(len(texts))
         if self.test_size is not None:
             rows, _ = split_indices(len(texts), self.test_size, self.train_size, self.split_seed)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ class TaskData:
     train: Examples
     test: Examples
     label_names: list[str]  # empty for causal_lm
+    dropped_rows: dict[str, int] = field(default_factory=dict)  # texts.TextTable.dropped
 
     @property
     def num_labels(self) -> int:
@@ -47,8 +48,9 @@ class TaskData:
 
 
 def load_table(cfg: DataConfig, task: Task) -> tuple[list[str], np.ndarray | None, list[str]]:
-    """Texts, integer labels (None for causal_lm) and label names, cleaned and de-duplicated."""
-    return read_text_table(cfg.path, cfg.text_column, cfg.label_column if task == Task.classification else None)
+    """Texts, integer labels (None for causal_lm), label names and dropped-row counts (``texts.TextTable``)."""
+    return read_text_table(cfg.path, cfg.text_column, cfg.label_column if task == Task.classification else None,
+                           cfg.many_labels)
 
 
 def load_task_data(cfg: DataConfig, task: Task, tokenizer, cache_dir: Path, seed: int = 0) -> TaskData:
@@ -56,7 +58,7 @@ def load_task_data(cfg: DataConfig, task: Task, tokenizer, cache_dir: Path, seed
 
     With ``cfg.shuffle_labels`` the training split's labels are shuffled by ``seed`` (``shuffle_labels``).
     """
-    texts, labels, names = load_table(cfg, task)
+    texts, labels, names, dropped = load_table(cfg, task)
     ids = tokenize_cached(tokenizer, texts, cfg.max_length, task, cache_dir)
     train, test = split_indices(len(texts), cfg.test_size, cfg.train_size, cfg.split_seed)
 
@@ -66,7 +68,7 @@ def load_task_data(cfg: DataConfig, task: Task, tokenizer, cache_dir: Path, seed
     train_examples = subset(train)
     if cfg.shuffle_labels:
         train_examples = shuffle_labels(train_examples, seed)
-    return TaskData(train_examples, subset(test), names)
+    return TaskData(train_examples, subset(test), names, dropped)
 
 
 def label_permutation(n: int, seed: int) -> np.ndarray:

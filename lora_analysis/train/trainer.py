@@ -101,6 +101,8 @@ def train(cfg: TrainConfig, run_dir: Path, on_log=None) -> dict:
         lora_params=int(sum(p.numel() for n, p in params.items() if ".lora_" in n)),
         train_examples=len(data.train),
         test_examples=len(data.test),
+        dropped_empty_rows=data.dropped_rows.get("empty", 0),
+        dropped_repeated_texts=data.dropped_rows.get("repeated", 0),
         threads=torch.get_num_threads(),
         device=str(device),
         **resolved.metrics(),
