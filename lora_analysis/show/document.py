@@ -23,6 +23,15 @@ from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.layout import ReportDir
 
 
+def md_safe(text: str) -> str:
+    """``text`` for report.md with raw HTML made inert: ``&``, ``<`` and ``>`` become entities outside
+    code spans (inside them Markdown shows text literally already). User strings (sweep and run names,
+    paths, labels) reach the report, and Markdown renderers pass raw HTML through."""
+    parts = str(text).split("`")
+    return "`".join(p if i % 2 else p.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+                    for i, p in enumerate(parts))
+
+
 @dataclass(frozen=True)
 class Paragraph:
     """A paragraph; ``**bold**`` and ```code``` marks are rendered in both files."""
@@ -33,7 +42,7 @@ class Paragraph:
         return f"<p>{_inline(self.text)}</p>"
 
     def markdown(self) -> str:
-        return self.text
+        return md_safe(self.text)
 
 
 @dataclass(frozen=True)
@@ -46,7 +55,7 @@ class Bullets:
         return "<ul>" + "".join(f"<li>{_inline(item)}</li>" for item in self.items) + "</ul>"
 
     def markdown(self) -> str:
-        return "\n".join(f"- {item}" for item in self.items)
+        return "\n".join(f"- {md_safe(item)}" for item in self.items)
 
 
 @dataclass(frozen=True)
@@ -65,8 +74,8 @@ class Table:
                 "</div>")
 
     def markdown(self) -> str:
-        escape = lambda v: cell(v).replace("|", "\\|")  # noqa: E731
-        lines = [f"*{self.caption}*", "", "| " + " | ".join(escape(c) for c in self.frame.columns) + " |",
+        escape = lambda v: md_safe(cell(v)).replace("|", "\\|")  # noqa: E731
+        lines = [f"*{md_safe(self.caption)}*", "", "| " + " | ".join(escape(c) for c in self.frame.columns) + " |",
                  "|" + "---|" * len(self.frame.columns)]
         lines += ["| " + " | ".join(escape(v) for v in row) + " |" for row in self.frame.itertuples(index=False)]
         return "\n".join(lines)
@@ -87,7 +96,8 @@ class Plot:
 
     def markdown(self) -> str:
         figure = f"{ReportDir.FIGURES}/{self.name}"
-        return f"![{self.caption}]({figure}.png)\n\n*{self.caption}* ([PDF]({figure}.pdf))"
+        caption = md_safe(self.caption)
+        return f"![{caption}]({figure}.png)\n\n*{caption}* ([PDF]({figure}.pdf))"
 
 
 Block = Paragraph | Bullets | Table | Plot
@@ -178,6 +188,6 @@ def write_report(title: str, sections: list[Section], out_dir: str | Path) -> tu
                    for s in sections)
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1><p>{stamp}</p>{body}</body></html>\n")
-    markdown = f"# {title}\n\n{stamp}\n\n" + "\n\n".join(
-        f"## {s.title}\n\n" + "\n\n".join(b.markdown() for b in s.blocks) for s in sections) + "\n"
+    markdown = f"# {md_safe(title)}\n\n{stamp}\n\n" + "\n\n".join(
+        f"## {md_safe(s.title)}\n\n" + "\n\n".join(b.markdown() for b in s.blocks) for s in sections) + "\n"
     return write_text(out.html_path, page), write_text(out.markdown_path, markdown)
