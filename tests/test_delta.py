@@ -161,3 +161,13 @@ def test_intruders_known_answers_and_dense_oracle():
     Vh_t = np.linalg.svd(W + dW)[2]
     right = np.abs(Vh_t[:4] @ svd.Vh.T).max(axis=1)
     np.testing.assert_allclose(intruders(W, dW, svd, 4, side="right"), right, atol=1e-8)
+
+
+def test_a_zero_scale_update_has_no_directions_and_no_table7_row():
+    """lora_alpha = 0 makes dW = 0: no dW directions, no projection norm, only W and random rows."""
+    W = weight()
+    A, B = factors()
+    f = module_factors(A, B, 0.0, dense_left=True)
+    assert f.dw.right.rank == 0 and not f.dw.values.size and not np.any(f.dw.all_values)
+    rows = {row["source"]: row for row in dw_vs_w(W, WeightSVD.of(W), f.dw, 5, np.random.default_rng(0))}
+    assert set(rows) == {"W", "random"} and rows["W"]["dw_norm"] == 0

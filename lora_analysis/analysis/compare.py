@@ -254,7 +254,7 @@ def _run_module(index: int, path: str, ctx: _Context, w_cache: dict) -> tuple[Mo
             f"using its top {f.numerical_rank_A} directions"
         )
     if f.dw.right.rank == 0:
-        notes.append(f"{run.label} {m.path}: dW is zero (B = 0?); it has no subspace to compare")
+        notes.append(f"{run.label} {m.path}: dW is zero (B = 0, or lora_alpha = 0); it has no subspace to compare")
     _module_rows(out, run, m, f)
     if w_needed:
         _w_rows(m, A, B, f, w_cache[ctx.bases[index].dir], cfg, out, _ids(run, m))

@@ -69,7 +69,8 @@ def delta_svd_from_frames(frame_A: Frame, frame_B: Frame, scale: float, rtol: fl
     ``Qb Uk``, right vectors ``Qa Vkh^T``, singular values ``|scale| * sk``.
     """
     U, s, Vh = svd_small(mm(frame_B.R, frame_A.R.T))
-    rho = numerical_rank(s, (frame_B.shape[0], frame_A.shape[0]), rtol)
+    # scale 0 (lora_alpha = 0): dW = 0 has no directions, whatever B and A hold
+    rho = 0 if scale == 0 else numerical_rank(s, (frame_B.shape[0], frame_A.shape[0]), rtol)
     sign = -1.0 if scale < 0 else 1.0
     values = abs(scale) * s
     left = Basis(frame_B, sign * U[:, :rho], values[:rho]) if frame_B.has_q else None
