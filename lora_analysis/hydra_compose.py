@@ -8,6 +8,7 @@ YAML, same override grammar, same validation, no output folder or logging set-up
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +37,16 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
         return hydra_compose(config_name=config_name, overrides=list(overrides))
 
 
+_KEY = re.compile(r"[+~]{0,2}[A-Za-z_][\w.\-]*")
+
+
+def _is_override(arg: str) -> bool:
+    """``key=value``; an existing path with ``=`` in it whose part before ``=`` is no config key
+    (``runs/lr=1e-3/r8``) is a path."""
+    key, sep, _ = arg.partition("=")
+    return bool(sep) and (_KEY.fullmatch(key) is not None or not Path(arg).expanduser().exists())
+
+
 def split_args(argv: Sequence[str], positional_key: str, many: bool = True) -> tuple[list[str], bool]:
     """Turn ``[path, path, key=value]`` into Hydra overrides; paths become ``<positional_key>=[...]``.
 
@@ -44,8 +55,8 @@ def split_args(argv: Sequence[str], positional_key: str, many: bool = True) -> t
     """
     wants_help = any(a in ("-h", "--help") for a in argv)
     args = [a for a in argv if a not in ("-h", "--help")]
-    paths = [a for a in args if "=" not in a]
-    overrides = [a for a in args if "=" in a]
+    paths = [a for a in args if not _is_override(a)]
+    overrides = [a for a in args if _is_override(a)]
     if len(paths) > 1 and not many:
         raise LoraAnalysisError(f"one {positional_key} folder expected, got {len(paths)}: {' '.join(paths)}")
     quoted = ["'" + p.replace("\\", "\\\\").replace("'", "\\'") + "'" for p in paths]

@@ -116,3 +116,9 @@ def test_report_markdown_makes_html_in_user_strings_inert():
     assert md_safe("sweep <svg onload=alert(1)> & `r<8`") == "sweep &lt;svg onload=alert(1)&gt; &amp; `r<8`"
     assert "<svg" not in Paragraph("run <svg onload=x>").markdown()
     assert "<img" not in Bullets(("a <img src=x onerror=y>",)).markdown()
+
+
+def test_an_adapter_path_with_an_equals_sign_is_a_path(adapter, tmp_path, capsys):
+    odd = shutil.copytree(adapter, tmp_path / "lr=1e-3" / "adapter")
+    assert cli.main(["analyze", str(odd), f"out={tmp_path / 'out'}", "progress=false", "input_stats=false"]) == 0
+    assert (tmp_path / "out" / "analysis.json").is_file()
