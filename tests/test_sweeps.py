@@ -39,6 +39,10 @@ def test_two_rank_sweep_names_runs_and_resumes(tiny, tmp_path):
     assert again.stdout.count("finished already, skipped") == 2
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert len(pd.read_parquet(sweep / "runs.parquet")) == 3
+    before = (sweep / "multirun.yaml").read_bytes()
+    refused = train("-m", "lora.r=1,2", "lora.alpha=3", *fixed(tiny, tmp_path))  # r1 exists with alpha 8
+    assert refused.returncode == 2 and "different config" in refused.stderr, refused.stderr
+    assert (sweep / "multirun.yaml").read_bytes() == before  # the refused launch left it untouched
 
 
 def test_experiment_sweep_is_named_by_its_axes(tiny, tmp_path):

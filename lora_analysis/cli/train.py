@@ -18,8 +18,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from lora_analysis.atomic import write_bytes
 from lora_analysis.errors import LoraAnalysisError
-from lora_analysis.hydra_compose import conf_dir
+from lora_analysis.hydra_compose import compose, conf_dir
 from lora_analysis.train.config import register_configs
 from lora_analysis.train.divergence import DivergedError
 from lora_analysis.train.sweep import default_threads, run_name, settings_from, train_run
@@ -54,8 +55,36 @@ def main(argv: list[str]) -> int:
     # @hydra.main takes no argument list in Hydra 1.3: it parses sys.argv (and so do its launchers).
     sys.argv = ["lora-analysis train", *argv]
     _DIVERGED.clear()
-    _hydra_app()
+    kept = _multirun_file(argv) if keys or any(a in ("-m", "--multirun") for a in argv) else None
+    try:
+        _hydra_app()
+    except SystemExit as stop:
+        if kept is not None and stop.code not in (0, None):
+            _restore(*kept)  # Hydra rewrote the sweep's multirun.yaml before the launch was refused
+        raise
     return 2 if _DIVERGED else 0
+
+
+def _multirun_file(argv: Sequence[str]) -> tuple[Path, bytes | None] | None:
+    """The sweep's ``multirun.yaml`` and its bytes before this launch (None: not there yet)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = [a for a in argv if "=" in a and not a.startswith("-") and not a.startswith("hydra.")]
+        fixed = [o.input_line for o in OverridesParser.create().parse_overrides(overrides)
+                 if not o.is_sweep_override()]
+        cfg = compose("train", fixed)
+        path = Path(str(cfg.out_dir)).expanduser() / str(cfg.name) / "multirun.yaml"
+    except Exception:  # noqa: BLE001 - a bad command line is Hydra's to report, in its own words
+        return None
+    return path, (path.read_bytes() if path.is_file() else None)
+
+
+def _restore(path: Path, before: bytes | None) -> None:
+    if before is None:
+        path.unlink(missing_ok=True)
+    elif not path.is_file() or path.read_bytes() != before:
+        write_bytes(path, before)
 
 
 def swept_keys(argv: Sequence[str]) -> list[str]:
