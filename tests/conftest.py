@@ -1,9 +1,11 @@
-"""Fixtures shared by the plot and findings tests: one fabricated sweep with planted structure."""
+"""Shared fixtures: one fabricated sweep with planted structure (plots, findings), and a tiny BERT with its
+tiny sentiment data (training and command-line tests; a module may define its own ``tiny``)."""
 
 from __future__ import annotations
 
 import pytest
 from fabricate import shared_sweep
+from tiny import build_tiny_model, write_tiny_csv
 
 from lora_analysis.analysis.tables import AnalysisResult
 from lora_analysis.cli.schemas import register_schemas
@@ -23,3 +25,10 @@ def sweep(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tables(sweep):
     return AnalysisResult.load(sweep / "analysis")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny BERT model folder and a tiny sentiment CSV: ``(model_dir, csv)``."""
+    root = tmp_path_factory.mktemp("tiny")
+    return build_tiny_model("bert", root / "bert"), write_tiny_csv(root / "reviews.csv")

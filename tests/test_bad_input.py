@@ -9,16 +9,10 @@ import pytest
 import yaml
 from _tiny_models import peft_adapter
 from safetensors.torch import load_file
-from tiny import build_tiny_model, tiny_overrides, write_tiny_csv
+from tiny import tiny_overrides
 
 from lora_analysis import cli
 from lora_analysis.layout import ADAPTER_WEIGHTS, RunDir
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    return build_tiny_model("bert", root / "bert"), write_tiny_csv(root / "reviews.csv")
 
 
 def train(tiny, out, *extra):

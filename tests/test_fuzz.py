@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 from _tiny_models import peft_adapter
+from bounds import hang_bound
 
 from lora_analysis import cli
 from lora_analysis.layout import ADAPTER_WEIGHTS, AnalysisDir
@@ -20,20 +19,6 @@ from lora_analysis.layout import ADAPTER_WEIGHTS, AnalysisDir
 CASES = 240
 VALUES = [None, -1, 0, 1, 2.5, float("nan"), 1e308, "x", "", "eight", True, [], ["query"], {}, {"query": 2},
           {"([a-z.0-9]*)*X": 4}, {"(unclosed": 2}, {"query": "two"}, "([a-z.0-9_]*)*X", 10**30]
-
-
-@contextmanager
-def time_bound(seconds: int):
-    def fail(*_):
-        raise TimeoutError(f"no answer within {seconds} s")
-
-    before = signal.signal(signal.SIGALRM, fail)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, before)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +64,7 @@ def test_fuzzed_adapters_end_in_success_or_one_line(pristine, tmp_path, capsys):
         folder = shutil.copytree(pristine, tmp_path / f"a{case}")
         what = _mutate(folder, rng)
         out = tmp_path / f"out{case}"
-        with time_bound(30):
+        with hang_bound(30):
             code = cli.main(["analyze", str(folder), f"out={out}", "progress=false", "input_stats=false"])
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "note:" not in line
                and "warn" not in line.lower()]

@@ -7,19 +7,12 @@ import subprocess
 import sys
 
 import pandas as pd
-import pytest
-from tiny import build_tiny_model, tiny_overrides, write_tiny_csv
+from tiny import tiny_overrides
 
 from lora_analysis import cli
 from lora_analysis.layout import ADAPTER_WEIGHTS, RunDir, SweepDir
 
 DIVERGE = ["optim.lr=1e30", "optim.max_grad_norm=0"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    return build_tiny_model("bert", root / "bert"), write_tiny_csv(root / "reviews.csv")
 
 
 def train_args(tiny, tmp_path, *extra):

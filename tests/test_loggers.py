@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from tiny import build_tiny_model, tiny_overrides, write_tiny_csv
+from tiny import tiny_overrides
 
 from lora_analysis.train.sweep import run_overrides
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny-loggers")
-    return build_tiny_model("bert", root / "bert"), write_tiny_csv(root / "reviews.csv")
 
 
 def test_tensorboard_events_hold_the_training_curve(tiny, tmp_path):

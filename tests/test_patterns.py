@@ -6,13 +6,12 @@ import json
 import random
 import re
 import shutil
-import signal
-from contextlib import contextmanager
 
 import pytest
 from _tiny_models import peft_adapter
+from bounds import hang_bound
 from peft.utils.other import get_pattern_key
-from tiny import build_tiny_model, tiny_overrides, write_tiny_csv
+from tiny import tiny_overrides
 
 from lora_analysis import cli, patterns
 from lora_analysis.analysis.adapters import Adapter
@@ -23,21 +22,6 @@ EVIL = "([a-z.0-9_]*)*X"  # exponential in Python's re on any path without an X
 PIECES = ["model", "layers", "0", "1", "11", "self_attn", "q_proj", "v_proj", "mlp", "down_proj", "bert",
           "encoder", "layer", "attention", "self", "query", "value", "output", "dense", "h", "c_attn"]
 TOKENS = [*PIECES, ".", r"\.", ".*", r"\d+", "[0-9]", "[a-z_]+", "|", "(", ")", "?", "+", "^", "$", "_", "1?"]
-
-
-@contextmanager
-def hang_bound(seconds: int = 60):
-    """Fail (instead of hanging the test run) when the block takes longer than ``seconds``."""
-    def alarm(*_):
-        raise TimeoutError(f"still matching after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def random_paths(rng: random.Random, n: int) -> list[str]:
@@ -118,12 +102,6 @@ def test_patterns_re2_cannot_run_or_invalid_ones_are_one_line_naming_pattern_and
     text = str(caught.value)
     assert message in text and repr(key) in text and "adapter_config.json rank_pattern" in text
     assert "\n" not in text
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    return build_tiny_model("bert", root / "bert"), write_tiny_csv(root / "reviews.csv")
 
 
 @pytest.mark.parametrize("regex, message", [

@@ -7,13 +7,7 @@ import sys
 
 import pandas as pd
 import pytest
-from tiny import build_tiny_model, tiny_overrides, write_tiny_csv
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    return build_tiny_model("bert", root / "bert"), write_tiny_csv(root / "reviews.csv")
+from tiny import tiny_overrides
 
 
 def train(*args: str) -> subprocess.CompletedProcess:
