@@ -185,7 +185,7 @@ def test_plain_adapters_every_pair(tmp_path_factory):
                (("small", 2, 0), ("big", 4, 0), ("big-again", 4, 1))]
     runs, _ = find_runs(folders)
     kinds = {(runs[p.a].label, runs[p.b].label): p.comparison for p in plan_pairs(runs)}
-    assert kinds == {("small", "big"): "rank", ("small", "big-again"): "rank", ("big", "big-again"): "seed"}
+    assert kinds == {("small", "big"): "rank", ("small", "big-again"): "rank", ("big", "big-again"): "other"}
     with pytest.warns(UserWarning, match="base model None not found"):
         result = analyze(folders, progress=False, subjects=["A", "dW"], dw_side="left")
     assert result.phi["seed_a"].isna().all() and len(result.dw_vs_w) == 0

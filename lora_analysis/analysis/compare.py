@@ -9,7 +9,9 @@ dropped; each pair of runs then costs one ``(p1, k) x (k, p2)`` product per subj
 - ``seed``: same r and group, different seed;
 - ``random``: each run against two Gaussian matrices of its shape (``run_b = kinds.GAUSSIAN``), sampled once
   per shape from ``random_seed``;
-- plain PEFT folders (seed unknown): every pair, ``rank`` if r differs, else ``seed``.
+- ``other``: two adapters of one base that differ in something else, or in what is not recorded: plain
+  PEFT folders (seed unknown) of equal r, and runs of different configs from different folders (two tasks);
+  plain PEFT folders of different r are ``rank`` pairs (``pair_kind``).
 
 Subjects: ``A``, ``A_init`` and ``A_delta = A - A_init`` (right-singular vectors, input space),
 ``B`` (left-singular vectors, output space) and ``dW`` (right by default, ``dw_side=left`` for left).
@@ -67,6 +69,7 @@ class AnalyzeConfig:
     comparisons: list[str] = field(default_factory=lambda: list(COMPARISONS))
     dw_side: str = "right"  # singular vectors of dW in the phi table: right (input space, like A) or left
     match_ignore: list[str] = field(default_factory=lambda: list(MATCH_IGNORE))  # config keys free within a pair
+    across_groups: bool = False  # also pair one folder's runs of different configs (as other); compare: true
     random_seed: int = 0  # Gaussian baselines and Table 7's random directions
     rank_rtol: float = 1e-6  # singular values below rank_rtol * the largest count as zero
     w_tables: bool = True  # dw_vs_w, w_dw_phi, intruders (need the base weights and a dense SVD of W)
@@ -111,6 +114,29 @@ class AnalyzeConfig:
             raise LoraAnalysisError("intruder_threshold must be in (0, 1] and rank_rtol in [0, 1)")
 
 
+@dataclass
+class CompareConfig(AnalyzeConfig):
+    """Settings of ``compare``: the analysis of two adapters, then their report.
+
+    ``out`` is the folder of both (``<out>/analysis``, ``<out>/report``); None: ``runs/compare/<a>-vs-<b>``.
+    """
+
+    layer: int | None = None  # layer of the single-layer figures; None: the middle adapted layer
+    across_groups: bool = True  # the two adapters named are compared whatever else differs
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.inputs) != 2:
+            raise LoraAnalysisError(f"compare takes two adapter folders, got {len(self.inputs)}: "
+                                    "lora-analysis compare ADAPTER_A ADAPTER_B [base=MODEL] [out=DIR]")
+
+    def folder(self) -> Path:
+        if self.out is not None:
+            return Path(self.out)
+        a, b = (Path(p.rstrip("/")).name or p for p in self.inputs)
+        return Path("runs") / "compare" / f"{a}-vs-{b}"
+
+
 @lru_cache(maxsize=256)
 def _grid_index(r1: int, r2: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """1-based ``i, j`` and ``max(i, j) / k`` of an ``r1 x r2`` grid, flattened row-major; shared, read-only."""
@@ -127,31 +153,45 @@ def _grid_index(r1: int, r2: int, k: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 @dataclass(frozen=True)
 class Pair:
-    comparison: Comparison  # rank | seed
+    comparison: Comparison  # rank | seed | other
     a: int  # index into the run list; run a has the smaller (r, seed)
     b: int
 
 
-def plan_pairs(runs: list[Run], comparisons: list[str] | tuple[str, ...] = COMPARISONS) -> list[Pair]:
-    """The rank and seed pairs among ``runs`` (see the module docstring)."""
+def plan_pairs(runs: list[Run], comparisons: list[str] | tuple[str, ...] = COMPARISONS,
+               across_groups: bool = False) -> list[Pair]:
+    """The rank, seed and other pairs among ``runs`` (see the module docstring and ``pair_kind``)."""
     pairs = []
     for (ia, a), (ib, b) in itertools.combinations(enumerate(runs), 2):
-        if a.group != b.group:
-            continue
-        if a.seed is None or b.seed is None:
-            kind = Comparison.rank if a.r != b.r else Comparison.seed
-        elif a.seed == b.seed and a.r != b.r:
-            kind = Comparison.rank
-        elif a.r == b.r and a.seed != b.seed:
-            kind = Comparison.seed
-        else:
-            continue
-        if kind in comparisons:
+        kind = pair_kind(a, b, across_groups)
+        if kind is not None and kind in comparisons:
             order = sorted(
                 [(ia, a), (ib, b)], key=lambda x: (x[1].r, -1 if x[1].seed is None else x[1].seed, x[1].label)
             )
             pairs.append(Pair(kind, order[0][0], order[1][0]))
     return pairs
+
+
+def pair_kind(a: Run, b: Run, across_groups: bool = False) -> Comparison | None:
+    """How two runs are compared, or None when they are not.
+
+    Within a group (same config apart from r and seed): ``rank`` when only r differs (or r differs and
+    the seeds are unknown), ``seed`` when only the known seeds differ, ``other`` for equal r with unknown
+    seeds (two plain PEFT adapters: what tells them apart is not recorded). Across groups: ``other`` for
+    runs from different folders (two tasks, two sweeps); one sweep's own groups are its ablation axes,
+    and a cross-group pair there would compare two settings at once, so it is made only ``across_groups``
+    (``compare``: the user named the two runs), which also pairs runs differing in both r and seed.
+    """
+    known = a.seed is not None and b.seed is not None
+    if a.group == b.group:
+        if a.r != b.r and (not known or a.seed == b.seed):
+            return Comparison.rank
+        if a.r == b.r and known and a.seed != b.seed:
+            return Comparison.seed
+        return Comparison.other if (a.r == b.r and not known) or across_groups else None
+    if known and a.folder.parent == b.folder.parent and not across_groups:
+        return None
+    return Comparison.other
 
 
 # --- one module, all runs
@@ -382,7 +422,7 @@ def _run_analysis(cfg: AnalyzeConfig) -> AnalysisResult:
     runs, notes = find_runs(cfg.inputs, tuple(cfg.match_ignore))
     if not runs:
         raise LoraAnalysisError(f"no finished LoRA run in {cfg.inputs}: " + "; ".join(notes))
-    ctx = _Context(runs, plan_pairs(runs, cfg.comparisons), cfg, _bases(runs, cfg, notes), {})
+    ctx = _Context(runs, plan_pairs(runs, cfg.comparisons, cfg.across_groups), cfg, _bases(runs, cfg, notes), {})
     inputs, members = gather(runs, cfg, notes)
     ctx.geometry = GeometryBaselines(inputs, members, cfg)
     for run in runs:

@@ -31,6 +31,7 @@ class Comparison(StrEnum):
     rank = "rank"  # same seed and group, different r
     seed = "seed"  # same r and group, different seed
     random = "random"  # a run against two Gaussian matrices of its shape (run_b = GAUSSIAN)
+    other = "other"  # two adapters of one base that differ in something else or in what is not known (two tasks)
 
 
 class Side(StrEnum):

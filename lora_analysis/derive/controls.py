@@ -13,7 +13,10 @@ is compared with what it would be without a task, three ways (each the same incr
   dominant directions with no task at all;
 - ``shuffled``: the same pair (comparison, r_a, r_b, targets, layer, role, subject) trained on
   shuffled labels (``data.shuffle_labels=true``): inputs and optimiser kept, the task destroyed.
-  Where several shuffled pairs match, their mean energy per direction is used.
+  Where several shuffled pairs match, their mean energy per direction is used;
+- ``init``: for ``A`` and ``dW`` (right singular vectors, in A's row space), the same pair's ``A_init``
+  energy: two runs started from one random draw (one seed, or a shared init stream) share A's init,
+  and A (which moves little from it) shares it too, with nothing learned. Needs ``adapter_init``.
 
 The strongest control of a direction is the largest of those available, ``c_i``. A direction is
 **task-specific** when ``e_i >= (1 + c_i) / 2``, halfway between the strongest control and a direction
@@ -29,17 +32,20 @@ from collections.abc import Collection
 import numpy as np
 import pandas as pd
 
-from lora_analysis.analysis.kinds import Comparison
+from lora_analysis.analysis.kinds import Comparison, Subject
 from lora_analysis.derive.queries import PAIR_KEYS
 
 MATCH_KEYS = ["comparison", "r_a", "r_b", "targets", "layer", "module", "subject"]  # a pair and its shuffled twin
 # The rule of ``direction_controls`` in words, for every sentence that states it ("... whose <rule>").
 TASK_RULE = ("energy in the other run's subspace reaches halfway from the strongest control (the largest of the "
-             "isotropic baseline, the input-geometry baseline and the shuffled-label pair) to 1")
+             "isotropic baseline, the input-geometry baseline, the shuffled-label pair and, for A and ΔW, the same "
+             "pair's A_init) to 1")
 _TIE = 1e-9  # a direction exactly as shared as its control (e.g. both 1) is not above it
-CONTROLS = ("isotropic", "geometry", "shuffled")
+CONTROLS = ("isotropic", "geometry", "shuffled", "init")
+INIT_SUBJECTS = (Subject.A, Subject.dW)  # subjects in A's row space, for which the shared init is a control
+SUMMARY_KEYS = ("comparison", "r_a", "r_b", "subject")  # a row of top_direction_summary: pairs of these ranks
 CONTROL_LABELS = {"isotropic": "isotropic baseline", "geometry": "input-geometry baseline",
-                  "shuffled": "shuffled-label pair"}
+                  "shuffled": "shuffled-label pair", "init": "the pair's shared init (A_init)"}
 
 
 def increments(phi: pd.DataFrame, columns: Collection[str], keep: Collection[str] = ()) -> pd.DataFrame:
@@ -67,15 +73,18 @@ def increments(phi: pd.DataFrame, columns: Collection[str], keep: Collection[str
     return out.reset_index(drop=True)
 
 
-def direction_controls(phi: pd.DataFrame, shuffled_runs: Collection[str] = ()) -> pd.DataFrame:
-    """Every direction of every real (not shuffled) pair with its three controls and its verdict.
+def direction_controls(phi: pd.DataFrame, shuffled_runs: Collection[str] = (),
+                       init_subjects: Collection[str] = INIT_SUBJECTS) -> pd.DataFrame:
+    """Every direction of every real (not shuffled) pair with its four controls and its verdict.
 
     ``shuffled_runs``: the run labels (``run_a``/``run_b`` of ``phi``) trained on shuffled labels.
-    Returns ``PAIR_KEYS`` + ``i``, ``energy``, ``isotropic``, ``geometry``, ``shuffled``, ``control``
+    ``init_subjects``: the subjects judged against their pair's ``A_init`` too (drop ``dW`` when its phi
+    rows are of left singular vectors, ``dw_side=left``).
+    Returns ``PAIR_KEYS`` + ``i``, ``energy``, ``isotropic``, ``geometry``, ``shuffled``, ``init``, ``control``
     (the largest available), ``control_name``, ``excess`` (``energy - control``), ``threshold``
     (``(1 + control) / 2``) and ``task`` (``energy >= threshold``).
     """
-    pairs = phi[phi["comparison"].isin([Comparison.rank, Comparison.seed])]
+    pairs = phi[phi["comparison"].isin([Comparison.rank, Comparison.seed, Comparison.other])]
     e = increments(pairs, ["phi", "baseline", "geometry_baseline"]).rename(
         columns={"phi": "energy", "baseline": "isotropic", "geometry_baseline": "geometry"})
     if "geometry" not in e:
@@ -87,6 +96,7 @@ def direction_controls(phi: pd.DataFrame, shuffled_runs: Collection[str] = ()) -
         real = real.merge(twin.reset_index(), on=[*MATCH_KEYS, "i"], how="left")
     else:
         real["shuffled"] = np.nan
+    real = _with_init(real, init_subjects)
     stack = real[list(CONTROLS)].to_numpy(np.float64)
     available = ~np.isnan(stack)
     filled = np.where(available, stack, -np.inf)
@@ -97,6 +107,17 @@ def direction_controls(phi: pd.DataFrame, shuffled_runs: Collection[str] = ()) -
     real["threshold"] = (1.0 + real["control"]) / 2.0
     real["task"] = (real["energy"] >= real["threshold"]) & (real["excess"] > _TIE)
     return real.reset_index(drop=True)
+
+
+def _with_init(real: pd.DataFrame, subjects: Collection[str]) -> pd.DataFrame:
+    """``init``: the energy of the same pair's A_init direction i, on the rows of ``subjects``; else NaN."""
+    keys = [k for k in PAIR_KEYS if k != "subject"] + ["i"]
+    init = real.loc[real["subject"] == Subject.A_init, [*keys, "energy"]].rename(columns={"energy": "init"})
+    if init.empty:
+        return real.assign(init=np.nan)
+    out = real.merge(init, on=keys, how="left")
+    out.loc[~out["subject"].isin(list(subjects)), "init"] = np.nan
+    return out
 
 
 def task_directions(controls: pd.DataFrame) -> pd.DataFrame:
@@ -116,15 +137,16 @@ def task_directions(controls: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def top_direction_summary(controls: pd.DataFrame) -> pd.DataFrame:
+def top_direction_summary(controls: pd.DataFrame, keys: Collection[str] = SUMMARY_KEYS) -> pd.DataFrame:
     """The top direction (i = 1) of each (comparison, r_a, r_b, subject): real energy and each control,
     averaged over the (pair, layer, role) cases, with the excess over the strongest control and its spread.
+    ``keys``: the columns a summary row is per (``run_a, run_b, subject`` for named pairs).
 
-    Columns: ``comparison, r_a, r_b, subject, cases, energy, isotropic, geometry, shuffled, control,
-    control_name`` (the control that is strongest in most cases), ``excess_mean, excess_std,
+    Columns: ``keys`` (by default ``comparison, r_a, r_b, subject``), ``cases, energy, isotropic, geometry,
+    shuffled, init, control, control_name`` (the control that is strongest in most cases), ``excess_mean, excess_std,
     excess_min, excess_max, task_cases`` (cases whose top direction is task-specific).
     """
-    keys = ["comparison", "r_a", "r_b", "subject"]
+    keys = list(keys)
     columns = [*keys, "cases", "energy", *CONTROLS, "control", "control_name", "excess_mean", "excess_std",
                "excess_min", "excess_max", "task_cases"]
     top = controls[controls["i"] == 1] if not controls.empty else controls
@@ -133,7 +155,8 @@ def top_direction_summary(controls: pd.DataFrame) -> pd.DataFrame:
     grouped = top.groupby(keys, observed=True, sort=True)
     out = grouped.agg(
         cases=("energy", "size"), energy=("energy", "mean"), isotropic=("isotropic", "mean"),
-        geometry=("geometry", "mean"), shuffled=("shuffled", "mean"), control=("control", "mean"),
+        geometry=("geometry", "mean"), shuffled=("shuffled", "mean"), init=("init", "mean"),
+        control=("control", "mean"),
         control_name=("control_name", lambda s: s.value_counts().index[0]),
         excess_mean=("excess", "mean"), excess_std=("excess", "std"), excess_min=("excess", "min"),
         excess_max=("excess", "max"), task_cases=("task", "sum"),
@@ -141,22 +164,23 @@ def top_direction_summary(controls: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()[columns]
 
 
-def verdict(row: pd.Series) -> str:
+def verdict(row: pd.Series, what: str = "a task-specific direction") -> str:
     """One clause for a ``top_direction_summary`` row: learned beyond the strongest control, or not told apart.
 
     Clear means the mean excess is positive and larger than twice its standard error over the cases,
-    and the top direction is task-specific (``e_1 >= (1 + c_1)/2``) in at least half of them.
+    and the top direction is task-specific (``e_1 >= (1 + c_1)/2``) in at least half of them. ``what``
+    names such a direction (two tasks' adapters sharing one share it across tasks, so it is not task-specific).
     """
     se = row["excess_std"] / np.sqrt(row["cases"]) if row["cases"] > 1 else np.nan
     label = CONTROL_LABELS[row["control_name"]]
     clear = row["excess_mean"] > 0 and (np.isnan(se) or row["excess_mean"] > 2 * se)
     if clear and row["task_cases"] >= row["cases"] / 2:
-        return f"shared beyond the strongest control ({label}): a task-specific direction"
+        return f"shared beyond the strongest control ({label}): {what}"
     if clear:
         return (f"above the strongest control ({label}) on average, but task-specific (halfway from the control "
                 f"to 1) in only {int(row['task_cases'])} of {int(row['cases'])} cases: weak evidence of task signal")
     return (f"not above the strongest control ({label}): the data cannot tell this shared direction from what "
-            "the inputs (or training without the task) give")
+            "the inputs, a shared init or training without the task give")
 
 
 def shuffled_run_labels(runs: pd.DataFrame) -> set[str]:

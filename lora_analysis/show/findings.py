@@ -153,9 +153,10 @@ def against_controls(per_direction: pd.DataFrame, runs: pd.DataFrame, shuffled: 
         shuffled_text = ("no shuffled-label pair" if pd.isna(row.shuffled)
                          else f"shuffled-label pair {fmt(row.shuffled)}")
         geometry_text = "input geometry n/a" if pd.isna(row.geometry) else f"input-geometry {fmt(row.geometry)}"
+        init_text = "" if pd.isna(row.init) else f", shared init (A_init) {fmt(row.init)}"
         sentences.append(
             f"{subject_label(row.subject)}, {pair}: φ(1, r_b) = {fmt(row.energy)} against isotropic "
-            f"{fmt(row.isotropic)}, {geometry_text}, {shuffled_text}; excess over the strongest control "
+            f"{fmt(row.isotropic)}, {geometry_text}, {shuffled_text}{init_text}; excess over the strongest control "
             f"{row.excess_mean:+.2f} ± {fmt(row.excess_std)} (range {row.excess_min:+.2f} to {row.excess_max:+.2f}) "
             f"over {int(row.cases)} (pair, layer, role) cases, task-specific in {int(row.task_cases)}: "
             f"{controls.verdict(row)}.")
