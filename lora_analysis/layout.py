@@ -174,6 +174,14 @@ class AnalysisDir:
     def exists(self) -> bool:
         return self.meta_path.is_file()
 
+    @property
+    def report_path(self) -> Path:
+        """Where this analysis' report goes: ``report/`` beside an ``analysis/`` folder, ``<name>-report/``
+        beside any other; never inside it, since a new analysis replaces its folder whole."""
+        if self.path.name == SweepDir.ANALYSIS:
+            return self.path.parent / SweepDir.REPORT
+        return self.path.parent / f"{self.path.name}-{SweepDir.REPORT}"
+
 
 @dataclass(frozen=True)
 class SweepDir:
@@ -239,6 +247,18 @@ class SweepDir:
 
     def failed_runs(self) -> list[RunDir]:
         return sorted((RunDir(p.parent) for p in self.path.glob(f"*/{RunDir.FAILED}")), key=lambda r: r.path)
+
+
+def is_adapter_folder(folder: Path) -> bool:
+    """A PEFT adapter folder or a run folder of this toolkit (``find_runs`` reads either)."""
+    return (folder / ADAPTER_CONFIG).is_file() or (folder / RunDir.CONFIG).is_file()
+
+
+def holds_adapters(path: Path) -> bool:
+    """Whether ``path`` is an adapter or run folder, or has one among its subfolders."""
+    if not path.is_dir():
+        return False
+    return is_adapter_folder(path) or any(p.is_dir() and is_adapter_folder(p) for p in path.iterdir())
 
 
 def is_done(run_dir: str | Path) -> bool:

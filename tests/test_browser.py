@@ -14,6 +14,8 @@ import subprocess
 
 import pytest
 
+from lora_analysis.analysis.compare import analyze
+from lora_analysis.show.analysis_report import build_analysis_report
 from lora_analysis.show.report import build_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -41,9 +43,24 @@ def chromium(tmp_path, *args: str) -> str:
     return done.stdout
 
 
+@pytest.fixture(scope="module")
+def adapters_analysis(tmp_path_factory):
+    """The analysis of three plain PEFT adapters (two of one rank, one of another) in deep folders."""
+    from _tiny_models import peft_adapter
+
+    root = tmp_path_factory.mktemp("adapters") / "a-rather-long-folder-name-of-downloaded-adapters" / "v1"
+    folders = [peft_adapter("bert", root / name, r=r, seed=seed)
+               for name, r, seed in (("sentiment-lora", 4, 0), ("topic-lora", 4, 1), ("sentiment-lora-r8", 8, 2))]
+    return analyze(folders, progress=False).save(root / "analysis")
+
+
 @pytest.mark.parametrize("width", [1280, 800])
-def test_report_figures_load_and_nothing_overflows_the_page(sweep, tmp_path, width):
-    html_path, _ = build_report(sweep, tmp_path / "report")
+@pytest.mark.parametrize("kind", ["sweep", "adapters"])
+def test_report_figures_load_and_nothing_overflows_the_page(sweep, adapters_analysis, tmp_path, width, kind):
+    if kind == "sweep":
+        html_path, _ = build_report(sweep, tmp_path / "report")
+    else:
+        html_path, _ = build_analysis_report(adapters_analysis, tmp_path / "report")
     page = tmp_path / "probed.html"
     page.write_text(html_path.read_text().replace("</body>", PROBE + "</body>"))
     dom = chromium(tmp_path, f"--window-size={width},900", "--dump-dom", page.as_uri())

@@ -116,7 +116,11 @@ def test_cli_reports_a_quick_sweep_with_gaps(quick, capsys):
 def test_a_bad_sweep_is_one_line_and_exit_2(tmp_path, capsys, quick):
     assert cli_main(["report", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("lora-analysis report: error:") and "runs.parquet" in err[0]
+    assert len(err) == 1 and err[0].startswith("lora-analysis report: error:") and "does not exist" in err[0]
+    (tmp_path / "empty").mkdir()
+    assert cli_main(["report", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a sweep (no runs.parquet), an analysis folder" in err[0]
     bare = tmp_path / "bare"
     bare.mkdir()
     shutil.copy(quick / "runs.parquet", bare / "runs.parquet")
@@ -130,7 +134,7 @@ def test_config_composes_and_checks_the_sweep():
     overrides, _ = split_args(["runs/paper", "layer=2"], "sweep", many=False)
     cfg = OmegaConf.to_object(compose("report", overrides))
     assert (cfg.sweep, cfg.layer, cfg.out, cfg.analyze) == ("runs/paper", 2, None, True)
-    with pytest.raises(LoraAnalysisError, match="no sweep folder"):
+    with pytest.raises(LoraAnalysisError, match="no folder: lora-analysis report"):
         OmegaConf.to_object(compose("report"))
     assert cli_main(["report", "a", "b"]) == 2
 

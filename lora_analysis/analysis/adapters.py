@@ -30,7 +30,7 @@ from safetensors import safe_open
 from lora_analysis import hub
 from lora_analysis.analysis.delta import lora_scale
 from lora_analysis.errors import LoraAnalysisError, first_line
-from lora_analysis.layout import ADAPTER_BIN, ADAPTER_CONFIG, ADAPTER_WEIGHTS, RunDir
+from lora_analysis.layout import ADAPTER_BIN, ADAPTER_CONFIG, ADAPTER_WEIGHTS, RunDir, is_adapter_folder
 from lora_analysis.targets import ROLES, parse_module_path, pattern_key, targets_label
 
 CONFIG_FILE = ADAPTER_CONFIG
@@ -359,7 +359,7 @@ def _relabel(run: Run, label: str) -> Run:
 
 
 def _is_run(folder: Path) -> bool:
-    return (folder / CONFIG_FILE).is_file() or (folder / RUN_CONFIG).is_file()
+    return is_adapter_folder(folder)
 
 
 def _run_folders(path: Path) -> list[Path]:

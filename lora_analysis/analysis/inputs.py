@@ -267,7 +267,10 @@ def source_statistics(
 ) -> dict[str, InputStats]:
     """Load the frozen base model of ``source`` and gather the input statistics of ``paths`` on its texts."""
     from transformers import AutoModel, AutoTokenizer  # heavy: imported only when statistics are wanted
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # its load bar and reports are noise beside the analysis' own notes
+    hf_logging.set_verbosity_error()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.model_dir)
         model = AutoModel.from_pretrained(source.model_dir).eval()

@@ -1,4 +1,5 @@
-"""A sweep's analysis folder kept up to date: analysed when missing or older than the sweep's finished runs."""
+"""An analysis folder kept up to date: a sweep's (analysed when missing or older than its finished runs), or
+that of a folder of adapters (analysed when missing or when the adapters in the folder changed)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from lora_analysis.errors import LoraAnalysisError, first_line
-from lora_analysis.layout import SweepDir
+from lora_analysis.layout import AnalysisDir, SweepDir
 
 
 def stale_reason(sweep: Path) -> str | None:
@@ -41,11 +42,49 @@ def ensure_analysis(sweep: Path, run_it: bool = True, command: str = "lora-analy
 
 def analyse_sweep(sweep: Path, command: str = "lora-analysis", progress: bool = True) -> None:
     """Analyse a sweep into ``<sweep>/analysis``; the analysis' warnings become one ``note:`` line each."""
+    analyse_into([sweep], SweepDir(sweep).analysis.path, command, progress)
+
+
+def analyse_into(inputs: list[Path], out: Path, command: str = "lora-analysis", progress: bool = True) -> Path:
+    """Analyse ``inputs`` with the default settings into ``out``; warnings become ``note:`` lines on stderr."""
     from lora_analysis.analysis.compare import analyze  # torch: imported only when there is work
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = analyze(sweep, progress=progress)
+        result = analyze(inputs, progress=progress)
     for warning in caught:
         print(f"{command}: note: {warning.message}", file=sys.stderr)
-    result.save(SweepDir(sweep).analysis.path)
+    return result.save(out)
+
+
+def adapters_stale_reason(folder: Path) -> str | None:
+    """Why ``<folder>/analysis`` is missing or does not analyse exactly the adapters now in ``folder``, or None."""
+    from lora_analysis.analysis.adapters import find_runs
+
+    analysis = AnalysisDir(folder / SweepDir.ANALYSIS)
+    if not analysis.exists() or not analysis.table("runs").is_file():
+        return "no analysis yet"
+    try:
+        folders = pd.read_parquet(analysis.table("runs"), columns=["folder"])["folder"]
+    except (OSError, ValueError, KeyError) as error:
+        return f"{analysis.table('runs')} is unreadable ({first_line(error)})"
+    analysed = {Path(f).resolve() for f in folders.astype(str)}
+    now = {run.folder.resolve() for run in find_runs([folder])[0]}
+    if now == analysed:
+        return None
+    new = len(now - analysed)
+    return f"analysis is out of date: it holds {len(analysed)} adapter(s), the folder {len(now)} ({new} new)"
+
+
+def ensure_adapter_analysis(folder: Path, run_it: bool = True, command: str = "lora-analysis") -> Path:
+    """The analysis folder of a folder of adapters, analysed first (default settings) when missing or stale."""
+    analysis = folder / SweepDir.ANALYSIS
+    reason = adapters_stale_reason(folder)
+    if reason is None:
+        return analysis
+    if not run_it:
+        raise LoraAnalysisError(f"{folder}: {reason}: run lora-analysis analyze {folder} (or leave analyze=true)")
+    print(f"{command}: {folder}: {reason}; analysing it with the default settings (for the W tables and the "
+          f"input-geometry baseline of foreign adapters: lora-analysis analyze {folder} base=MODEL data_path=FILE)",
+          file=sys.stderr)
+    return analyse_into([folder], analysis, command, progress=False)

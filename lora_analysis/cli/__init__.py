@@ -16,7 +16,8 @@ from lora_analysis.errors import LoraAnalysisError, first_line
 COMMANDS = {
     "train": ("lora_analysis.cli.train", "train LoRA adapters (one run, or a sweep with -m)"),
     "analyze": ("lora_analysis.cli.analyze", "subspace analysis of a sweep or of adapter folders"),
-    "report": ("lora_analysis.cli.report", "rebuild a sweep's figures and report from saved results"),
+    "report": ("lora_analysis.cli.report", "figures and a report of a sweep, an analysis or a folder of adapters"),
+    "compare": ("lora_analysis.cli.compare", "analyse two adapters and report on the pair"),
     "reproduce": ("lora_analysis.cli.reproduce", "train, analyse and report the paper's Section 7"),
     "recommend": ("lora_analysis.cli.recommend", "recommend a rank per module role from a sweep"),
 }

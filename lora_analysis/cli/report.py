@@ -1,8 +1,16 @@
-"""``lora-analysis report <sweep> [key=value ...]``: rebuild a sweep's figures and report from saved results.
+"""``lora-analysis report <folder> [key=value ...]``: figures and a report from saved results.
 
-Composes ``conf/report.yaml`` (typed by ``ReportConfig``) with the overrides. Nothing is retrained: the
-report reads ``runs.parquet``, the runs' ``history.csv`` and ``<sweep>/analysis/``; when the analysis is
-missing or older than the sweep's finished runs it is run first (``analyze=true``), or that is the error.
+Composes ``conf/report.yaml`` (typed by ``ReportConfig``) with the overrides. Nothing is retrained. The
+folder is one of:
+
+- a sweep (``runs.parquet`` beside its run folders): the sweep report (``show.report``), from the sweep
+  table, the runs' ``history.csv`` and ``<sweep>/analysis/``, analysed first when missing or out of date;
+- an analysis folder (``analysis.json``, written by ``analyze`` or ``compare``): the report of any set of
+  adapters (``show.analysis_report``); a sweep's own ``analysis/`` gives the sweep report;
+- a folder holding adapters (PEFT folders or run folders): its ``analysis/`` is used, or made first with the
+  default settings, then reported like any analysis.
+
+``analyze=false`` makes a missing or stale analysis an error instead.
 """
 
 from __future__ import annotations
@@ -13,18 +21,19 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lora_analysis.analysis.sweep import ensure_analysis
+from lora_analysis.analysis.sweep import ensure_adapter_analysis, ensure_analysis
 from lora_analysis.cli.schemas import ReportConfig
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.hydra_compose import compose, help_text, split_args
-from lora_analysis.layout import SweepDir
+from lora_analysis.layout import AnalysisDir, SweepDir, holds_adapters
 
 SUMMARY = """\
-usage: lora-analysis report <sweep folder> [key=value ...]
+usage: lora-analysis report <sweep | analysis folder | folder of adapters> [key=value ...]
 
-Rebuild a sweep's report from saved results, without retraining: figures (PNG and PDF) under
-<sweep>/report/figures/, a self-contained report.html and its Markdown twin report.md. The figures and
-numbers follow Hu et al. (2021), Section 7 and Appendix H, beside the paper's own numbers.
+Rebuild a report from saved results, without retraining: figures (PNG and PDF) under <...>/report/figures/,
+a self-contained report.html and its Markdown twin report.md. A sweep's report follows Hu et al. (2021),
+Section 7 and Appendix H, beside the paper's own numbers; the report of other adapters (an analysis folder,
+or a folder of PEFT adapters) shows their pairs, controls, spectra and dW against W.
 """
 
 
@@ -34,14 +43,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(help_text(SUMMARY, "report"))
         return 0
     cfg: ReportConfig = OmegaConf.to_object(compose("report", overrides))
-    sweep = Path(cfg.sweep)
-    if not SweepDir(sweep).is_sweep():
-        raise LoraAnalysisError(f"{sweep} is not a sweep folder: no {SweepDir.TABLE} there")
-    ensure_analysis(sweep, cfg.analyze, "lora-analysis report")
+    folder = Path(cfg.sweep)
+    if not folder.is_dir():
+        raise LoraAnalysisError(f"{folder} is not a folder" if folder.exists() else f"{folder} does not exist")
+    if AnalysisDir(folder).exists() and folder.name == SweepDir.ANALYSIS and SweepDir(folder.parent).is_sweep():
+        folder = folder.parent  # a sweep's own analysis: the sweep report
+    if AnalysisDir(folder).exists():
+        html, markdown = _analysis_report(folder, cfg)
+    elif SweepDir(folder).is_sweep():
+        ensure_analysis(folder, cfg.analyze, "lora-analysis report")
+        from lora_analysis.show.report import build_report
 
-    from lora_analysis.show.report import build_report
-
-    html, markdown = build_report(sweep, cfg.out, layer=cfg.layer)
+        html, markdown = build_report(folder, cfg.out, layer=cfg.layer)
+    elif holds_adapters(folder):
+        html, markdown = _analysis_report(ensure_adapter_analysis(folder, cfg.analyze, "lora-analysis report"), cfg)
+    else:
+        raise LoraAnalysisError(f"{folder} is not a sweep (no {SweepDir.TABLE}), an analysis folder (no "
+                                f"{AnalysisDir.META}) or a folder of adapters (none in it or its subfolders)")
     print(f"markdown: {markdown}")
     print(f"report: {html}")
     return 0
+
+
+def _analysis_report(analysis: Path, cfg: ReportConfig) -> tuple[Path, Path]:
+    from lora_analysis.show.analysis_report import build_analysis_report
+
+    return build_analysis_report(analysis, cfg.out, layer=cfg.layer)

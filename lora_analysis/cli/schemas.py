@@ -15,14 +15,14 @@ from lora_analysis.errors import LoraAnalysisError
 
 @dataclass
 class ReportConfig:
-    sweep: str | None = None  # the sweep folder (a folder with runs.parquet); also the positional argument
+    sweep: str | None = None  # a sweep, an analysis folder or a folder of adapters; also the positional argument
     layer: int | None = None  # layer of the single-layer figures (Figures 3, 4, 8); None: the middle adapted layer
-    out: str | None = None  # output folder; None: <sweep>/report
-    analyze: bool = True  # run the analysis first when <sweep>/analysis/ is missing or out of date
+    out: str | None = None  # output folder; None: report/ beside the analysis (<sweep>/report for a sweep)
+    analyze: bool = True  # run the analysis first when it is missing or out of date
 
     def __post_init__(self) -> None:
         if self.sweep is None:
-            raise LoraAnalysisError("no sweep folder: lora-analysis report <sweep folder>")
+            raise LoraAnalysisError("no folder: lora-analysis report <sweep | analysis folder | folder of adapters>")
 
 
 @dataclass
@@ -63,12 +63,13 @@ class ReproduceConfig:
 
 def register_schemas() -> None:
     """Store every command's schema in Hydra's ConfigStore (idempotent); ``compose`` needs them."""
-    from lora_analysis.analysis.compare import AnalyzeConfig
+    from lora_analysis.analysis.compare import AnalyzeConfig, CompareConfig
     from lora_analysis.train.config import register_configs
 
     register_configs()
     store = ConfigStore.instance()
     store.store(name="analyze_schema", node=AnalyzeConfig)
+    store.store(name="compare_schema", node=CompareConfig)
     store.store(name="report_schema", node=ReportConfig)
     store.store(name="recommend_schema", node=RecommendConfig)
     store.store(name="reproduce_schema", node=ReproduceConfig)

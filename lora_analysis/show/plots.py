@@ -32,7 +32,7 @@ STYLE = {
 }  # fmt: skip
 
 
-def _styled(draw):
+def styled(draw):
     """Create the figure's text under the house style (fonts are fixed when a text object is made)."""
 
     @functools.wraps(draw)
@@ -49,7 +49,7 @@ def new_figure(width: float, height: float) -> Figure:
     return fig
 
 
-def _heatmap(ax, grid: np.ndarray, title: str, ylabel: str, xlabel: str):
+def heatmap(ax, grid: np.ndarray, title: str, ylabel: str, xlabel: str):
     """phi grid ``(n_i, n_j)`` with 1-based cell centres; returns the image (for the colour bar)."""
     n_i, n_j = grid.shape
     image = ax.imshow(np.ma.masked_invalid(grid), vmin=0.0, vmax=1.0, cmap=CMAP, aspect="auto",
@@ -70,20 +70,20 @@ def grid_ticks(n: int) -> list[int]:
     return [1, *range(step, n + 1, step)]
 
 
-def _colorbar(fig: Figure, image, axes) -> None:
+def colorbar(fig: Figure, image, axes) -> None:
     if image is None:
         raise LoraAnalysisError("no panel had phi rows to draw")
     fig.colorbar(image, ax=list(np.ravel(axes)), label="φ(i, j)", shrink=0.9, aspect=30)
 
 
-def _pair_heatmap(ax, rows: pd.DataFrame, title: str, zoom: int | None = None):
+def pair_heatmap(ax, rows: pd.DataFrame, title: str, zoom: int | None = None):
     grid = phi_matrix(rows)
     if zoom:
         grid = grid[:zoom, :zoom]
     run_a, run_b = str(rows["run_a"].iloc[0]), str(rows["run_b"].iloc[0])
     if run_b == GAUSSIAN:
         run_a, run_b = "Gaussian 1", "Gaussian 2"
-    return _heatmap(ax, grid, title, f"i  ({run_a})", f"j  ({run_b})")
+    return heatmap(ax, grid, title, f"i  ({run_a})", f"j  ({run_b})")
 
 
 def _two_roles(phi: pd.DataFrame, modules) -> list[str]:
@@ -99,7 +99,7 @@ def _seed_text(rows: pd.DataFrame) -> str:
 # --- Figures 3, 4, 6 and 7: phi heatmaps across ranks and seeds
 
 
-@_styled
+@styled
 def fig3_rank_similarity(phi: pd.DataFrame, *, layer: int, r_small: int = 8, r_large: int = 64,
                          subject: str = Subject.A, modules=None, seed: int | None = None) -> Figure:
     """Figure 3: phi(X_{r_small}, X_{r_large}, i, j) at one layer, full grid and ``r_small x r_small`` zoom.
@@ -114,15 +114,15 @@ def fig3_rank_similarity(phi: pd.DataFrame, *, layer: int, r_small: int = 8, r_l
     fig = new_figure(10.5, 0.6 + 2.1 * len(found))
     axes = fig.subplots(len(found), 2, squeeze=False, gridspec_kw={"width_ratios": [3, 1]})
     for (module, rows), (full, zoom) in zip(found, axes, strict=True):
-        image = _pair_heatmap(full, rows, f"{module}: i ≤ {r_small}, j ≤ {r_large}")
-        _pair_heatmap(zoom, rows, f"{module}: zoom i, j ≤ {r_small}", zoom=r_small)
+        image = pair_heatmap(full, rows, f"{module}: i ≤ {r_small}, j ≤ {r_large}")
+        pair_heatmap(zoom, rows, f"{module}: zoom i, j ≤ {r_small}", zoom=r_small)
     fig.suptitle(f"Figure 3: φ(i, j) between {_label(subject)} at r={r_small} (i) and r={r_large} (j), layer {layer}"
                  f"{_seed_text(found[0][1])}")
-    _colorbar(fig, image, axes)
+    colorbar(fig, image, axes)
     return fig
 
 
-@_styled
+@styled
 def fig4_seed_similarity(phi: pd.DataFrame, *, layer: int, r: int = 64, subject: str = Subject.A, modules=None,
                          seed: int | None = None) -> Figure:
     """Figure 4: phi between two seeds at rank r, beside phi between two random Gaussian ``(r, k)`` matrices."""
@@ -139,14 +139,14 @@ def fig4_seed_similarity(phi: pd.DataFrame, *, layer: int, r: int = 64, subject:
     axes = fig.subplots(len(found), 2, squeeze=False)
     for (module, rows, gauss), (left, right) in zip(found, axes, strict=True):
         seeds = f"seeds {rows['seed_a'].iloc[0]} and {rows['seed_b'].iloc[0]}"
-        image = _pair_heatmap(left, rows, f"{module}: {_label(subject)}, {seeds}")
+        image = pair_heatmap(left, rows, f"{module}: {_label(subject)}, {seeds}")
         if gauss.empty:
             right.set_axis_off()
             right.text(0.5, 0.5, "no random baseline rows", ha="center", va="center", transform=right.transAxes)
         else:
-            _pair_heatmap(right, gauss, f"{module}: two random Gaussian ({r} x k) matrices")
+            pair_heatmap(right, gauss, f"{module}: two random Gaussian ({r} x k) matrices")
     fig.suptitle(f"Figure 4: φ(i, j) between two seeds of {_label(subject)} at r={r}, layer {layer}; right: random")
-    _colorbar(fig, image, axes)
+    colorbar(fig, image, axes)
     return fig
 
 
@@ -154,7 +154,7 @@ def _layers(phi: pd.DataFrame, mask: pd.Series) -> list[int]:
     return sorted(int(x) for x in phi.loc[mask, "layer"].dropna().unique())
 
 
-@_styled
+@styled
 def fig6_rank_similarity_layers(phi: pd.DataFrame, *, r_small: int = 8, r_large: int = 64, subject: str = Subject.A,
                                 modules=None, seed: int | None = None, zoom: bool | None = None) -> Figure:
     """Figure 6: Figure 3 for every layer, one row per layer, one column per role (default: q, v, FFN).
@@ -181,12 +181,12 @@ def fig6_rank_similarity_layers(phi: pd.DataFrame, *, r_small: int = 8, r_large:
                 for ax in panels:
                     ax.set_axis_off()
                 continue
-            image, shown = _pair_heatmap(panels[0], rows, f"layer {layer}, {module}"), rows
+            image, shown = pair_heatmap(panels[0], rows, f"layer {layer}, {module}"), rows
             if zoom:
-                _pair_heatmap(panels[1], rows, f"layer {layer}, {module}: zoom", zoom=r_small)
+                pair_heatmap(panels[1], rows, f"layer {layer}, {module}: zoom", zoom=r_small)
     fig.suptitle(f"Figure 6: φ(i, j) between {_label(subject)} at r={r_small} (i) and r={r_large} (j), every layer"
                  f"{_seed_text(shown) if shown is not None else ''}")
-    _colorbar(fig, image, axes)
+    colorbar(fig, image, axes)
     return fig
 
 
@@ -196,7 +196,7 @@ def _space_dim(rows: pd.DataFrame) -> int:
     return round(max(first["i"], first["j"]) / first["baseline"])
 
 
-@_styled
+@styled
 def fig7_seed_similarity_layers(phi: pd.DataFrame, *, r: int = 64, subject: str = Subject.A, modules=None,
                                 seed: int | None = None) -> Figure:
     """Figure 7: Figure 4 for every layer: one row per layer, one column per role (default: q, v, FFN), then
@@ -221,19 +221,19 @@ def fig7_seed_similarity_layers(phi: pd.DataFrame, *, r: int = 64, subject: str 
             if rows.empty:
                 axes[row, col].set_axis_off()
                 continue
-            image = _pair_heatmap(axes[row, col], rows, f"layer {layer}, {module}")
+            image = pair_heatmap(axes[row, col], rows, f"layer {layer}, {module}")
         for col, (k, module) in enumerate(randoms.items(), start=len(modules)):
             gauss = pair_rows(phi, Comparison.random, subject=subject, layer=layer, module=module, r_a=r, seed=seed)
             if gauss.empty:
                 axes[row, col].set_axis_off()
             else:
-                _pair_heatmap(axes[row, col], gauss, f"random Gaussian, k={k}")
+                pair_heatmap(axes[row, col], gauss, f"random Gaussian, k={k}")
     fig.suptitle(f"Figure 7: φ(i, j) between two seeds of {_label(subject)} at r={r}, every layer; right: random")
-    _colorbar(fig, image, axes)
+    colorbar(fig, image, axes)
     return fig
 
 
-@_styled
+@styled
 def controls_similarity(phi: pd.DataFrame, *, layer: int, comparison: str = Comparison.rank, r_a: int = 8,
                         r_b: int = 64, seed: int | None = None, modules=None,
                         subjects: tuple[str, ...] = CONTROL_SUBJECTS) -> Figure:
@@ -258,11 +258,11 @@ def controls_similarity(phi: pd.DataFrame, *, layer: int, comparison: str = Comp
             if rows.empty:
                 axes[row, col].set_axis_off()
                 continue
-            image = _pair_heatmap(axes[row, col], rows, f"{module}: {_label(subject)}")
+            image = pair_heatmap(axes[row, col], rows, f"{module}: {_label(subject)}")
     what = f"r={r_a} vs r={r_b}" if comparison == Comparison.rank else f"two seeds at r={r_a}"
     fig.suptitle(f"Controls: φ of {', '.join(_label(s) for s in subjects)} for the same pair ({what}), "
                  f"layer {layer}")
-    _colorbar(fig, image, axes)
+    colorbar(fig, image, axes)
     return fig
 
 
@@ -278,7 +278,7 @@ def _control_grids(real: pd.DataFrame, twin: pd.DataFrame) -> dict[str, np.ndarr
     return grids
 
 
-@_styled
+@styled
 def against_controls(phi: pd.DataFrame, shuffled, *, layer: int, r_a: int = 8, r_b: int = 64,
                      subject: str = Subject.A_delta, modules=None) -> Figure:
     """Figure 3's pair beside its controls: the real phi map, the same pair on shuffled labels, the
@@ -316,7 +316,7 @@ def against_controls(phi: pd.DataFrame, shuffled, *, layer: int, r_a: int = 8, r
                                  interpolation="nearest", extent=(0.5, n_j + 0.5, n_i + 0.5, 0.5))
                 ax.set(title=f"{module}: {name}", xlabel=f"j  (r={r_b})", ylabel=f"i  (r={r_a})")
             else:
-                image = _heatmap(ax, grids[name], f"{module}: {name}", f"i  (r={r_a})", f"j  (r={r_b})")
+                image = heatmap(ax, grids[name], f"{module}: {name}", f"i  (r={r_a})", f"j  (r={r_b})")
     fig.suptitle(f"{_label(subject)}, r={r_a} vs r={r_b}, layer {layer}: the real map against its controls")
     fig.colorbar(image, ax=list(axes[:, :-1].ravel()) if diff is not None else list(axes.ravel()),
                  label="φ(i, j)", shrink=0.9, aspect=30)
@@ -328,7 +328,7 @@ def against_controls(phi: pd.DataFrame, shuffled, *, layer: int, r_a: int = 8, r
 # --- Figure 8, spectra
 
 
-@_styled
+@styled
 def fig8_w_dw_similarity(w_dw_phi: pd.DataFrame, *, layer: int, module: str = "q", side: str = Side.left,
                          seed: int | None = None) -> Figure:
     """Figure 8: phi between the top-i singular directions of W and the top-j of dW, one panel per rank,
@@ -343,18 +343,18 @@ def fig8_w_dw_similarity(w_dw_phi: pd.DataFrame, *, layer: int, module: str = "q
     for ax, r in zip(axes, ranks, strict=False):
         g = d[d["r"] == r]
         g = g[g["seed"] == seed] if seed is not None and (g["seed"] == seed).any() else g[g["run"] == g["run"].iloc[0]]
-        image = _heatmap(ax, phi_matrix(g), f"r = {r}", "i  (top directions of W)", f"j  (ΔW, r={r})")
+        image = heatmap(ax, phi_matrix(g), f"r = {r}", "i  (top directions of W)", f"j  (ΔW, r={r})")
     grid = np.full((int(g["i"].max()), int(g["j"].max())), np.nan)
     grid[g["i"].to_numpy() - 1, g["j"].to_numpy() - 1] = g["baseline"].to_numpy()
-    _heatmap(axes[-1], grid, "random: max(i, j) / k", "i  (top directions of W)", f"j  (r={ranks[-1]})")
+    heatmap(axes[-1], grid, "random: max(i, j) / k", "i  (top directions of W)", f"j  (r={ranks[-1]})")
     seed_text = "" if seed is None else f", seed {int(seed)}"
     fig.suptitle(f"Figure 8: φ(W_{module} top-i, ΔW_{module} top-j) at layer {layer}, {side} singular vectors"
                  f"{seed_text}")
-    _colorbar(fig, image, axes)
+    colorbar(fig, image, axes)
     return fig
 
 
-@_styled
+@styled
 def dw_spectra(spectra: pd.DataFrame, *, layer: int, modules=None, seed: int | None = None,
                subject: str = Subject.dW) -> Figure:
     """Singular values of dW at one layer: one panel per role, one line per rank (the lowest seed each)."""
@@ -400,7 +400,7 @@ def draws_majority(runs: pd.DataFrame, metric: str | None) -> bool:
     return metric == "test_accuracy" and has_majority(runs)
 
 
-@_styled
+@styled
 def accuracy_vs_rank(runs: pd.DataFrame, *, metric: str | None = None, table: pd.DataFrame | None = None) -> Figure:
     """Tables 5/6 analogue: test metric against rank (log2), one line per target set, error bars = std over seeds.
 
@@ -427,7 +427,7 @@ def accuracy_vs_rank(runs: pd.DataFrame, *, metric: str | None = None, table: pd
     return fig
 
 
-@_styled
+@styled
 def accuracy_by_targets(runs: pd.DataFrame, *, metric: str | None = None, table: pd.DataFrame | None = None
                         ) -> Figure:
     """Table 5 analogue: test metric per target set at one trainable-parameter budget (``lora.budget``).
@@ -455,7 +455,7 @@ def accuracy_by_targets(runs: pd.DataFrame, *, metric: str | None = None, table:
     return fig
 
 
-@_styled
+@styled
 def loss_curves(histories: dict[str, pd.DataFrame]) -> Figure:
     """Training loss against step, one line per run (``history.csv``), to see that it has levelled off."""
     histories = {run: h for run, h in histories.items() if not h.empty}

@@ -1,0 +1,53 @@
+"""``lora-analysis compare ADAPTER_A ADAPTER_B [key=value ...]``: the analysis and the report of one pair.
+
+Composes ``conf/compare.yaml`` (typed by ``analysis.compare.CompareConfig``: the keys of ``analyze`` and
+``layer``), analyses the two adapters into ``<out>/analysis`` and writes their report to ``<out>/report``
+(``show.analysis_report``). Each adapter is a PEFT folder, a run folder or a hub id in the local cache.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Sequence
+
+from omegaconf import OmegaConf
+
+from lora_analysis.analysis.compare import CompareConfig, run_analysis
+from lora_analysis.atomic import check_output_folder
+from lora_analysis.hydra_compose import compose, help_text, split_args
+from lora_analysis.layout import AnalysisDir, SweepDir
+
+SUMMARY = """\
+usage: lora-analysis compare ADAPTER_A ADAPTER_B [base=MODEL] [data_path=FILE text_column=COL] [out=DIR]
+
+Compare two LoRA adapters of one base model (two tasks, two seeds, two ranks, two releases): the subspace
+similarity phi of A, B and dW with its random and input-geometry baselines, a verdict against the strongest
+control, spectra, and dW against the base weights W (Table 7, Figure 8, intruder dimensions) when the base
+is found. Writes <out>/analysis/*.parquet and <out>/report/report.html (default out: runs/compare/<a>-vs-<b>).
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    overrides, wants_help = split_args(list(sys.argv[1:] if argv is None else argv), "inputs")
+    if wants_help:
+        print(help_text(SUMMARY, "compare"))
+        return 0
+    cfg: CompareConfig = OmegaConf.to_object(compose("compare", overrides))
+    out = cfg.folder()
+    analysis = out / SweepDir.ANALYSIS
+    check_output_folder(analysis, lambda old: AnalysisDir(old).exists())  # before the analysis, not after it
+    check_output_folder(out / SweepDir.REPORT, lambda old: True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_analysis(cfg)
+    for warning in caught:
+        print(f"lora-analysis compare: note: {warning.message}", file=sys.stderr)
+    result.save(analysis)
+    print(f"analysed {', '.join(result.runs['run'].astype(str))}; wrote {analysis}")
+    from lora_analysis.show.analysis_report import build_analysis_report
+
+    html, markdown = build_analysis_report(analysis, out / SweepDir.REPORT, layer=cfg.layer)
+    print(f"markdown: {markdown}")
+    print(f"report: {html}")
+    return 0
