@@ -10,6 +10,7 @@ share of the step spent in matrix products (aten::mm/addmm/bmm/linear and their 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
@@ -18,9 +19,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from lora_analysis.hydra_compose import compose
 from lora_analysis.train import data as task_data
-from lora_analysis.train import trainer
+from lora_analysis.train import precision, trainer
 from lora_analysis.train.config import register_configs
-from lora_analysis.train.modeling import add_lora, load_model, load_tokenizer
+from lora_analysis.train.modeling import add_lora, load_model, load_tokenizer, lora_layers
 from lora_analysis.train.sweep import settings_from
 
 MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::_scaled_dot_product")
@@ -32,6 +33,10 @@ def setup(overrides: list[str]):
     tokenizer = load_tokenizer(settings.model)
     data = task_data.load_task_data(settings.data, settings.model.task, tokenizer, Path(settings.out_dir) / ".c")
     model, _ = add_lora(load_model(settings.model, 2, tokenizer.pad_token_id), settings.lora, settings.model.task, 0)
+    if settings.optim.precision == "bf16":  # as the trainer does (train.trainer.resolve_precision)
+        precision.cast_frozen_linears(model, torch.bfloat16)
+        if "--no-shared-casts" not in sys.argv:
+            precision.share_input_casts(lora_layers(model).values(), torch.bfloat16)
     return settings, model, data, tokenizer.pad_token_id
 
 
@@ -53,7 +58,7 @@ def profile_steps(settings, model, data, pad_id, steps: int):
 
     for batch in batch_list[:3]:  # warm-up
         step(batch)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for batch in batch_list[3:]:
             step(batch)
     return prof
@@ -65,6 +70,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--no-shared-casts", action="store_true", help="bf16 without precision.share_input_casts")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,6 +83,12 @@ def main() -> None:
             print(f"\n== {precision}: {total / 1e3 / args.steps:.1f} ms per step (self CPU, profiled), "
                   f"matrix products {matmul / total:.0%}")
             print(events.table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=40))
+            copies = [e for e in prof.key_averages(group_by_input_shape=True) if e.key == "aten::copy_"]
+            copies.sort(key=lambda e: -e.self_cpu_time_total)
+            print("aten::copy_ by input shapes (self ms per step, calls per step):")
+            for e in copies[:8]:
+                ms, calls = e.self_cpu_time_total / 1e3 / args.steps, e.count / args.steps
+                print(f"  {ms:8.1f} {calls:6.0f}  {e.input_shapes}")
 
 
 if __name__ == "__main__":

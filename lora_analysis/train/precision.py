@@ -23,6 +23,8 @@ import json
 import os
 import platform
 import time
+import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,4 +142,37 @@ def cast_frozen_linears(model: torch.nn.Module, dtype: torch.dtype = torch.bfloa
             if module.bias is not None and not module.bias.requires_grad:
                 module.bias.data = module.bias.data.to(dtype)
             count += 1
+    return count
+
+
+def share_input_casts(layers: Iterable[torch.nn.Module], dtype: torch.dtype = torch.bfloat16) -> int:
+    """Cast each LoRA layer's input to ``dtype`` once, under autocast, for its base and its ``lora_A`` alike.
+
+    Autocast casts a float32 activation again at every product that reads it: twice per LoRA layer (its
+    frozen base and ``lora_A``) and six times for the hidden states that q, k and v share; and PEFT casts
+    a bfloat16 input (o's, ffn_out's) up to ``lora_A``'s float32 before autocast casts it down again. The
+    casts were 22% of a bf16 step (``benchmarks/profile_step.py``). Here a forward pre-hook casts the
+    input once, the next layer fed the same tensor object (q, k, v) reuses that cast, and PEFT's own cast
+    is switched off (``cast_input_dtype_enabled``). The products see the same bfloat16 values as under
+    autocast; only the order in which their gradients are summed back changes (in bfloat16 into the one
+    cast, instead of each cast back to float32 first). Returns how many layers were hooked.
+    """
+    last: dict[str, object] = {"source": None, "cast": None}  # one slot: q, k and v run one after another
+
+    def cast_input(module, args):
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:
+            return None
+        if not torch.is_autocast_enabled(x.device.type) or torch.get_autocast_dtype(x.device.type) != dtype:
+            return None
+        source = last["source"]() if last["source"] is not None else None
+        if source is not x:
+            last["source"], last["cast"] = weakref.ref(x), x.to(dtype)
+        return (last["cast"], *args[1:])
+
+    count = 0
+    for layer in layers:
+        layer.register_forward_pre_hook(cast_input)
+        layer.cast_input_dtype_enabled = False
+        count += 1
     return count

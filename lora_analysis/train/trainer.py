@@ -31,7 +31,7 @@ from lora_analysis.train import data as task_data
 from lora_analysis.train import precision
 from lora_analysis.train.config import Method, Precision, Schedule, Task, TrainConfig
 from lora_analysis.train.divergence import check_step
-from lora_analysis.train.modeling import add_lora, load_model, load_tokenizer, lora_state
+from lora_analysis.train.modeling import add_lora, load_model, load_tokenizer, lora_layers, lora_state
 from lora_analysis.train.plateau import plateau_metrics
 
 log = logging.getLogger(__name__)
@@ -169,6 +169,7 @@ def settle_precision(cfg: TrainConfig, model, device: torch.device, run_dir: Pat
             write_text(config_path, yaml.safe_dump(saved, sort_keys=False))
     if resolved.precision == Precision.bf16 and cfg.method == Method.lora:
         precision.cast_frozen_linears(model, torch.bfloat16)
+        precision.share_input_casts(lora_layers(model).values(), torch.bfloat16)
     return resolved
 
 
