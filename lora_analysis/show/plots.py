@@ -18,10 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
 from lora_analysis.analysis.kinds import GAUSSIAN, Comparison, Side, Subject
-from lora_analysis.derive.queries import has_majority, lora_runs, metric_column, pair_rows, phi_matrix, shown_roles
-from lora_analysis.derive.stats import accuracy_table, full_reference
+from lora_analysis.derive.queries import pair_rows, phi_matrix, shown_roles
 from lora_analysis.errors import LoraAnalysisError
-from lora_analysis.layout import RunDir, SweepDir
 from lora_analysis.show.labels import label as _label
 
 CONTROL_SUBJECTS = (Subject.A_init, Subject.A, Subject.A_delta, Subject.dW)  # the control maps, in this order
@@ -378,95 +376,4 @@ def dw_spectra(spectra: pd.DataFrame, *, layer: int, modules=None, seed: int | N
         ax.legend(frameon=False)
     seed_text = "" if seed is None else f", seed {seed}"
     fig.suptitle(f"Singular values of {_label(subject)} at layer {layer}, one line per rank{seed_text}")
-    return fig
-
-
-# --- runs: accuracy, loss
-
-
-def _reference_lines(ax, runs: pd.DataFrame, metric: str) -> None:
-    full = full_reference(runs, metric)
-    if full:
-        ax.axhline(full["mean"], color="black", lw=1.2, label=f"full fine-tuning ({full['mean']:.3f}, n={full['n']})")
-        if full["n"] > 1:
-            ax.axhspan(full["mean"] - full["std"], full["mean"] + full["std"], color="black", alpha=0.08, lw=0)
-    if draws_majority(runs, metric):
-        majority = float(runs["majority_accuracy"].dropna().iloc[0])
-        ax.axhline(majority, color="grey", ls=":", lw=1.2, label=f"majority class ({majority:.3f})")
-
-
-def draws_majority(runs: pd.DataFrame, metric: str | None) -> bool:
-    """Whether the accuracy figures draw the majority-class line (their captions ask this too)."""
-    return metric == "test_accuracy" and has_majority(runs)
-
-
-@styled
-def accuracy_vs_rank(runs: pd.DataFrame, *, metric: str | None = None, table: pd.DataFrame | None = None) -> Figure:
-    """Tables 5/6 analogue: test metric against rank (log2), one line per target set, error bars = std over seeds.
-
-    ``table``: ``stats.accuracy_table(runs, metric)`` when already computed.
-    """
-    metric = metric or metric_column(runs)
-    table = accuracy_table(runs, metric) if table is None else table
-    if table.empty:
-        raise LoraAnalysisError("no finished LoRA run with a test metric")
-    fig = new_figure(6.4, 4.0)
-    ax = fig.subplots()
-    for targets, t in table.groupby("targets"):
-        ax.errorbar(t["r"], t["mean"], yerr=t["std"].fillna(0.0), marker="o", capsize=3, lw=1.4, label=targets)
-    _reference_lines(ax, runs, metric)
-    ranks = sorted(int(r) for r in table["r"].unique())
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_locator(FixedLocator(ranks))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xticklabels([str(r) for r in ranks])
-    ax.set(xlabel="LoRA rank r", ylabel=metric)
-    ax.legend(title="target set", frameon=False, fontsize=7.5)
-    seeds = int(table["n"].max())
-    fig.suptitle(f"{metric} against rank and target set (mean ± std over up to {seeds} seeds)")
-    return fig
-
-
-@styled
-def accuracy_by_targets(runs: pd.DataFrame, *, metric: str | None = None, table: pd.DataFrame | None = None
-                        ) -> Figure:
-    """Table 5 analogue: test metric per target set at one trainable-parameter budget (``lora.budget``).
-
-    ``table``: ``stats.accuracy_table`` of the budget-matched runs when already computed.
-    """
-    metric = metric or metric_column(runs)
-    lora = lora_runs(runs)
-    if "lora.budget" not in lora or lora["lora.budget"].isna().all():
-        raise LoraAnalysisError(f"no budget-matched runs (lora.budget is not set in {SweepDir.TABLE})")
-    lora = lora[lora["lora.budget"].notna()]
-    table = (accuracy_table(lora, metric) if table is None else table).sort_values("mean")
-    fig = new_figure(max(6.8, 0.75 * len(table) + 2.5), 4.2)
-    ax = fig.subplots()
-    x = np.arange(len(table))
-    ax.errorbar(x, table["mean"], yerr=table["std"].fillna(0.0), fmt="o", capsize=3, color="C0")
-    _reference_lines(ax, runs, metric)
-    ax.set_xticks(x, [f"{t}\nr={int(r)}\n{p / 1e3:.0f}k" for t, r, p in
-                      zip(table["targets"], table["r"], table["lora_params"], strict=True)])
-    ax.set(xlabel="target set, rank, trainable LoRA parameters", ylabel=metric)
-    ax.legend(frameon=False, fontsize=7.5)
-    budgets = ", ".join(sorted({str(b) for b in lora["lora.budget"]}))
-    ax.margins(x=0.08)
-    fig.suptitle(f"{metric} per target set at budget {budgets} (mean ± std over seeds)")
-    return fig
-
-
-@styled
-def loss_curves(histories: dict[str, pd.DataFrame]) -> Figure:
-    """Training loss against step, one line per run (``history.csv``), to see that it has levelled off."""
-    histories = {run: h for run, h in histories.items() if not h.empty}
-    if not histories:
-        raise LoraAnalysisError(f"no {RunDir.HISTORY} with rows")
-    fig = new_figure(6.8, 4.0)
-    ax = fig.subplots()
-    for run, h in sorted(histories.items()):
-        ax.plot(h["step"], h["loss"], lw=1.1, label=run)
-    ax.set(xlabel="step", ylabel="training loss (mean over the logging interval)")
-    if len(histories) <= 12:
-        ax.legend(frameon=False, ncols=2)
-    fig.suptitle(f"Training loss per run ({len(histories)} runs, {RunDir.HISTORY})")
     return fig

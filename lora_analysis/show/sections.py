@@ -15,7 +15,7 @@ from lora_analysis.derive.stats import Derived, full_reference
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.layout import RunDir, SweepDir
 from lora_analysis.show import findings as F
-from lora_analysis.show import plots
+from lora_analysis.show import run_plots
 from lora_analysis.show.document import Section
 from lora_analysis.show.focus import Focus
 from lora_analysis.show.labels import fmt
@@ -107,15 +107,15 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str |
     section.text(f"Full fine-tuning reference: {fmt(full['mean'], 3)} (n={full['n']})." if full else
                  "No full fine-tuning run in this sweep: no reference line.")
     lines = (["black: full fine-tuning"] if full else []) + (
-        ["dotted: majority class"] if plots.draws_majority(runs, metric) else [])
-    section.plot("accuracy_rank", lambda: plots.accuracy_vs_rank(runs, metric=metric, table=table),
+        ["dotted: majority class"] if run_plots.draws_majority(runs, metric) else [])
+    section.plot("accuracy_rank", lambda: run_plots.accuracy_vs_rank(runs, metric=metric, table=table),
                  f"{metric} against rank, one line per target set" + "".join(f"; {x}" for x in lines) + ".")
     budgeted = budgeted_runs(runs)
     if not budgeted.empty:
         budget = derived.budget_accuracy
         section.table(budget.rename(columns={"lora_params": "trainable LoRA parameters"}),
                       f"Budget-matched runs ({', '.join(sorted(map(str, budgeted['lora.budget'].unique())))})")
-        section.plot("accuracy_budget", lambda: plots.accuracy_by_targets(runs, metric=metric, table=budget),
+        section.plot("accuracy_budget", lambda: run_plots.accuracy_by_targets(runs, metric=metric, table=budget),
                      "Test metric per target set at one parameter budget, with each set's rank and parameter count.")
         section.bullets(F.ffn_under_budget(runs, metric, table=budget).sentences)
     if sentences:
@@ -166,7 +166,7 @@ def runs_section(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> Sect
     section = Section("Runs")
     section.table(run_table(runs[[c for c in RUN_COLUMNS if c in runs]]),
                   f"One row per finished run ({SweepDir.TABLE}; every column in runs.csv beside this report)")
-    section.plot("loss_curves", lambda: plots.loss_curves(histories), f"Training loss per run ({RunDir.HISTORY}).")
+    section.plot("loss_curves", lambda: run_plots.loss_curves(histories), f"Training loss per run ({RunDir.HISTORY}).")
     return section
 
 
