@@ -62,6 +62,61 @@ def locked(path: str | Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def try_lock(path: str | Path) -> Iterator[int | None]:
+    """Try to hold an exclusive lock on ``path`` without waiting; yield who holds it.
+
+    Yields None when this process holds the lock (its pid is written into the file; when the block ends
+    the file is removed and the lock released), else the pid the holder wrote (0 when not written yet).
+    The lock is ``flock``'s: it goes with its holder's death, so a stale file never blocks. A waiter that
+    locked a file its holder removed meanwhile locks the new one instead (two holders are never possible).
+    """
+    path = Path(path)
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # its folder was removed (a refused run) between our mkdir and open
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _written_pid(fd)
+            os.close(fd)
+            break
+        if _is_file_of(fd, path):
+            holder = None
+            break
+        os.close(fd)  # removed (or replaced) by its holder between our open and our lock: try again
+    if holder is not None:
+        yield holder
+        return
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield None
+    finally:
+        if _is_file_of(fd, path):
+            path.unlink()  # before the release: a waiter that opened it sees it gone and retries
+        os.close(fd)
+
+
+def _written_pid(fd: int) -> int:
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _is_file_of(fd: int, path: Path) -> bool:
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (status.st_dev, status.st_ino) == (opened.st_dev, opened.st_ino)
+
+
 def check_output_folder(folder: str | Path, replaceable: Callable[[Path], bool]) -> None:
     """Raise ``LoraAnalysisError`` unless ``replaced_folder(folder, replaceable)`` could write there.
 

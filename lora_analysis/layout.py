@@ -17,6 +17,7 @@ A sweep (``SweepDir``) is ``<out_dir>/<name>/``; every run of it is a ``RunDir``
                                    the data file's sha256
         FAILED.json                a run that stopped on a non-finite loss: why (no DONE then)
         DONE                       written last: the run finished
+        .train.lock                while training: held by the one process that trains the run
       analysis/                    AnalysisDir: <table>.parquet, analysis.json, inputs.safetensors
       report/                      report.html, report.md, figures/, accuracy.parquet, runs.csv
 
@@ -59,6 +60,7 @@ class RunDir:
     PROVENANCE = "provenance.json"
     FAILED = "FAILED.json"
     DONE = "DONE"
+    LOCK = ".train.lock"  # held (flock) by the process training the run: one trainer per run
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -97,6 +99,10 @@ class RunDir:
     @property
     def done_path(self) -> Path:
         return self.path / self.DONE
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / self.LOCK
 
     @property
     def failed_path(self) -> Path:

@@ -23,7 +23,7 @@ from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.hydra_compose import compose, conf_dir
 from lora_analysis.train.config import register_configs
 from lora_analysis.train.divergence import DivergedError
-from lora_analysis.train.sweep import default_threads, run_name, settings_from, train_run
+from lora_analysis.train.sweep import RunBusy, default_threads, run_name, settings_from, train_run
 
 KEY_SEPARATOR = "+"  # between the swept keys in the run_name resolver's second argument
 _DIVERGED: list[str] = []  # runs of this sweep that diverged: the sweep goes on, the exit status says so
@@ -106,6 +106,9 @@ def _hydra_app(cfg: DictConfig) -> float | None:
         if settings.threads is None:
             settings.threads = default_threads()
         metrics = train_run(settings, run_dir)
+    except RunBusy as busy:  # another sweep trains it: not this one's failure (its folder is the other's)
+        print(f"lora-analysis train: note: {busy}; skipped", file=sys.stderr)
+        return None
     except LoraAnalysisError as error:
         if isinstance(error.__cause__, DivergedError) and HydraConfig.get().mode == RunMode.MULTIRUN:
             print(f"lora-analysis train: error: {error}", file=sys.stderr)  # the other runs go on

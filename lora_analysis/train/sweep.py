@@ -7,6 +7,7 @@ finished when its ``DONE`` marker exists; it is written last, after every other 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -22,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
 
-from lora_analysis.atomic import locked, write_json, write_parquet, write_text
+from lora_analysis.atomic import locked, try_lock, write_json, write_parquet, write_text
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.hydra_compose import compose
 from lora_analysis.layout import RunDir, SweepDir
@@ -103,9 +104,7 @@ def prepare_run_dir(run_dir: Path, config: dict) -> str:
         if readable_checkpoint(run):
             return "resume"
         log.warning("%s: discarded an unreadable %s; starting the run again", run_dir, RunDir.CHECKPOINT)
-    if run.path.is_dir():
-        for item in run.path.iterdir():
-            shutil.rmtree(item) if item.is_dir() else item.unlink()
+    _remove_all_but_lock(run)
     return "start"
 
 
@@ -200,8 +199,33 @@ def plain_config(settings: TrainConfig) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(settings), enum_to_str=True)
 
 
+class RunBusy(LoraAnalysisError):
+    """The run is being trained by another live process (it holds the run's lock): skip it, it is no failure."""
+
+    def __init__(self, run_dir: Path, pid: int):
+        self.run_dir, self.pid = run_dir, pid
+        super().__init__(f"{run_dir} is being trained by another process (pid {pid or 'unknown'})")
+
+
 def train_run(settings: TrainConfig, run_dir: Path) -> dict:
-    """Train one run into ``run_dir`` unless it is already finished; return its metrics."""
+    """Train one run into ``run_dir`` unless it is already finished; return its metrics.
+
+    The run's lock is held from before anything of the run is read or written until the end, so two
+    sweeps launched into one folder train each run once: ``RunBusy`` when another process holds it.
+    """
+    try:
+        with try_lock(RunDir(run_dir).lock_path) as holder:
+            if holder is not None:
+                raise RunBusy(run_dir, holder)
+            return _train_locked(settings, run_dir)
+    except LoraAnalysisError as error:
+        if not isinstance(error, RunBusy):
+            with contextlib.suppress(OSError):  # refused before anything was kept: leave no empty folder
+                run_dir.rmdir()
+        raise
+
+
+def _train_locked(settings: TrainConfig, run_dir: Path) -> dict:
     from lora_analysis.train.trainer import train
 
     inherit_precision(settings, run_dir)
@@ -213,7 +237,6 @@ def train_run(settings: TrainConfig, run_dir: Path) -> dict:
     from lora_analysis.train.modeling import check_max_length
 
     check_max_length(settings.model, settings.data.max_length)  # before the run folder holds anything
-    run_dir.mkdir(parents=True, exist_ok=True)
     write_text(RunDir(run_dir).config_path, yaml.safe_dump(config, sort_keys=False))
     try:
         note = provenance.record(run_dir, settings.device, settings.threads or 0, settings.data.path)
@@ -226,13 +249,21 @@ def train_run(settings: TrainConfig, run_dir: Path) -> dict:
         record_failure(run_dir, error)
         raise LoraAnalysisError(f"{run_dir}: {error} (recorded in {RunDir.FAILED})") from error
     except LoraAnalysisError:
-        # Bad input is found before any step is taken: leave no trace of the run.
-        shutil.rmtree(run_dir, ignore_errors=True)
+        # Bad input is found before any step is taken: leave no trace of the run but the lock, removed on release.
+        _remove_all_but_lock(RunDir(run_dir))
         raise
     finish_run(run_dir, metrics)
     scores = {k: round(v, 4) for k, v in metrics.items() if k.startswith("test_") and isinstance(v, float)}
     log.info("%s: %s", run_dir, scores)
     return metrics
+
+
+def _remove_all_but_lock(run: RunDir) -> None:
+    """Empty a run folder but for its lock (removing a held lock file would let a second trainer in)."""
+    if run.path.is_dir():
+        for item in run.path.iterdir():
+            if item.name != RunDir.LOCK:
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
 
 
 def inherit_precision(settings: TrainConfig, run_dir: Path) -> None:
