@@ -13,3 +13,9 @@ def first_line(error: BaseException) -> str:
     """The first line of an exception's message (its type name when it has none), to quote in ours."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters, line separators and other unprintable ones escaped (``\\r``,
+    ``\\u2028``), so that a value the user typed cannot break a one-line message into several."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lora_analysis.embedded import MODEL_NAME, minilm_dir
 from lora_analysis.errors import LoraAnalysisError, first_line
+from lora_analysis.paths import user_path
 
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
 
@@ -43,7 +44,7 @@ def resolve(name_or_path: str, revision: str | None = None, *, what: str = "mode
     """
     if name_or_path == MODEL_NAME:
         return minilm_dir()
-    path = Path(name_or_path).expanduser()
+    path = user_path(name_or_path)
     if path.exists() or name_or_path.startswith((".", "/", "~")):
         return path
     parsed = split_hub_id(name_or_path)
@@ -63,4 +64,4 @@ def resolve(name_or_path: str, revision: str | None = None, *, what: str = "mode
 
 def is_hub_id(name_or_path: str) -> bool:
     """A string that names a hub repository rather than an existing local path."""
-    return not Path(name_or_path).expanduser().exists() and split_hub_id(name_or_path) is not None
+    return not user_path(name_or_path).exists() and split_hub_id(name_or_path) is not None

@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.paths import user_path
 
 
 def conf_dir() -> Path:
@@ -44,7 +45,7 @@ def _is_override(arg: str) -> bool:
     """``key=value``; an existing path with ``=`` in it whose part before ``=`` is no config key
     (``runs/lr=1e-3/r8``) is a path."""
     key, sep, _ = arg.partition("=")
-    return bool(sep) and (_KEY.fullmatch(key) is not None or not Path(arg).expanduser().exists())
+    return bool(sep) and (_KEY.fullmatch(key) is not None or not user_path(arg).exists())
 
 
 def split_args(argv: Sequence[str], positional_key: str, many: bool = True) -> tuple[list[str], bool]:

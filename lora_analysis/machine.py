@@ -22,6 +22,8 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError as error:
         raise LoraAnalysisError(f"device {name!r} is not a torch device ({error})") from error
+    if device.type not in ("cpu", "cuda", "mps"):  # meta, xpu, ...: no training or autocast there
+        raise LoraAnalysisError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise LoraAnalysisError(f"device {name!r} asked for, but CUDA is not available here")
     return device

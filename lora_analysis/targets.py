@@ -168,6 +168,9 @@ def select_modules(
         if missing:
             raise LoraAnalysisError(f"lora.layers {missing} not in the model (layers: {present})")
         chosen = [t for t in chosen if t.layer in set(layers)]
+        if not chosen:  # lora.layers=[]: PEFT's own NoMatchingPeftModuleError would be a traceback
+            raise LoraAnalysisError(f"lora.layers={list(layers)} leaves no module to adapt "
+                                    "(give block indices, or null for all blocks)")
     return chosen
 
 

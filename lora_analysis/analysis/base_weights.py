@@ -19,6 +19,7 @@ from safetensors import safe_open
 from lora_analysis import hub
 from lora_analysis.embedded import MODEL_NAME, minilm_dir
 from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.paths import user_path
 from lora_analysis.targets import FAMILIES
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -31,7 +32,7 @@ def resolve_base(name_or_path: str | None) -> Path | None:
         return None
     if name_or_path == MODEL_NAME:
         return minilm_dir()
-    path = Path(name_or_path).expanduser()
+    path = user_path(name_or_path)
     if path.is_dir():
         return path
     if not hub.is_hub_id(name_or_path):

@@ -108,6 +108,8 @@ class AnalyzeConfig:
             raise LoraAnalysisError(f"geometry_moment: second_moment or covariance, not {self.geometry_moment!r}")
         if min(self.input_texts, self.input_top, self.input_dense_max, self.geometry_draws, self.max_length) < 1:
             raise LoraAnalysisError("input_texts, input_top, input_dense_max, geometry_draws, max_length must be >= 1")
+        if self.random_seed < 0:  # numpy seeds are non-negative
+            raise LoraAnalysisError(f"random_seed must be >= 0, got {self.random_seed}")
         if self.workers < 1 or self.intruder_top_k < 1 or (self.w_directions is not None and self.w_directions < 1):
             raise LoraAnalysisError("workers, intruder_top_k and w_directions must be >= 1")
         if not 0 < self.intruder_threshold <= 1 or not 0 <= self.rank_rtol < 1:

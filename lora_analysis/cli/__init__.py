@@ -9,9 +9,11 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import traceback
 from itertools import takewhile
+from pathlib import Path
 
-from lora_analysis.errors import LoraAnalysisError, first_line
+from lora_analysis.errors import LoraAnalysisError, first_line, printable
 
 COMMANDS = {
     "train": ("lora_analysis.cli.train", "train LoRA adapters (one run, or a sweep with -m)"),
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         message = one_line(error)
         if message is None:
             raise
-        print(f"lora-analysis {command}: error: {message}", file=sys.stderr)
+        print(f"lora-analysis {command}: error: {printable(message)}", file=sys.stderr)
         return 2
 
 
@@ -75,12 +77,27 @@ def one_line(error: BaseException) -> str | None:
         if isinstance(err, LoraAnalysisError):
             return str(err)
     for err in chain:
-        if isinstance(err, HydraException | OmegaConfBaseException):
+        if isinstance(err, HydraException | OmegaConfBaseException) or _raised_by_config_parser(err):
             return _config_message(chain)
     for err in chain:  # a path the user gave that cannot be read or written (a file for a folder, read-only)
         if isinstance(err, OSError) and err.filename and not isinstance(err, BlockingIOError):
             return f"cannot use {err.filename}: {err.strerror or first_line(err)}"
     return None
+
+
+def _raised_by_config_parser(error: BaseException) -> bool:
+    """An error Hydra or OmegaConf itself raised, not in its own exception types, while reading the command
+    line: the user's input, not a bug of ours (``model=1e308``: "Config group override must be a string";
+    ``lora.layers.x={a:1}`` under a null: an AssertionError)."""
+    if not isinstance(error, ValueError | TypeError | AssertionError | KeyError | IndexError):
+        return False
+    if error.__traceback__ is None:
+        return False
+    import hydra
+    import omegaconf
+
+    innermost = Path(traceback.extract_tb(error.__traceback__)[-1].filename).resolve()
+    return any(innermost.is_relative_to(Path(package.__file__).resolve().parent) for package in (hydra, omegaconf))
 
 
 def _config_message(chain: list[BaseException]) -> str:

@@ -19,8 +19,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lora_analysis.atomic import write_bytes
-from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.cli import one_line
+from lora_analysis.errors import LoraAnalysisError, printable
 from lora_analysis.hydra_compose import compose, conf_dir
+from lora_analysis.paths import user_path
 from lora_analysis.train.config import register_configs
 from lora_analysis.train.divergence import DivergedError
 from lora_analysis.train.sweep import RunBusy, default_threads, run_name, settings_from, train_run
@@ -74,7 +76,7 @@ def _multirun_file(argv: Sequence[str]) -> tuple[Path, bytes | None] | None:
         fixed = [o.input_line for o in OverridesParser.create().parse_overrides(overrides)
                  if not o.is_sweep_override()]
         cfg = compose("train", fixed)
-        path = Path(str(cfg.out_dir)).expanduser() / str(cfg.name) / "multirun.yaml"
+        path = user_path(str(cfg.out_dir)) / str(cfg.name) / "multirun.yaml"
     except Exception:  # noqa: BLE001 - a bad command line is Hydra's to report, in its own words
         return None
     return path, (path.read_bytes() if path.is_file() else None)
@@ -98,6 +100,15 @@ def swept_keys(argv: Sequence[str]) -> list[str]:
     return [o.key_or_group for o in parsed if o.is_sweep_override()]
 
 
+def _refuse(run_dir: Path, message: str) -> None:
+    for folder in (run_dir, run_dir.parent):  # Hydra made them for a run that never started
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    # Raised, the error would reach Hydra, which prints the job's overrides before our line.
+    print(f"lora-analysis train: error: {printable(message)}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
 @hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")
 def _hydra_app(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -107,17 +118,17 @@ def _hydra_app(cfg: DictConfig) -> float | None:
             settings.threads = default_threads()
         metrics = train_run(settings, run_dir)
     except RunBusy as busy:  # another sweep trains it: not this one's failure (its folder is the other's)
-        print(f"lora-analysis train: note: {busy}; skipped", file=sys.stderr)
+        print(f"lora-analysis train: note: {printable(str(busy))}; skipped", file=sys.stderr)
         return None
     except LoraAnalysisError as error:
         if isinstance(error.__cause__, DivergedError) and HydraConfig.get().mode == RunMode.MULTIRUN:
-            print(f"lora-analysis train: error: {error}", file=sys.stderr)  # the other runs go on
+            print(f"lora-analysis train: error: {printable(str(error))}", file=sys.stderr)  # the other runs go on
             _DIVERGED.append(run_dir.name)
             return None
-        for folder in (run_dir, run_dir.parent):  # Hydra made them for a run that never started
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-        # Raised, the error would reach Hydra, which prints the job's overrides before our line.
-        print(f"lora-analysis train: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _refuse(run_dir, str(error))
+    except Exception as error:  # a config value OmegaConf refused while building the typed config
+        message = one_line(error)
+        if message is None:
+            raise
+        _refuse(run_dir, message)
     return metrics.get("test_accuracy", metrics.get("test_loss"))

@@ -8,9 +8,10 @@ OmegaConf cannot (ranges, choices that depend on each other). Each field is docu
 from __future__ import annotations
 
 import json
+import math
+import os
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -18,6 +19,7 @@ from hydra.core.config_store import ConfigStore
 from lora_analysis import patterns
 from lora_analysis.embedded import DATA_NAME, MODEL_NAME
 from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.paths import user_path
 from lora_analysis.targets import expand_roles, targets_label
 
 
@@ -86,13 +88,15 @@ class DataConfig:
             raise LoraAnalysisError(f"data.train_size must be >= 1 or null, got {self.train_size}")
         if self.max_length < 4:
             raise LoraAnalysisError(f"data.max_length must be >= 4, got {self.max_length}")
+        if self.split_seed < 0:  # numpy seeds are non-negative
+            raise LoraAnalysisError(f"data.split_seed must be >= 0, got {self.split_seed}")
 
 
 def read_rank_pattern(spec: str) -> dict[str, int]:
     """A rank_pattern from inline JSON or a JSON file, checked: regex keys, integer ranks >= 1."""
     text = spec.strip()
     if not text.startswith("{"):
-        path = Path(text).expanduser()
+        path = user_path(text)
         if not path.is_file():
             raise LoraAnalysisError(f"lora.rank_pattern: {path} is not a file (expected a JSON rank_pattern)")
         text = path.read_text()
@@ -130,12 +134,16 @@ class LoraSettings:
             raise LoraAnalysisError(f"lora.r must be an integer >= 1, got {self.r!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise LoraAnalysisError(f"lora.dropout must be in [0, 1), got {self.dropout}")
-        if self.alpha <= 0:
-            raise LoraAnalysisError(f"lora.alpha must be > 0, got {self.alpha}")
-        if not isinstance(self.targets, str):
-            self.targets = targets_label([str(t) for t in self.targets])
+        if not 0 < self.alpha < math.inf:  # written so, NaN is refused too
+            raise LoraAnalysisError(f"lora.alpha must be a finite number > 0, got {self.alpha}")
+        if isinstance(self.targets, list | tuple) and all(isinstance(t, str) for t in self.targets):
+            self.targets = targets_label(list(self.targets))
+        elif not isinstance(self.targets, str):
+            raise LoraAnalysisError(f"lora.targets must be roles or presets (q+v, attn, [q,v]), got {self.targets!r}")
         if self.target_regex is None:
             expand_roles(self.targets)  # raises on an unknown role or preset
+        elif not self.target_regex:  # '' would quietly fall back to the roles
+            raise LoraAnalysisError("lora.target_regex is empty: give a regex, or null to choose lora.targets")
         else:  # before any run folder exists
             patterns.check(self.target_regex, "lora.target_regex")
         if self.rank_pattern is not None:
@@ -164,8 +172,15 @@ class OptimConfig:
         for name in ("steps", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise LoraAnalysisError(f"optim.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr is not None and self.lr <= 0:
-            raise LoraAnalysisError(f"optim.lr must be > 0, got {self.lr}")
+        # Written as "not in range", so NaN is refused too (NaN <= 0 is false: it reached AdamW, a traceback).
+        if self.lr is not None and not 0 < self.lr < math.inf:
+            raise LoraAnalysisError(f"optim.lr must be a finite number > 0, got {self.lr}")
+        for name in ("weight_decay", "max_grad_norm"):  # a negative max_grad_norm would quietly not clip
+            if not 0 <= getattr(self, name) < math.inf:
+                raise LoraAnalysisError(f"optim.{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.log_every < 1 or self.checkpoint_every < 0:
+            raise LoraAnalysisError(f"optim.log_every must be >= 1 and optim.checkpoint_every >= 0 (0: never), "
+                                    f"got {self.log_every} and {self.checkpoint_every}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise LoraAnalysisError(f"optim.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
@@ -210,8 +225,10 @@ class TrainConfig:
             raise LoraAnalysisError(f"seed must be an integer in [0, 2**32), got {self.seed}")
         if not self.name or self.name in (".", "..") or any(c in self.name for c in "/\\\0"):
             raise LoraAnalysisError(f"name must be a plain folder name (no / or ..), got {self.name!r}")
-        if self.threads is not None and self.threads < 1:
-            raise LoraAnalysisError(f"threads must be >= 1 or null, got {self.threads}")
+        cpus = os.cpu_count() or 1
+        if self.threads is not None and not 1 <= self.threads <= cpus:  # 100000 OpenMP threads crash torch
+            raise LoraAnalysisError(f"threads must be in [1, {cpus}] (this machine's logical CPUs) or null, "
+                                    f"got {self.threads}")
 
 
 def register_configs() -> None:

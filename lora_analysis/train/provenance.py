@@ -18,6 +18,7 @@ import torch
 from lora_analysis.atomic import write_json
 from lora_analysis.embedded import DATA_NAME, rotten_tomatoes_csv
 from lora_analysis.layout import RunDir
+from lora_analysis.paths import user_path
 
 PACKAGES = ("torch", "transformers", "peft", "lora-analysis")
 
@@ -47,7 +48,7 @@ def device_name(device: str) -> str:
 
 def data_hash(path: str) -> str:
     """sha256 of the data file's bytes (the embedded Rotten Tomatoes file for ``embedded:rotten_tomatoes``)."""
-    file = rotten_tomatoes_csv() if path == DATA_NAME else Path(path).expanduser()
+    file = rotten_tomatoes_csv() if path == DATA_NAME else user_path(path)
     if not file.is_file():
         return "missing"  # the data loader says so in its own words
     digest = hashlib.sha256()
