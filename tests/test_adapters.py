@@ -13,6 +13,7 @@ from peft import PeftModel
 from peft.utils.other import get_pattern_key
 from safetensors.torch import load_file, save_file
 
+from lora_analysis.analysis import adapters
 from lora_analysis.analysis.adapters import Adapter, find_runs
 from lora_analysis.analysis.base_weights import BaseWeights
 from lora_analysis.analysis.compare import analyze
@@ -180,10 +181,13 @@ def test_not_an_adapter(root, tmp_path):
         Adapter(tmp_path)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_tensors_upcast_exactly(root, dtype):
+@pytest.mark.parametrize("chunk", [None, 7])  # 7: a tensor read in many pieces, the last one short
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_half_precision_tensors_upcast_exactly(root, dtype, chunk, monkeypatch):
+    if chunk:
+        monkeypatch.setattr(adapters, "_READ_CHUNK", chunk)
     source = peft_adapter("bert", root / "bert")
-    folder = copy_adapter(source, root / f"half-{str(dtype)[6:]}")
+    folder = copy_adapter(source, root / f"half-{str(dtype)[6:]}-{chunk}")
     edit_tensors(folder, lambda t: t.update({k: v.to(dtype) for k, v in t.items()}))
     stored = load_file(folder / "adapter_model.safetensors")
     A, B = Adapter(folder).factors("bert.encoder.layer.1.attention.self.value")

@@ -258,5 +258,11 @@ def gaussian_right_basis(r: int, k: int, rng: np.random.Generator) -> np.ndarray
 
 
 def sampled_baseline(r1: int, r2: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    """phi grid ``(r1, r2)`` between two independent Gaussian matrices ``(r1, k)`` and ``(r2, k)``."""
-    return phi_grid(gaussian_right_basis(r1, k, rng), gaussian_right_basis(r2, k, rng))
+    """phi grid ``(r1, r2)`` between two independent Gaussian matrices ``(r1, k)`` and ``(r2, k)``.
+
+    The same draws and the same grid as ``phi_grid`` of two ``gaussian_right_basis``, but the bases stay
+    factored (``overlap`` of the two frames): no ``(k, r)`` basis is formed, so at most the two Gaussian
+    matrices are in memory (at r = 64, k = 2^19: 512 MiB instead of 1 GiB).
+    """
+    frames = [column_basis(qr_frame(rng.standard_normal((r, k)).T)) for r in (r1, r2)]
+    return phi_from_overlap(overlap(*frames))
