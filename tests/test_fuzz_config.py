@@ -235,7 +235,7 @@ FOUND = [
     ("train", "lora.layers=[]", "lora.layers=[] leaves no module to adapt"),  # PEFT's NoMatchingPeftModuleError
     ("analyze", "~nobody_here", "~nobody_here"),  # expanduser's RuntimeError (no such user), via is_hub_id
     ("analyze", "base='~nobody_here'", "base=~nobody_here: no such model directory"),  # the same, via base=
-    ("report", "sweep='a\rb\u2028c'", "a\\rb\\u2028c is not a sweep folder"),  # one message, three lines
+    ("report", "sweep='a\rb\u2028c'", "error: a\\rb\\u2028c "),  # one message, three lines
     ("analyze", "random_seed=-1", "random_seed must be >= 0"),  # numpy's ValueError
 ]
 
