@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from safetensors import safe_open
 
 from lora_analysis import hub
@@ -65,7 +64,7 @@ class TensorFile:
         self._state: dict | None = None
         try:
             if self.path.suffix == ".safetensors":
-                with safe_open(self.path, framework="pt") as f:
+                with safe_open(self.path, framework="np") as f:  # "pt" would import torch (1.5-2 s)
                     self.shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
                 self._entries, self._data_start = _safetensors_header(self.path)
             else:
@@ -78,11 +77,11 @@ class TensorFile:
 
     def read(self, *keys: str) -> list[np.ndarray]:
         """The tensors ``keys`` as float64 arrays (bf16/fp16/fp32 upcast); NaN or Inf is an error."""
-        return [self._checked(key, self._read(key)) for key in keys]
+        return [self._read(key) for key in keys]
 
     def _read(self, key: str) -> np.ndarray:
         if self._state is not None:
-            return self._state[key].to(torch.float64).numpy()
+            return self._checked(key, self._state[key].double().numpy())
         entry = self._entries.get(key)
         if entry is None or entry["dtype"] not in _NUMPY_DTYPES:
             raise LoraAnalysisError(f"{self.path}: no floating-point tensor {key}")
@@ -98,12 +97,15 @@ class TensorFile:
                 if entry["dtype"] == "BF16":  # bfloat16 is the top half of a float32
                     raw = (raw.astype(np.uint32) << 16).view(np.float32)
                 out[first : first + raw.size] = raw
-        return out.reshape(shape)
+        return self._checked(key, out.reshape(shape))
 
     def _checked(self, key: str, values: np.ndarray) -> np.ndarray:
-        if not math.isfinite(float(values.sum())):  # NaN and Inf survive a float64 sum; one cheap pass
+        # NaN and Inf survive a sum: one cheap pass. A sum can also overflow (float16/32 accumulate in
+        # their own type), so a non-finite sum is confirmed by counting before it is an error.
+        if not math.isfinite(float(values.sum())):
             bad = int(np.count_nonzero(~np.isfinite(values)))
-            raise LoraAnalysisError(f"{self.path}: tensor {key} has {bad} NaN/Inf values")
+            if bad:
+                raise LoraAnalysisError(f"{self.path}: tensor {key} has {bad} NaN/Inf values")
         return values
 
 
@@ -117,6 +119,8 @@ def _safetensors_header(path: Path) -> tuple[dict, int]:
 
 
 def _load_bin(path: Path) -> dict:
+    import torch  # only .bin adapters need it
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from safetensors import safe_open
 
 from lora_analysis import hub
@@ -82,7 +81,7 @@ class BaseWeights:
         files = {}
         for shard in shards:
             try:
-                with safe_open(shard, framework="pt") as f:
+                with safe_open(shard, framework="np") as f:  # the keys only: no torch needed
                     files.update({key: shard for key in f.keys()})
             except Exception as error:  # safetensors raises its own error types
                 raise LoraAnalysisError(f"{shard}: not a readable safetensors file ({error})") from error
@@ -111,6 +110,8 @@ class BaseWeights:
         set by the adapter, or a GPT-2-style base (Conv1D). Any other shape than the adapter's is refused,
         naming the module and both shapes (an adapter with in and out swapped, or another base).
         """
+        import torch  # bfloat16 weights need it; only the W tables read W
+
         key = self.key_for(module_path)
         if key is None:
             raise LoraAnalysisError(f"{self.dir}: no weight for module {module_path}")

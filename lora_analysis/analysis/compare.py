@@ -30,10 +30,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
 from lora_analysis.analysis.adapters import MATCH_IGNORE, LoraModule, Run, find_runs
 from lora_analysis.analysis.base_weights import BaseWeights, check_model_dir, chosen_base
@@ -50,8 +49,9 @@ from lora_analysis.analysis.delta import (
 )
 from lora_analysis.analysis.input_geometry import GeometryBaselines, gather
 from lora_analysis.analysis.kinds import GAUSSIAN, Comparison, Side, Subject
+from lora_analysis.analysis.memory import analysis_memory
 from lora_analysis.analysis.subspace import frame_product, frobenius, overlap, phi_from_overlap, sampled_baseline
-from lora_analysis.analysis.tables import SCHEMAS, AnalysisResult, TableBuilder, small_pages
+from lora_analysis.analysis.tables import SCHEMAS, AnalysisResult, TableBuilder
 from lora_analysis.errors import LoraAnalysisError
 
 SUBJECTS = tuple(s.value for s in Subject)
@@ -79,7 +79,7 @@ class AnalyzeConfig:
     intruder_top_k: int = 10
     intruder_threshold: float = 0.5
     intruder_side: str = "left"  # singular vectors compared: left (output space) or right
-    workers: int = 2  # threads; a module's runs (then its pairs) are analysed in parallel
+    workers: int = 2  # threads; modules are analysed in parallel, this many at a time
     progress: bool = True  # progress bar over modules on stderr
     # Input statistics (analysis/inputs.py) and the input-geometry baseline (analysis/geometry.py):
     input_stats: bool = True  # gather them (forward hooks on the frozen base model) and fill geometry_* in phi
@@ -222,27 +222,24 @@ def _builders() -> dict[str, TableBuilder]:
     return {name: TableBuilder(schema) for name, schema in SCHEMAS.items() if name != "runs"}
 
 
-def analyse_module(
-    path: str, ctx: _Context, pool: ThreadPoolExecutor | None = None
-) -> tuple[dict[str, TableBuilder], list[str]]:
-    """All table rows for module ``path``, in three steps; steps 1 and 2 run on ``pool``.
+def analyse_module(path: str, ctx: _Context) -> tuple[dict[str, TableBuilder], list[str]]:
+    """All table rows for module ``path``, in three steps (``_map_modules`` runs modules in parallel).
 
-    1) each run's tensors are read and decomposed once (one module per adapter in memory at a time);
+    1) each run's tensors are read and decomposed once (held until the module is done: ``workers``
+    modules in memory at a time);
     2) each pair of runs: one product of their frames per subject; 3) each run against the baseline.
     """
-    parallel_map = pool.map if pool else map
     members = [index for index, run in enumerate(ctx.runs) if path in run.adapter.modules]
     w_cache = _weight_svds(path, members, ctx)
     out, notes, factors = _builders(), [], {}
-    for index, (f, part, part_notes) in zip(
-        members, parallel_map(lambda i: _run_module(i, path, ctx, w_cache), members), strict=True
-    ):
-        factors[index] = f
+    for index in members:
+        factors[index], part, part_notes = _run_module(index, path, ctx, w_cache)
         notes.extend(part_notes)
         for name, builder in part.items():
             out[name].blocks.extend(builder.blocks)
     pairs = [pair for pair in ctx.pairs if pair.a in factors and pair.b in factors]
-    for pair, grids in zip(pairs, parallel_map(lambda p: _pair_grids(p, path, factors, ctx), pairs), strict=True):
+    for pair in pairs:
+        grids = _pair_grids(pair, path, factors, ctx)
         run_a, run_b = ctx.runs[pair.a], ctx.runs[pair.b]
         targets = run_a.targets if run_a.targets == run_b.targets else f"{run_a.targets}|{run_b.targets}"
         for subject, grid, k in grids:
@@ -414,7 +411,7 @@ def analyze(inputs: list[str | Path] | str | Path, **options) -> AnalysisResult:
 
 def run_analysis(cfg: AnalyzeConfig) -> AnalysisResult:
     """The analysis for validated settings; notes are also issued as warnings."""
-    with small_pages():
+    with analysis_memory():
         return _run_analysis(cfg)
 
 
@@ -430,7 +427,8 @@ def _run_analysis(cfg: AnalyzeConfig) -> AnalysisResult:
     for run in runs:
         if run.adapter.init is None and {Subject.A_init, Subject.A_delta} & set(cfg.subjects):
             notes.append(f"{run.label}: no adapter_init.safetensors; A_init and A_delta skipped, a_moved is NaN")
-    with _torch_threads(1 if cfg.workers > 1 else torch.get_num_threads()):
+    torch_too = inputs is not None or any(b is not None for b in ctx.bases)  # W tables, input-geometry grids
+    with _blas_threads(1 if cfg.workers > 1 else None, torch_too):
         ctx.random_grids = _random_grids(ctx) if Comparison.random in cfg.comparisons else {}
         results = _map_modules(_module_paths(runs), ctx)
     built = {name: TableBuilder(schema) for name, schema in SCHEMAS.items()}
@@ -458,26 +456,54 @@ def _run_analysis(cfg: AnalyzeConfig) -> AnalysisResult:
 
 
 @contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """torch's BLAS threads set to ``n`` for the block: one per worker, since nested threading thrashes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
+def _blas_threads(n: int | None, torch_too: bool) -> Iterator[None]:
+    """numpy's BLAS threads (and torch's, which the W tables use) set to ``n`` for the block, one per
+    worker, since nested threading thrashes; ``None`` leaves them as they are. torch is imported only
+    when ``torch_too``: it takes longer to import than the rest of an analysis without a base."""
+    from threadpoolctl import threadpool_limits
+
+    if n is None:
         yield
-    finally:
-        torch.set_num_threads(before)
+        return
+    with threadpool_limits(n, user_api="blas"):
+        if not torch_too:
+            yield
+            return
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
 
 def _map_modules(paths: list[str], ctx: _Context) -> list:
-    """Analyse the modules in order, each module's runs on ``ctx.cfg.workers`` threads."""
-    workers = min(ctx.cfg.workers, max(len(ctx.runs), 1))
-    bar = tqdm(total=len(paths), desc="modules", unit="module", disable=not ctx.cfg.progress, file=sys.stderr)
-    with ThreadPoolExecutor(workers) as pool, bar:
+    """Analyse the modules, ``ctx.cfg.workers`` at a time on threads; the results in module order.
+
+    Whole modules in parallel, not a module's runs: a module's runs and pairs differ in size (r = 8
+    against 64), and the threads then waited for the largest one (a quarter of their time, measured).
+    """
+    workers = min(ctx.cfg.workers, max(len(paths), 1))
+    with ThreadPoolExecutor(workers) as pool, _progress(len(paths), ctx.cfg.progress) as bar:
         results = []
-        for path in paths:
-            results.append(analyse_module(path, ctx, pool if workers > 1 else None))
+        for result in (pool.map if workers > 1 else map)(lambda path: analyse_module(path, ctx), paths):
+            results.append(result)
             bar.update()
     return results
+
+
+@contextmanager
+def _progress(total: int, shown: bool) -> Iterator:
+    """A progress bar over modules on stderr, or a silent stand-in (tqdm is imported only to be shown)."""
+    if not shown:
+        yield SimpleNamespace(update=lambda: None)
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc="modules", unit="module", file=sys.stderr) as bar:
+        yield bar
 
 
 def _module_paths(runs: list[Run]) -> list[str]:

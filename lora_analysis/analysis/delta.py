@@ -18,7 +18,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from lora_analysis.analysis.kinds import Side, Subject
 from lora_analysis.analysis.subspace import (
@@ -181,6 +180,8 @@ class WeightSVD:
 
     @classmethod
     def of(cls, W: np.ndarray) -> WeightSVD:
+        import torch  # MKL's dense SVD; only the W tables need it, and they read W through torch anyway
+
         U, s, Vh = torch.linalg.svd(torch.from_numpy(np.asarray(W, np.float64)), full_matrices=False)
         return cls(U.numpy(), s.numpy(), Vh.numpy())
 

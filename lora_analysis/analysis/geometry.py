@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy import integrate
 
 
 def tail_level(values: np.ndarray, trace: float, k: int) -> float:
@@ -143,6 +142,8 @@ def rank_one_energies(values: np.ndarray, s2: float, k: int) -> tuple[np.ndarray
     ``k - m`` dimensions entering the product with multiplicity. Returns ``((1, m), (1,))`` like
     ``direction_energies`` with ``r = 1``.
     """
+    from scipy import integrate  # 0.3-0.8 s to import; only this function needs it
+
     values = _check(values, s2, k)
     q = k - len(values)
     scale = values.max(initial=s2)

@@ -12,17 +12,18 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from lora_analysis.analysis.adapters import Run
 from lora_analysis.analysis.base_weights import chosen_base
-from lora_analysis.analysis.geometry import sampled_geometry, tail_level
-from lora_analysis.analysis.inputs import InputStatistics, TextSource, source_statistics
 from lora_analysis.embedded import DATA_NAME
 from lora_analysis.errors import LoraAnalysisError, first_line
 from lora_analysis.layout import RunDir
+
+if TYPE_CHECKING:  # inputs and geometry import torch and scipy (2 s): only an analysis with a base needs them
+    from lora_analysis.analysis.inputs import InputStatistics, TextSource
 
 INPUT_SPACE = ("A", "A_init", "A_delta")  # and dW when its right side is analysed
 
@@ -33,6 +34,8 @@ def run_source(run: Run, cfg) -> tuple[TextSource | None, str | None]:
     model_dir = chosen_base(run.base, cfg.base)
     if model_dir is None:
         return None, f"base model {run.base!r} not found (give base=<model dir>)"
+    from lora_analysis.analysis.inputs import TextSource
+
     if config is not None and cfg.data_path is None:
         data, model = config.get("data") or {}, config.get("model") or {}
         return TextSource(
@@ -63,6 +66,8 @@ def gather(runs: list[Run], cfg, notes: list[str]) -> tuple[InputStatistics | No
             sources.append(source)
         members.append(sources.index(source))
     stats = {}
+    if sources:
+        from lora_analysis.analysis.inputs import InputStatistics, source_statistics
     for index, source in enumerate(sources):
         paths = sorted({m.path for run, s in zip(runs, members, strict=True) if s == index for m in run.adapter})
         try:
@@ -84,6 +89,8 @@ def gather(runs: list[Run], cfg, notes: list[str]) -> tuple[InputStatistics | No
 @contextmanager
 def _one_thread() -> Iterator[None]:
     # Batched small SVDs in torch thrash with 2 threads on 2 busy cores (measured 100 ms -> 8 s).
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -115,6 +122,8 @@ class GeometryBaselines:
             return np.nan, np.nan
         key = (source, path, *shape)
         if key not in self.cache:
+            from lora_analysis.analysis.geometry import sampled_geometry, tail_level
+
             values, _, trace = stats.moment(self.cfg.geometry_moment)
             rng = np.random.default_rng([self.cfg.random_seed, zlib.crc32(path.encode()), *shape])
             with _one_thread():

@@ -8,9 +8,11 @@ being the numerical rank.
 
     phi(V1, V2, i, j) = ||V1[:, :i]^T V2[:, :j]||_F^2 / min(i, j)
 
-Everything is float64. Products, QR, eigh and SVD go through torch (MKL): numpy's OpenBLAS threads
-slow small products down a hundredfold when the cores are busy, and MKL's QR is several times faster.
-A matrix's bases come from one orthonormal factorisation (``qr_frame``) shared by every use of it.
+Everything is float64, through numpy's LAPACK and BLAS (``X^T X`` of a factor is one ``syrk``, half a
+general product). Its BLAS threads are limited by the caller where it runs several analyses at once
+(``compare``): OpenBLAS threads spinning on busy cores slow small products down a hundredfold.
+numpy, not torch: importing torch alone takes longer (1.5-2 s) than the maths of a whole Llama-3-8B
+analysis. A matrix's bases come from one orthonormal factorisation (``qr_frame``) shared by every use of it.
 """
 
 from __future__ import annotations
@@ -19,27 +21,26 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 DEFAULT_RTOL = 1e-6  # float32 rounding of a rank-deficient factor stays below this, real directions above
 
 
-def _t(x: np.ndarray) -> torch.Tensor:
-    # No copy for float64 input: torch takes strided views (a transposed A is already column-major).
-    return torch.from_numpy(np.asarray(x, dtype=np.float64))
+def _t(x: np.ndarray) -> np.ndarray:
+    # No copy for float64 input: BLAS takes either memory order (a transposed A is column-major).
+    return np.asarray(x, dtype=np.float64)
 
 
 def frobenius(x: np.ndarray) -> float:
-    """``||x||_F`` of an array of any shape, float64 (numpy's norm would go through OpenBLAS threads)."""
-    return float(torch.linalg.vector_norm(_t(x)))
+    """``||x||_F`` of an array of any shape, float64."""
+    return float(np.linalg.norm(_t(x).ravel()))
 
 
 def mm(*matrices: np.ndarray) -> np.ndarray:
-    """Chained float64 matrix product ``M1 @ M2 @ ...`` of 2-D arrays (through torch, see above)."""
+    """Chained float64 matrix product ``M1 @ M2 @ ...`` of 2-D arrays."""
     out = _t(matrices[0])
     for m in matrices[1:]:
         out = out @ _t(m)
-    return out.numpy()
+    return out
 
 
 def numerical_rank(s: np.ndarray, shape: tuple[int, int], rtol: float | None = None) -> int:
@@ -107,14 +108,17 @@ def qr_frame(X: np.ndarray, with_q: bool = True) -> Frame:
     n, m = X.shape
     x = _t(X)
     if n >= m > 0:
-        lam, V = torch.linalg.eigh(x.T @ x)
-        s, V = lam.flip(0).clamp(min=0).sqrt(), V.flip(1)
+        lam, V = np.linalg.eigh(x.T @ x)  # x.T @ x: numpy sees the transpose and calls syrk
+        s, V = np.sqrt(np.maximum(lam[::-1], 0)), np.ascontiguousarray(V[:, ::-1])
         if s[-1] * GRAM_MAX_COND > s[0]:  # also false for a zero X
-            implicit = {"X": X, "W": (V / s).numpy()} if with_q else {}
-            return Frame((n, m), (s[:, None] * V.T).numpy(), np.eye(m), s.numpy(), V.T.numpy(), **implicit)
-    Q, R = torch.linalg.qr(x, mode="reduced" if with_q else "r")
-    U, s, Vh = torch.linalg.svd(R, full_matrices=False)
-    return Frame((n, m), R.numpy(), U.numpy(), s.numpy(), Vh.numpy(), Q_stored=Q.numpy() if with_q else None)
+            implicit = {"X": X, "W": V / s} if with_q else {}
+            return Frame((n, m), s[:, None] * V.T, np.eye(m), s, np.ascontiguousarray(V.T), **implicit)
+    if with_q:
+        Q, R = np.linalg.qr(x, mode="reduced")
+    else:
+        Q, R = None, np.linalg.qr(x, mode="r")
+    U, s, Vh = np.linalg.svd(R, full_matrices=False)
+    return Frame((n, m), R, U, s, Vh, Q_stored=Q)
 
 
 def frame_product(f1: Frame, f2: Frame) -> np.ndarray:
@@ -153,9 +157,9 @@ class Basis:
 
 
 def svd_small(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """SVD of a small matrix ``M: (p, q) = U @ diag(s) @ Vh``, float64 (torch/LAPACK gesdd)."""
-    U, s, Vh = torch.linalg.svd(_t(M), full_matrices=False)
-    return U.numpy(), s.numpy(), Vh.numpy()
+    """SVD of a small matrix ``M: (p, q) = U @ diag(s) @ Vh``, float64 (LAPACK gesdd)."""
+    U, s, Vh = np.linalg.svd(_t(M), full_matrices=False)
+    return U, s, Vh
 
 
 def column_basis(frame: Frame, rtol: float | None = None) -> Basis:
@@ -230,7 +234,7 @@ def _check_bases(V1: np.ndarray, V2: np.ndarray) -> None:
 def phi_grid(V1: np.ndarray, V2: np.ndarray) -> np.ndarray:
     """phi for all ``1 <= i <= r1, 1 <= j <= r2`` from bases ``V1: (k, r1)``, ``V2: (k, r2)`` -> ``(r1, r2)``."""
     _check_bases(V1, V2)
-    return phi_from_overlap((_t(V1).T @ _t(V2)).numpy())
+    return phi_from_overlap(_t(V1).T @ _t(V2))
 
 
 def phi_cell(V1: np.ndarray, V2: np.ndarray, i: int, j: int) -> float:

@@ -7,19 +7,21 @@ Every table is tidy (one row per item, ID columns first) and round-trips through
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from lora_analysis.analysis.inputs import InputStatistics
+from lora_analysis.analysis.memory import analysis_memory
 from lora_analysis.atomic import replaced_folder, write_atomic, write_json
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.layout import AnalysisDir
+
+if TYPE_CHECKING:  # inputs imports torch (1.5-2 s); only a folder with input statistics needs it
+    from lora_analysis.analysis.inputs import InputStatistics
 
 # --- table schemas: ID columns first; "cat" = categorical of strings, "Int64" = nullable integer
 _IDS = {"run": "cat", "r": "int64", "seed": "Int64"}
@@ -85,13 +87,13 @@ def _column(values: list, lengths: np.ndarray, kind: str):
         codes = np.repeat(np.array([categories.index(v) for v in values], dtype=code_type), lengths)
         return pd.Categorical.from_codes(codes, categories=pd.Index(categories, dtype="str"))
     if kind == "Int64":
-        filled = np.repeat(np.array([0 if v is None else v for v in values], dtype=np.int64), lengths)
+        filled = _repeat(np.array([0 if v is None else v for v in values], dtype=np.int64), lengths)
         mask = np.repeat(np.array([v is None for v in values], dtype=bool), lengths)
         return pd.arrays.IntegerArray(filled, mask)
     if kind == "str":
         return pd.array(np.repeat(np.array(values, dtype=object), lengths), dtype="str")
     if not any(isinstance(v, np.ndarray) for v in values):
-        return np.repeat(np.array(values, dtype=kind), lengths)
+        return _repeat(np.array(values, dtype=kind), lengths)
     if all(isinstance(v, np.ndarray) for v in values):
         return np.concatenate([np.asarray(v, dtype=kind).ravel() for v in values])
     parts = [
@@ -99,6 +101,24 @@ def _column(values: list, lengths: np.ndarray, kind: str):
         for v, n in zip(values, lengths, strict=True)
     ]
     return np.concatenate(parts)
+
+
+def _repeat(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``np.repeat(values, lengths)``, filled run by run: consecutive blocks mostly share their value
+    (a module's r, seed, layer), and a fill of a run is several times faster than ``repeat``'s
+    element-by-element copy of 8-byte items (1-byte items it copies as fast: codes, masks)."""
+    if len(values) == 0:
+        return np.repeat(values, lengths)
+    same = values[1:] == values[:-1]
+    if values.dtype.kind == "f":
+        same |= np.isnan(values[1:]) & np.isnan(values[:-1])
+    starts = np.flatnonzero(np.concatenate([[True], ~same]))
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    ends = np.append(starts[1:], len(values))
+    out = np.empty(offsets[-1], dtype=values.dtype)
+    for start, end, value in zip(offsets[starts].tolist(), offsets[ends].tolist(), values[starts], strict=True):
+        out[start:end] = value
+    return out
 
 
 def restore_dtypes(frame: pd.DataFrame, schema: dict[str, str]) -> pd.DataFrame:
@@ -132,7 +152,7 @@ class AnalysisResult:
     def save(self, folder: str | Path) -> Path:
         """Write ``<table>.parquet`` for each table and ``analysis.json`` (settings, notes) into ``folder``."""
         folder = Path(folder)
-        with replaced_folder(folder, lambda old: AnalysisDir(old).exists()) as tmp, small_pages():
+        with replaced_folder(folder, lambda old: AnalysisDir(old).exists()) as tmp, analysis_memory():
             out = AnalysisDir(tmp)  # written whole beside the old one, then renamed into place
             for name, frame in self.tables().items():
                 write_atomic(out.table(name), partial(_to_parquet, frame, name=name))
@@ -162,7 +182,11 @@ class AnalysisResult:
             except (OSError, ValueError) as error:
                 raise where.unreadable(where.meta_path, error) from None
         frames = {n: TableBuilder(s).frame() if n in missing else _read_table(where, n) for n, s in SCHEMAS.items()}
-        inputs = InputStatistics.load(where.inputs_path) if where.inputs_path.is_file() else None
+        inputs = None
+        if where.inputs_path.is_file():
+            from lora_analysis.analysis.inputs import InputStatistics
+
+            inputs = InputStatistics.load(where.inputs_path)
         return cls(**frames, notes=meta.get("notes", []), config=meta.get("config", {}), inputs=inputs)
 
 
@@ -190,21 +214,3 @@ def _dictionary_columns(name: str) -> list[str]:
     -> 7.1 s and 73 -> 70 MB against dictionary on categoricals only; the values read back unchanged.
     """
     return [c for c, kind in SCHEMAS[name].items() if kind != "float64" or c in ("baseline", "threshold")]
-
-
-@contextmanager
-def small_pages() -> Iterator[None]:
-    """numpy's transparent-huge-page hint off for the block, restored after.
-
-    The analysis allocates many short-lived arrays of a few MB and one big table; where the kernel
-    compacts memory synchronously for huge pages (THP defrag=madvise), each fresh array waits for it:
-    measured on the benchmark VM, table assembly 1.43 s -> 0.34 s and the whole analysis 7.7 s -> 5.9 s.
-    """
-    toggle = getattr(getattr(np, "_core", None), "multiarray", None)
-    toggle = getattr(toggle, "_set_madvise_hugepage", None)
-    previous = toggle(False) if toggle else None
-    try:
-        yield
-    finally:
-        if toggle:
-            toggle(previous)
