@@ -41,6 +41,7 @@ from safetensors.torch import save_file
 from lora_analysis.analysis.delta import delta_svd, lora_delta
 from lora_analysis.analysis.subspace import phi_cell, phi_grid
 
+REPO = Path(__file__).resolve().parents[1]
 HIDDEN, KV, FFN, LAYERS = 4096, 1024, 14336, 32
 SHAPES = {  # module path inside a block -> (out_features, in_features)
     "self_attn.q_proj": (HIDDEN, HIDDEN), "self_attn.k_proj": (KV, HIDDEN), "self_attn.v_proj": (KV, HIDDEN),
@@ -175,13 +176,15 @@ PHASES = (  # (label, key): the breakdown of the whole child process, in order
 
 
 def run_child(sweep: Path, out: Path, source: Path | None) -> dict:
-    """One analysis in a fresh interpreter: its phases (s), CPU time and table sizes."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    if source is not None:
-        env["PYTHONPATH"] = str(source)
+    """One analysis in a fresh interpreter on the code of ``source`` (None: this checkout): its phases
+    (s), CPU time and table sizes. It runs in the data folder: ``python -c`` puts its working folder
+    first on the path, where another checkout's code would win over ``source``."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(source or REPO)}
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     spawned = time.time()
-    child = subprocess.run([sys.executable, "-c", CHILD, str(sweep), str(out)], capture_output=True, text=True, env=env)
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, str(sweep), str(out)], capture_output=True, text=True, env=env, cwd=sweep.parent
+    )
     ended = time.time()
     if child.returncode != 0:
         raise SystemExit(child.stderr)

@@ -25,7 +25,7 @@ import os
 import sys
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -51,7 +51,7 @@ from lora_analysis.analysis.input_geometry import GeometryBaselines, gather
 from lora_analysis.analysis.kinds import GAUSSIAN, Comparison, Side, Subject
 from lora_analysis.analysis.memory import analysis_memory
 from lora_analysis.analysis.subspace import frame_product, frobenius, overlap, phi_from_overlap, sampled_baseline
-from lora_analysis.analysis.tables import SCHEMAS, AnalysisResult, TableBuilder
+from lora_analysis.analysis.tables import SCHEMAS, AnalysisResult, TableBuilder, import_for_tables
 from lora_analysis.errors import LoraAnalysisError
 
 SUBJECTS = tuple(s.value for s in Subject)
@@ -205,8 +205,13 @@ class _Context:
     pairs: list[Pair]
     cfg: AnalyzeConfig
     bases: list[BaseWeights | None]
-    random_grids: dict[tuple[int, int], np.ndarray]
+    random_grids: dict[tuple[int, int], np.ndarray | Future]
     geometry: GeometryBaselines | None = None
+
+    def random_grid(self, r: int, k: int) -> np.ndarray:
+        """The Gaussian baseline grid of shape ``(r, k)`` (``_random_grids``), waited for if still sampled."""
+        grid = self.random_grids[r, k]
+        return grid.result() if isinstance(grid, Future) else grid
 
     def space(self, subject: str, m: LoraModule) -> int:
         """Dimension of the space a subject's basis lives in."""
@@ -252,7 +257,7 @@ def analyse_module(path: str, ctx: _Context) -> tuple[dict[str, TableBuilder], l
                 basis = factors[index].bases.get(subject)
                 if basis is not None and basis.rank > 0:
                     k = ctx.space(subject, m)
-                    grid = ctx.random_grids[m.r, k]
+                    grid = ctx.random_grid(m.r, k)
                     geometry = ctx.geometry.grid(index, None, path, subject, grid.shape)
                     _phi_rows(out, Comparison.random, run, None, path, run.targets, subject, grid, k, geometry)
     return out, notes
@@ -429,7 +434,6 @@ def _run_analysis(cfg: AnalyzeConfig) -> AnalysisResult:
             notes.append(f"{run.label}: no adapter_init.safetensors; A_init and A_delta skipped, a_moved is NaN")
     torch_too = inputs is not None or any(b is not None for b in ctx.bases)  # W tables, input-geometry grids
     with _blas_threads(1 if cfg.workers > 1 else None, torch_too):
-        ctx.random_grids = _random_grids(ctx) if Comparison.random in cfg.comparisons else {}
         results = _map_modules(_module_paths(runs), ctx)
     built = {name: TableBuilder(schema) for name, schema in SCHEMAS.items()}
     for tables_of_module, module_notes in results:
@@ -487,8 +491,13 @@ def _map_modules(paths: list[str], ctx: _Context) -> list:
     """
     workers = min(ctx.cfg.workers, max(len(paths), 1))
     with ThreadPoolExecutor(workers) as pool, _progress(len(paths), ctx.cfg.progress) as bar:
+        if Comparison.random in ctx.cfg.comparisons:  # queued first: no module waits for a grid not started
+            ctx.random_grids = _random_grids(ctx, pool if workers > 1 else None)
         results = []
-        for result in (pool.map if workers > 1 else map)(lambda path: analyse_module(path, ctx), paths):
+        mapped = (pool.map if workers > 1 else map)(lambda path: analyse_module(path, ctx), paths)
+        if workers > 1:  # every module is queued now; the main thread would only wait
+            import_for_tables()
+        for result in mapped:
             results.append(result)
             bar.update()
     return results
@@ -537,9 +546,14 @@ def _bases(runs: list[Run], cfg: AnalyzeConfig, notes: list[str]) -> list[BaseWe
     return bases
 
 
-def _random_grids(ctx: _Context) -> dict[tuple[int, int], np.ndarray]:
-    """One sampled Gaussian phi grid per (r, k) needed, seeded from ``random_seed``, r and k."""
+def _random_grids(ctx: _Context, pool: ThreadPoolExecutor | None) -> dict[tuple[int, int], np.ndarray | Future]:
+    """One sampled Gaussian phi grid per (r, k) needed, seeded from ``random_seed``, r and k; sampled on
+    ``pool`` (futures) beside the first modules, or now without one."""
     shapes = {(m.r, ctx.space(s, m)) for run in ctx.runs for m in run.adapter for s in ctx.cfg.subjects}
-    return {
-        (r, k): sampled_baseline(r, r, k, np.random.default_rng([ctx.cfg.random_seed, r, k])) for r, k in sorted(shapes)
-    }
+
+    def grid(r: int, k: int) -> np.ndarray:
+        return sampled_baseline(r, r, k, np.random.default_rng([ctx.cfg.random_seed, r, k]))
+
+    if pool is None:
+        return {(r, k): grid(r, k) for r, k in sorted(shapes)}
+    return {(r, k): pool.submit(grid, r, k) for r, k in sorted(shapes)}

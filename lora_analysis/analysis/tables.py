@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from lora_analysis.analysis.memory import analysis_memory
 from lora_analysis.atomic import replaced_folder, write_atomic, write_json
@@ -21,7 +20,17 @@ from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.layout import AnalysisDir
 
 if TYPE_CHECKING:  # inputs imports torch (1.5-2 s); only a folder with input statistics needs it
+    import pandas as pd
+
     from lora_analysis.analysis.inputs import InputStatistics
+
+
+def import_for_tables() -> None:
+    """Import pandas and pyarrow's Parquet writer (0.5 s), which only assembling and saving the tables
+    use: ``compare`` calls this on its main thread while the worker threads analyse the modules, so the
+    imports cost no time there (instead of ahead of everything, at ``import``)."""
+    import pandas  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
 
 # --- table schemas: ID columns first; "cat" = categorical of strings, "Int64" = nullable integer
 _IDS = {"run": "cat", "r": "int64", "seed": "Int64"}
@@ -73,6 +82,8 @@ class TableBuilder:
 
     def frame(self) -> pd.DataFrame:
         """The rows as a DataFrame; the blocks are released (a phi table can hold millions of rows)."""
+        import pandas as pd
+
         lengths = np.array([n for n, _ in self.blocks], dtype=np.int64)
         columns = {c: _column([b[c] for _, b in self.blocks], lengths, k) for c, k in self.schema.items()}
         self.blocks = []
@@ -81,6 +92,8 @@ class TableBuilder:
 
 def _column(values: list, lengths: np.ndarray, kind: str):
     """One column from per-block values: a scalar repeated over its block, or an array of the block's length."""
+    import pandas as pd
+
     if kind == "cat":
         categories = list(dict.fromkeys(values))
         code_type = np.int8 if len(categories) < 128 else np.int32
@@ -123,6 +136,8 @@ def _repeat(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 def restore_dtypes(frame: pd.DataFrame, schema: dict[str, str]) -> pd.DataFrame:
     """Undo what Parquet loses: categories of an empty categorical column come back as objects."""
+    import pandas as pd
+
     for column, kind in schema.items():
         if kind == "cat" and frame[column].cat.categories.dtype != "str":
             frame[column] = pd.Categorical.from_codes(
@@ -191,6 +206,8 @@ class AnalysisResult:
 
 
 def _read_table(where: AnalysisDir, name: str) -> pd.DataFrame:
+    import pandas as pd
+
     try:
         return restore_dtypes(pd.read_parquet(where.table(name)), SCHEMAS[name])
     except (OSError, ValueError, KeyError, AttributeError) as error:  # truncated, foreign or mis-typed
@@ -208,9 +225,12 @@ def _to_parquet(frame: pd.DataFrame, path: Path, name: str) -> None:
 
 
 def _dictionary_columns(name: str) -> list[str]:
-    """Columns with few distinct values (IDs, grid indices, the analytic baseline): dictionary-encoded.
+    """Columns dictionary-encoded: IDs (few distinct values over many rows) and the constant threshold.
 
-    Measured on the 8.6M-row phi table of benchmarks/analysis_speed.py (shared machine): write 9.2 s
-    -> 7.1 s and 73 -> 70 MB against dictionary on categoricals only; the values read back unchanged.
+    Plain are the float values and the int32 grid indices (``i``, ``j``, ``index``): their dictionary
+    buys little, and hashing every value costs. Measured per column on the 8.6M-row phi table of
+    benchmarks/analysis_speed.py (CPU time of the write, shared machine): ``i`` 69 -> 48 ms, ``j``
+    95 -> 44 ms, ``baseline`` 80 -> 59 ms, for 1.1 MB more (41.1 -> 42.2 MB); categoricals written
+    plain took 4-6x longer than with their dictionary, integer IDs 1.1x. The values read back unchanged.
     """
-    return [c for c, kind in SCHEMAS[name].items() if kind != "float64" or c in ("baseline", "threshold")]
+    return [c for c, kind in SCHEMAS[name].items() if kind not in ("float64", "int32") or c == "threshold"]
