@@ -47,7 +47,7 @@ def analyse_sweep(sweep: Path, command: str = "lora-analysis", progress: bool = 
 
 def analyse_into(inputs: list[Path], out: Path, command: str = "lora-analysis", progress: bool = True) -> Path:
     """Analyse ``inputs`` with the default settings into ``out``; warnings become ``note:`` lines on stderr."""
-    from lora_analysis.analysis.compare import analyze  # torch: imported only when there is work
+    from lora_analysis.analysis.compare import analyze  # numpy and the analysis: imported only when there is work
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
