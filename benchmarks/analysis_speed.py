@@ -172,6 +172,7 @@ PHASES = (  # (label, key): the breakdown of the whole child process, in order
     ("  exit (freeing the tables)", "exit"),
     ("whole child process wall (target <= 4 s; was <= 10 s)", "wall"),
     ("  child CPU time (user + sys)", "cpu"),
+    ("  child minor page faults (thousands)", "faults"),
 )
 
 
@@ -190,15 +191,34 @@ def run_child(sweep: Path, out: Path, source: Path | None) -> dict:
         raise SystemExit(child.stderr)
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = json.loads(child.stdout.strip().splitlines()[-1])
+    faults = (cpu.ru_minflt - cpu_before.ru_minflt) / 1000
     return {
         "imports": t["imported"] - spawned, "analyze": t["analysed"] - t["imported"],
         "parquet": t["saved"] - t["analysed"], "exit": ended - t["saved"], "wall": ended - spawned,
-        "cpu": cpu.ru_utime + cpu.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime, "rows": t["rows"],
+        "cpu": cpu.ru_utime + cpu.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime, "faults": faults,
+        "rows": t["rows"],
     }  # fmt: skip
 
 
-def min_median(values: list[float]) -> str:
-    return f"{min(values):.2f} s (median {statistics.median(values):.2f})"
+def min_median(values: list[float], unit: str = " s") -> str:
+    return f"{min(values):.2f}{unit} (median {statistics.median(values):.2f})"
+
+
+def first_touch() -> list[tuple[str, str]]:
+    """What a fresh page costs here: a new 69 MB array (the size of one phi column) filled, against the
+    same array filled again (best of 5 each); why the analysis reuses freed memory (analysis/memory.py)."""
+    fresh, again = [], []
+    for _ in range(5):
+        start = time.perf_counter()
+        column = np.empty(8_644_608)
+        column.fill(1.0)
+        fresh.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        column.fill(2.0)
+        again.append(time.perf_counter() - start)
+        del column
+    times = f"{min(fresh) * 1e3:.1f} ms | {min(again) * 1e3:.1f} ms"
+    return [("fresh 69 MB array filled | refilled (best of 5)", times)]
 
 
 def bench_analysis(data: Path, repeat: int, against: Path | None) -> list[tuple[str, str]]:
@@ -228,9 +248,10 @@ def bench_analysis(data: Path, repeat: int, against: Path | None) -> list[tuple[
         (f"child process runs{' (this code | --against)' if against else ''}", f"{repeat}, min (median)"),
     ]
     for label, key in PHASES:
-        value = min_median([r[key] for r in ours])
+        unit = "" if key == "faults" else " s"
+        value = min_median([r[key] for r in ours], unit)
         if against is not None:
-            value += "  |  " + min_median([r[key] for r in theirs])
+            value += "  |  " + min_median([r[key] for r in theirs], unit)
         rows.append((label, value))
     if against is not None:
         ratio = min(r["wall"] for r in theirs) / min(r["wall"] for r in ours)
@@ -260,7 +281,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; torch threads {torch.get_num_threads()}")
     rows = [] if args.skip_kernels else bench_phi(rng) + bench_dw(rng)
-    rows += bench_analysis(args.data, args.repeat, args.against)
+    rows += first_touch() + bench_analysis(args.data, args.repeat, args.against)
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
