@@ -12,7 +12,8 @@ Everything is float64, through numpy's LAPACK and BLAS (``X^T X`` of a factor is
 general product). Its BLAS threads are limited by the caller where it runs several analyses at once
 (``compare``): OpenBLAS threads spinning on busy cores slow small products down a hundredfold.
 numpy, not torch: importing torch alone takes 1.5-2 s, half the 4 s a whole Llama-3-8B-shaped analysis
-may take (benchmarks/analysis_speed.py). A matrix's bases come from one orthonormal factorisation (``qr_frame``) shared by every use of it.
+may take (benchmarks/analysis_speed.py). A matrix's bases come from one orthonormal factorisation
+(``qr_frame``) shared by every use of it.
 """
 
 from __future__ import annotations
