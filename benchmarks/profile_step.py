@@ -27,7 +27,9 @@ from lora_analysis.train.sweep import settings_from
 MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::_scaled_dot_product")
 
 
-def setup(overrides: list[str]):
+def setup(overrides: list[str], shared_casts: bool | None = None):
+    """The trainer's model, data and pad id for ``overrides``; ``shared_casts`` (default: unless
+    ``--no-shared-casts``) hooks ``precision.share_input_casts`` in bf16, as the trainer does."""
     register_configs()
     settings = settings_from(compose("train", overrides), "profile")
     tokenizer = load_tokenizer(settings.model)
@@ -35,7 +37,7 @@ def setup(overrides: list[str]):
     model, _ = add_lora(load_model(settings.model, 2, tokenizer.pad_token_id), settings.lora, settings.model.task, 0)
     if settings.optim.precision == "bf16":  # as the trainer does (train.trainer.resolve_precision)
         precision.cast_frozen_linears(model, torch.bfloat16)
-        if "--no-shared-casts" not in sys.argv:
+        if shared_casts if shared_casts is not None else "--no-shared-casts" not in sys.argv:
             precision.share_input_casts(lora_layers(model).values(), torch.bfloat16)
     return settings, model, data, tokenizer.pad_token_id
 
