@@ -42,13 +42,11 @@ def setup(overrides: list[str], shared_casts: bool | None = None):
     return settings, model, data, tokenizer.pad_token_id
 
 
-def profile_steps(settings, model, data, pad_id, steps: int):
-    device = torch.device("cpu")
+def train_step(settings, model):
+    """One optimiser step on a batch, as the trainer takes it (autocast, clipping, fused AdamW)."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     optimizer = trainer.make_optimizer(settings, params)
-    batches = task_data.train_batches(data.train.lengths, settings.optim.batch_size, 0)
-    batch_list = [task_data.collate(data.train, next(batches), pad_id, settings.model.task) for _ in range(steps + 3)]
-    model.train()
+    device = torch.device("cpu")
 
     def step(batch):
         with trainer.autocast(settings, device):
@@ -58,6 +56,14 @@ def profile_steps(settings, model, data, pad_id, steps: int):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return step
+
+
+def profile_steps(settings, model, data, pad_id, steps: int):
+    batches = task_data.train_batches(data.train.lengths, settings.optim.batch_size, 0)
+    batch_list = [task_data.collate(data.train, next(batches), pad_id, settings.model.task) for _ in range(steps + 3)]
+    model.train()
+    step = train_step(settings, model)
     for batch in batch_list[:3]:  # warm-up
         step(batch)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
