@@ -93,7 +93,9 @@ def pair_layers(controls: pd.DataFrame, *, run_a: str, run_b: str, subjects=None
         ax.set(title=label(subject), xlabel="layer", ylim=(0, 1.02))
         ax.xaxis.set_major_locator(_integer_ticks(top["layer"]))
     axes[0].set_ylabel("e₁ = φ(1, r_b)")
-    axes[0].legend(frameon=False, title="solid: pair, dashed: control", title_fontsize=7.5)
+    handles, labels = axes[0].get_legend_handles_labels()  # beside the panels: inside, it hides lines near 1
+    fig.legend(handles, labels, loc="outside right upper", frameon=False, title="solid: pair\ndashed: control",
+               title_fontsize=7.5)
     fig.suptitle(f"Top direction of {run_a} in the subspace of {run_b}, per layer, against the strongest control")
     return fig
 
