@@ -6,11 +6,16 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from lora_analysis.errors import LoraAnalysisError, first_line
 from lora_analysis.layout import AnalysisDir, SweepDir
+
+if TYPE_CHECKING:
+    from lora_analysis.analysis.compare import AnalyzeConfig
+    from lora_analysis.analysis.tables import AnalysisResult
 
 
 def stale_reason(sweep: Path) -> str | None:
@@ -47,14 +52,21 @@ def analyse_sweep(sweep: Path, command: str = "lora-analysis", progress: bool = 
 
 def analyse_into(inputs: list[Path], out: Path, command: str = "lora-analysis", progress: bool = True) -> Path:
     """Analyse ``inputs`` with the default settings into ``out``; warnings become ``note:`` lines on stderr."""
-    from lora_analysis.analysis.compare import analyze  # numpy and the analysis: imported only when there is work
+    from lora_analysis.analysis.compare import AnalyzeConfig  # numpy and the analysis: imported only when there is work
+
+    return analysis_with_notes(AnalyzeConfig(inputs=[str(p) for p in inputs], progress=progress), command).save(out)
+
+
+def analysis_with_notes(cfg: AnalyzeConfig, command: str = "lora-analysis") -> AnalysisResult:
+    """``compare.run_analysis(cfg)``, each of its warnings printed as one ``<command>: note:`` line on stderr."""
+    from lora_analysis.analysis.compare import run_analysis
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = analyze(inputs, progress=progress)
+        result = run_analysis(cfg)
     for warning in caught:
         print(f"{command}: note: {warning.message}", file=sys.stderr)
-    return result.save(out)
+    return result
 
 
 def adapters_stale_reason(folder: Path) -> str | None:

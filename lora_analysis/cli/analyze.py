@@ -8,12 +8,12 @@ Notes about skipped runs or analyses are printed on stderr, one line each.
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Sequence
 
 from omegaconf import OmegaConf
 
-from lora_analysis.analysis.compare import AnalyzeConfig, default_out, run_analysis
+from lora_analysis.analysis.compare import AnalyzeConfig, default_out
+from lora_analysis.analysis.sweep import analysis_with_notes
 from lora_analysis.atomic import check_output_folder
 from lora_analysis.hydra_compose import compose, help_text, split_args
 from lora_analysis.layout import AnalysisDir
@@ -36,11 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg: AnalyzeConfig = OmegaConf.to_object(compose("analyze", overrides))
     out = cfg.out or default_out(cfg.inputs)
     check_output_folder(out, lambda old: AnalysisDir(old).exists())  # before the analysis, not after it
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = run_analysis(cfg)
-    for warning in caught:
-        print(f"lora-analysis analyze: note: {warning.message}", file=sys.stderr)
+    result = analysis_with_notes(cfg, "lora-analysis analyze")
     folder = result.save(out)
     rows = ", ".join(f"{name} {len(frame)}" for name, frame in result.tables().items())
     print(f"analysed {len(result.runs)} runs; wrote {folder} ({rows} rows)")

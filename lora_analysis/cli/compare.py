@@ -8,12 +8,12 @@ Composes ``conf/compare.yaml`` (typed by ``analysis.compare.CompareConfig``: the
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Sequence
 
 from omegaconf import OmegaConf
 
-from lora_analysis.analysis.compare import CompareConfig, run_analysis
+from lora_analysis.analysis.compare import CompareConfig
+from lora_analysis.analysis.sweep import analysis_with_notes
 from lora_analysis.atomic import check_output_folder
 from lora_analysis.hydra_compose import compose, help_text, split_args
 from lora_analysis.layout import AnalysisDir, SweepDir
@@ -38,11 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     analysis = out / SweepDir.ANALYSIS
     check_output_folder(analysis, lambda old: AnalysisDir(old).exists())  # before the analysis, not after it
     check_output_folder(out / SweepDir.REPORT, lambda old: True)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = run_analysis(cfg)
-    for warning in caught:
-        print(f"lora-analysis compare: note: {warning.message}", file=sys.stderr)
+    result = analysis_with_notes(cfg, "lora-analysis compare")
     result.save(analysis)
     print(f"analysed {', '.join(result.runs['run'].astype(str))}; wrote {analysis}")
     from lora_analysis.show.analysis_report import build_analysis_report

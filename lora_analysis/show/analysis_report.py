@@ -42,7 +42,6 @@ class AnalysisData:
     tables: dict[str, pd.DataFrame]
     runs: pd.DataFrame
     notes: list[str]
-    inputs: list[str]
     dw_side: str = "right"  # the phi table's dW subspace: right singular vectors (A's row space) or left
 
     @property
@@ -65,9 +64,7 @@ def load_analysis(folder: str | Path) -> AnalysisData:
     if result.runs.empty:
         raise LoraAnalysisError(f"{where.table('runs')}: the analysis names no adapters; {AnalysisDir.REBUILD}")
     tables = {n: getattr(result, n) for n in ("phi", "spectra", "modules", "dw_vs_w", "w_dw_phi", "intruders")}
-    inputs = [str(p) for p in result.config.get("inputs", [])]
-    return AnalysisData(where.path, tables, result.runs, list(result.notes), inputs,
-                        str(result.config.get("dw_side", "right")))
+    return AnalysisData(where.path, tables, result.runs, list(result.notes), str(result.config.get("dw_side", "right")))
 
 
 def choose_layer(data: AnalysisData, layer: int | None) -> int | None:
@@ -226,9 +223,10 @@ def weights_section(data: AnalysisData, layer: int | None) -> Section | None:
         return None
     section = Section("ΔW against the base weights W")
     if not dw_vs_w.empty:
-        rows = [stats.amplification_table(g).drop(columns="seeds").assign(run=run).set_index("run").reset_index()
+        rows = [stats.amplification_table(g).drop(columns="seeds").assign(run=run)
                 for run, g in dw_vs_w.groupby("run", observed=True)]
-        section.table(pd.concat(rows, ignore_index=True),
+        table = pd.concat(rows, ignore_index=True)
+        section.table(table[["run", *table.columns.drop("run")]],
                       "Table 7 per adapter, mean over layers and roles: ||UᵀWVᵀ||_F for U, V the top r directions of "
                       "ΔW, W or a random matrix, and the amplification ||ΔW||_F / ||UᵀWVᵀ||_F (U, V of ΔW)")
     role = "q" if (w_dw_phi["module"] == "q").any() else (shown_roles(w_dw_phi) or [None])[0]
