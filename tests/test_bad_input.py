@@ -55,7 +55,7 @@ def test_analyze_out_a_file_is_refused_before_the_analysis(adapter, tmp_path, ca
     (tmp_path / "afile").write_text("x")
     import lora_analysis.cli.analyze as analyze
 
-    monkeypatch.setattr(analyze, "run_analysis", lambda cfg: pytest.fail("the analysis ran first"))
+    monkeypatch.setattr(analyze, "analysis_with_notes", lambda *a: pytest.fail("the analysis ran first"))
     assert cli.main(["analyze", str(adapter), f"out={tmp_path / out}"]) == 2
     assert str(tmp_path / "afile") in one_line(capsys, "analyze")
 
