@@ -93,3 +93,45 @@ def test_a_missing_hub_id_is_one_line_naming_the_id_and_the_cache(offline_cache,
     assert cli_main(["analyze", "inputs=[nobody/nothing]"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nobody/nothing" in err[0] and "hf-cache" in err[0]
+
+
+@pytest.mark.parametrize("env", [
+    {}, {"HF_HOME": "~/hf-home"}, {"XDG_CACHE_HOME": "/x/cache"}, {"HUGGINGFACE_HUB_CACHE": "/legacy"},
+    {"HF_HUB_CACHE": "$HOME/hub-cache", "HUGGINGFACE_HUB_CACHE": "/legacy"}, {"HF_HOME": "/h", "XDG_CACHE_HOME": "/x"},
+])  # fmt: skip
+def test_env_cache_dir_follows_huggingface_hub_rules(env, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME",
+                                                                  "XDG_CACHE_HOME")}
+    code = "from huggingface_hub import constants; print(constants.HF_HUB_CACHE)"
+    expected = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert hub.env_cache_dir() == Path(expected)
+
+
+def test_a_recorded_base_is_looked_up_in_the_cache_only(offline_cache, tmp_path, monkeypatch):
+    """A hub id a run records as its base is never fetched, even online; an id with no cache folder is
+    answered without importing huggingface_hub, one cached is found."""
+    from _tiny_models import save_base
+
+    from lora_analysis.analysis.base_weights import chosen_base
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr("huggingface_hub.snapshot_download", lambda *a, **k: pytest.fail("not in the cache"))
+    assert chosen_base("meta-llama/Meta-Llama-3-8B", None) is None
+    snapshot = cache_repo(offline_cache, "someone/tiny-base", save_base("bert", tmp_path / "base"))
+    monkeypatch.undo()
+    monkeypatch.setenv("HF_HUB_CACHE", str(offline_cache))
+    monkeypatch.setattr(socket.socket, "connect", lambda *a, **k: pytest.fail("network access attempted"))
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(offline_cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert chosen_base("someone/tiny-base", None) == snapshot

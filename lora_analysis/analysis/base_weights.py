@@ -24,9 +24,10 @@ from lora_analysis.targets import FAMILIES
 INDEX_FILE = "model.safetensors.index.json"
 
 
-def resolve_base(name_or_path: str | None) -> Path | None:
+def resolve_base(name_or_path: str | None, fetch: bool = True) -> Path | None:
     """A local model directory for ``name_or_path``: ``embedded:minilm``, a folder, or a hub id in the
-    Hugging Face cache (``hub.resolve``). None when none of these is found."""
+    Hugging Face cache (``hub.resolve``; fetched when online only with ``fetch``). None when none of these
+    is found."""
     if not name_or_path:
         return None
     if name_or_path == MODEL_NAME:
@@ -37,7 +38,7 @@ def resolve_base(name_or_path: str | None) -> Path | None:
     if not hub.is_hub_id(name_or_path):
         return None
     try:
-        return hub.resolve(name_or_path, what="base model")
+        return hub.resolve(name_or_path, what="base model", fetch=fetch)
     except LoraAnalysisError:  # not cached (and not to be fetched): no base here
         return None
 
@@ -53,8 +54,11 @@ def check_model_dir(name_or_path: str) -> Path:
 
 
 def chosen_base(recorded: str | None, given: str | None) -> Path | None:
-    """The base a run is analysed against: an explicit ``base=`` wins over the one the run records."""
-    return resolve_base(given) if given else resolve_base(recorded)
+    """The base a run is analysed against: an explicit ``base=`` wins over the one the run records.
+
+    A recorded hub id is looked up in the local cache only: an analysis never downloads a base model
+    nobody named (a Llama adapter's base is 16 GB); ``base=`` named by the user may be fetched."""
+    return resolve_base(given) if given else resolve_base(recorded, fetch=False)
 
 
 class BaseWeights:
