@@ -162,8 +162,9 @@ result = analyze(sys.argv[1], subjects=["A", "A_delta", "dW"], w_tables=False, p
 analysed = time.time()
 result.save(sys.argv[2])
 saved = time.time()
+rows = result.rows() if hasattr(result, "rows") else {n: len(f) for n, f in result.tables().items()}  # older code
 print(json.dumps({"first_line": first_line, "imported": imported, "analysed": analysed, "saved": saved,
-                  "rows": {n: len(f) for n, f in result.tables().items()}}))
+                  "rows": rows}))
 """
 PHASES = (  # (label, key): the breakdown of the whole child process, in order
     ("  python start + imports", "imports"),

@@ -154,6 +154,26 @@ def test_save_and_load_identically(result, tmp_path):
     assert loaded.notes == result.notes
 
 
+def test_tables_saved_in_pieces_load_as_the_whole_frames(sweep, tmp_path, monkeypatch):
+    """``save`` streams a large table from its blocks, row group by row group, without assembling it;
+    the file loads equal to the frame assembled from the same blocks (values, dtypes, categories)."""
+    from pyarrow.parquet import ParquetFile
+
+    from lora_analysis.analysis import tables as tables_module
+
+    fresh = analyze(sweep, progress=False, w_tables=False)
+    rows = fresh.rows()
+    monkeypatch.setattr(tables_module, "ROW_GROUP", 50)  # every table above 50 rows in pieces of ~50
+    fresh.save(tmp_path / "pieces")
+    assert all(isinstance(fresh._tables[n], tables_module.TableBuilder) for n in ("phi", "spectra")), "not assembled"
+    groups = ParquetFile(tmp_path / "pieces" / "phi.parquet").metadata.num_row_groups
+    assert rows["phi"] > 500 and groups >= rows["phi"] // 100, (rows["phi"], groups)
+    loaded = AnalysisResult.load(tmp_path / "pieces")
+    assert loaded.rows() == rows
+    for name, frame in fresh.tables().items():  # assembled now, from the same blocks
+        pd.testing.assert_frame_equal(loaded.tables()[name], frame, obj=name)
+
+
 def test_empty_tables_round_trip(sweep, tmp_path):
     result = analyze(sweep, progress=False, w_tables=False, comparisons=["seed"], subjects=["dW"])
     assert len(result.dw_vs_w) == 0 and set(result.phi["comparison"]) == {"seed"}

@@ -455,8 +455,7 @@ def _run_analysis(cfg: AnalyzeConfig) -> AnalysisResult:
     notes = list(dict.fromkeys(notes))  # one note per message, not per module
     for note in notes:
         warnings.warn(note, stacklevel=2)
-    tables = {n: b.frame() for n, b in built.items()}
-    return AnalysisResult(**tables, notes=notes, config=asdict(cfg), inputs=inputs)
+    return AnalysisResult(**built, notes=notes, config=asdict(cfg), inputs=inputs)  # tables assembled when read
 
 
 @contextmanager

@@ -7,7 +7,7 @@ Every table is tidy (one row per item, ID columns first) and round-trips through
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -68,6 +68,9 @@ SCHEMAS: dict[str, dict[str, str]] = {
 }  # fmt: skip
 
 
+ROW_GROUP = 1 << 20  # rows per Parquet row group (pyarrow's default), and per piece of a streamed table
+
+
 class TableBuilder:
     """Rows collected in blocks (scalars broadcast over a block, or arrays), assembled once at the end."""
 
@@ -80,24 +83,70 @@ class TableBuilder:
         if n:
             self.blocks.append((n, columns))
 
-    def frame(self) -> pd.DataFrame:
-        """The rows as a DataFrame; the blocks are released (a phi table can hold millions of rows)."""
+    @property
+    def rows(self) -> int:
+        return sum(n for n, _ in self.blocks)
+
+    def frame(self, blocks: list | None = None, categories: dict[str, list] | None = None) -> pd.DataFrame:
+        """The rows as a DataFrame; the blocks are released (a phi table can hold millions of rows).
+
+        ``blocks``: only these (a piece of the table), and kept; ``categories``: the categories of each
+        categorical column (default: those of the blocks, in order of appearance)."""
         import pandas as pd
 
-        lengths = np.array([n for n, _ in self.blocks], dtype=np.int64)
-        columns = {c: _column([b[c] for _, b in self.blocks], lengths, k) for c, k in self.schema.items()}
-        self.blocks = []
+        piece = blocks is not None
+        blocks = self.blocks if blocks is None else blocks
+        categories = categories or {}
+        lengths = np.array([n for n, _ in blocks], dtype=np.int64)
+        columns = {
+            c: _column([b[c] for _, b in blocks], lengths, k, categories.get(c)) for c, k in self.schema.items()
+        }
+        if not piece:
+            self.blocks = []
         return pd.DataFrame(columns, copy=False)  # one block per column: no consolidated 2-D copy
 
+    def pieces(self, rows: int | None = None, convert: Callable | None = None) -> Iterator:
+        """The table as consecutive DataFrames of about ``rows`` rows (default ``ROW_GROUP``; whole
+        blocks), categoricals with
+        the categories of the whole table, each built on a thread while the caller uses the one before;
+        the blocks are kept. Pieces, not the whole table: a table of 0.7 GB is never formed, and pieces
+        of a few MB reuse the freed memory of the one before instead of faulting in fresh pages.
+        ``convert``: applied to each piece on the thread (one piece at a time, in order)."""
+        from concurrent.futures import ThreadPoolExecutor
 
-def _column(values: list, lengths: np.ndarray, kind: str):
+        categories = {
+            c: list(dict.fromkeys(b[c] for _, b in self.blocks)) for c, k in self.schema.items() if k == "cat"
+        }
+        groups, current, count, rows = [], [], 0, rows or ROW_GROUP
+        for block in self.blocks:
+            current.append(block)
+            count += block[0]
+            if count >= rows:
+                groups.append(current)
+                current, count = [], 0
+        groups += [current] if current else []
+
+        def piece(blocks: list):
+            frame = self.frame(blocks, categories)
+            return frame if convert is None else convert(frame)
+
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(piece, groups[0]) if groups else None
+            for following in [*groups[1:], None]:
+                done = pending.result()
+                pending = None if following is None else pool.submit(piece, following)
+                yield done
+
+
+def _column(values: list, lengths: np.ndarray, kind: str, categories: list | None = None):
     """One column from per-block values: a scalar repeated over its block, or an array of the block's length."""
     import pandas as pd
 
     if kind == "cat":
-        categories = list(dict.fromkeys(values))
+        categories = list(dict.fromkeys(values)) if categories is None else categories
         code_type = np.int8 if len(categories) < 128 else np.int32
-        codes = np.repeat(np.array([categories.index(v) for v in values], dtype=code_type), lengths)
+        index = {v: i for i, v in enumerate(categories)}
+        codes = np.repeat(np.array([index[v] for v in values], dtype=code_type), lengths)
         return pd.Categorical.from_codes(codes, categories=pd.Index(categories, dtype="str"))
     if kind == "Int64":
         filled = _repeat(np.array([0 if v is None else v for v in values], dtype=np.int64), lengths)
@@ -146,31 +195,65 @@ def restore_dtypes(frame: pd.DataFrame, schema: dict[str, str]) -> pd.DataFrame:
     return frame
 
 
-@dataclass
-class AnalysisResult:
-    """The analysis tables (see ``SCHEMAS``), the notes on what was skipped, and the settings used."""
+class _Table:
+    """An ``AnalysisResult`` table: assembled from its ``TableBuilder`` when first read, then kept."""
 
-    phi: pd.DataFrame
-    spectra: pd.DataFrame
-    modules: pd.DataFrame
-    dw_vs_w: pd.DataFrame
-    w_dw_phi: pd.DataFrame
-    intruders: pd.DataFrame
-    runs: pd.DataFrame
-    notes: list[str] = field(default_factory=list)
-    config: dict = field(default_factory=dict)
-    inputs: InputStatistics | None = None  # the modules' input statistics (``AnalysisDir.INPUTS``), if gathered
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, result: AnalysisResult | None, owner: type | None = None):
+        if result is None:
+            return self
+        table = result._tables[self.name]
+        if isinstance(table, TableBuilder):
+            table = result._tables[self.name] = table.frame()
+        return table
+
+    def __set__(self, result: AnalysisResult, table) -> None:
+        result._tables[self.name] = table
+
+
+class AnalysisResult:
+    """The analysis tables (see ``SCHEMAS``), the notes on what was skipped, and the settings used.
+
+    Each table is a DataFrame, or a ``TableBuilder`` still in blocks (what ``analyze`` returns): it is
+    assembled the first time it is read, and ``save`` writes a large one piece by piece without
+    assembling it (``TableBuilder.pieces``), so a command that only saves never forms its 0.7 GB phi table.
+    """
+
+    phi = _Table()
+    spectra = _Table()
+    modules = _Table()
+    dw_vs_w = _Table()
+    w_dw_phi = _Table()
+    intruders = _Table()
+    runs = _Table()
+
+    def __init__(self, phi, spectra, modules, dw_vs_w, w_dw_phi, intruders, runs, notes: list[str] | None = None,
+                 config: dict | None = None, inputs: InputStatistics | None = None) -> None:
+        given = dict(phi=phi, spectra=spectra, modules=modules, dw_vs_w=dw_vs_w, w_dw_phi=w_dw_phi,
+                     intruders=intruders, runs=runs)  # fmt: skip
+        self._tables: dict[str, pd.DataFrame | TableBuilder] = {name: given[name] for name in SCHEMAS}
+        self.notes = [] if notes is None else notes
+        self.config = {} if config is None else config
+        self.inputs = inputs  # the modules' input statistics (``AnalysisDir.INPUTS``), if gathered
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {name: getattr(self, name) for name in SCHEMAS}
+
+    def rows(self) -> dict[str, int]:
+        """Rows per table, without assembling any."""
+        return {n: t.rows if isinstance(t, TableBuilder) else len(t) for n, t in self._tables.items()}
 
     def save(self, folder: str | Path) -> Path:
         """Write ``<table>.parquet`` for each table and ``analysis.json`` (settings, notes) into ``folder``."""
         folder = Path(folder)
         with replaced_folder(folder, lambda old: AnalysisDir(old).exists()) as tmp, analysis_memory():
             out = AnalysisDir(tmp)  # written whole beside the old one, then renamed into place
-            for name, frame in self.tables().items():
-                write_atomic(out.table(name), partial(_to_parquet, frame, name=name))
+            for name, table in self._tables.items():
+                if not isinstance(table, TableBuilder) or table.rows <= ROW_GROUP:
+                    table = getattr(self, name)  # one piece: assembled (and kept)
+                write_atomic(out.table(name), partial(_to_parquet, table, name=name))
             if self.inputs is not None:
                 self.inputs.save(out.inputs_path)
             write_json(out.meta_path, {"config": self.config, "notes": self.notes})
@@ -214,14 +297,36 @@ def _read_table(where: AnalysisDir, name: str) -> pd.DataFrame:
         raise where.unreadable(where.table(name), error) from None
 
 
-def _to_parquet(frame: pd.DataFrame, path: Path, name: str) -> None:
-    """Write one table: ``write_atomic`` calls this with a temporary path."""
-    # Dictionary encoding only where values repeat (see _dictionary_columns), lz4, no column statistics
-    # (with row groups of 1M rows they would prune little): 2x faster than the defaults on a phi
-    # table of millions of rows, and half the size.
-    frame.to_parquet(
-        path, index=False, compression="lz4", use_dictionary=_dictionary_columns(name), write_statistics=False
-    )
+def _to_parquet(table: pd.DataFrame | TableBuilder, path: Path, name: str) -> None:
+    """Write one table, a DataFrame or a builder's pieces: ``write_atomic`` calls this with a temporary path.
+
+    Dictionary encoding only where values repeat (see _dictionary_columns), lz4, no column statistics
+    (with row groups of 1M rows they would prune little): 2x faster than the defaults on a phi table of
+    millions of rows, and half the size. A builder is written one row group per piece, each piece built
+    while the one before is written (``TableBuilder.pieces``): the same file as of its whole frame, but
+    for where the row groups end."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    options = dict(compression="lz4", use_dictionary=_dictionary_columns(name), write_statistics=False)
+    if not isinstance(table, TableBuilder):
+        table.to_parquet(path, index=False, **options)
+        return
+    schema = []  # the first piece's, with the pandas metadata: every piece is converted to it
+
+    def to_arrow(piece: pd.DataFrame) -> pa.Table:  # on the pieces' thread: hidden behind the writes
+        arrow = pa.Table.from_pandas(piece, preserve_index=False, schema=schema[0] if schema else None)
+        schema.append(arrow.schema)
+        return arrow
+
+    writer = None
+    try:
+        for arrow in table.pieces(convert=to_arrow):
+            writer = writer or pq.ParquetWriter(path, arrow.schema, **options)
+            writer.write_table(arrow, row_group_size=len(arrow))
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def _dictionary_columns(name: str) -> list[str]:

@@ -38,6 +38,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_output_folder(out, lambda old: AnalysisDir(old).exists())  # before the analysis, not after it
     result = analysis_with_notes(cfg, "lora-analysis analyze")
     folder = result.save(out)
-    rows = ", ".join(f"{name} {len(frame)}" for name, frame in result.tables().items())
-    print(f"analysed {len(result.runs)} runs; wrote {folder} ({rows} rows)")
+    rows = result.rows()
+    print(f"analysed {rows['runs']} runs; wrote {folder} ({', '.join(f'{n} {k}' for n, k in rows.items())} rows)")
     return 0
