@@ -151,6 +151,21 @@ def test_nan_tensor_named(root):
         analyze([folder], progress=False, w_tables=False)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_nan_and_inf_counted_over_every_piece_of_a_tensor(root, dtype, monkeypatch):
+    monkeypatch.setattr(adapters, "_READ_CHUNK", 5)  # checked piece by piece, before the upcast
+    folder = copy_adapter(peft_adapter("bert", root / "bert"), root / f"nan-{str(dtype)[6:]}")
+
+    def spoil(tensors):
+        A = tensors[QUERY_A].to(dtype)
+        A.view(-1)[[1, 6, -1]] = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=dtype)
+        tensors[QUERY_A] = A
+
+    edit_tensors(folder, spoil)
+    with pytest.raises(LoraAnalysisError, match=rf"tensor {QUERY_A} has 3 NaN/Inf values"):
+        Adapter(folder).factors("bert.encoder.layer.0.attention.self.query")
+
+
 def test_truncated_and_corrupt_files_named(root):
     folder = copy_adapter(peft_adapter("bert", root / "bert"), root / "truncated")
     data = (folder / "adapter_model.safetensors").read_bytes()
