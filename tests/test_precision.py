@@ -1,4 +1,4 @@
-"""optim.precision=auto: the probe's choice, its cache, the recorded result; frozen weights cast once; plateau."""
+"""optim.precision=auto: the probe's choice, its cache, the recorded result; frozen weights cast once."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from tiny import build_tiny_model, tiny_overrides, write_tiny_csv
 
 from lora_analysis.train import precision
 from lora_analysis.train.config import Precision
-from lora_analysis.train.plateau import plateau_change, plateau_metrics
 from lora_analysis.train.sweep import run_overrides
 
 
@@ -115,15 +114,3 @@ def test_resolved_precision_is_recorded_and_kept(tmp_path, cache, monkeypatch):
     cache.unlink()
     again = run_overrides(overrides)[1]
     assert (again["precision"], again["test_accuracy"]) == ("bf16", metrics["test_accuracy"])
-    assert set(metrics) >= {"plateau", "plateau_change"}
-
-
-def test_plateau_criterion():
-    steps = np.arange(10, 410, 10)
-    falling = 1.0 / np.sqrt(steps)  # still falling ~13% over the last quarter
-    flat = 0.5 + 0.5 * np.exp(-steps / 20)
-    assert plateau_change(steps, falling) > 0.1
-    assert abs(plateau_change(steps, flat)) < 1e-3
-    assert plateau_metrics([{"step": s, "loss": v} for s, v in zip(steps, flat, strict=True)])["plateau"]
-    assert not plateau_metrics([{"step": s, "loss": v} for s, v in zip(steps, falling, strict=True)])["plateau"]
-    assert np.isnan(plateau_change(steps[:3], flat[:3]))

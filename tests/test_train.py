@@ -98,7 +98,7 @@ def test_finished_run_is_skipped(tiny, tmp_path):
 
 def test_interrupted_run_resumes_to_the_same_adapter(tiny, tmp_path, monkeypatch):
     extra = ["optim.checkpoint_every=2", "lora.dropout=0.1"]  # dropout: the RNG state must resume too
-    straight, _ = run_overrides(overrides(tiny, tmp_path, steps=6, extra=[*extra, "name=straight"]))
+    straight, straight_metrics = run_overrides(overrides(tiny, tmp_path, steps=6, extra=[*extra, "name=straight"]))
 
     real_save = trainer._save_checkpoint
 
@@ -115,6 +115,8 @@ def test_interrupted_run_resumes_to_the_same_adapter(tiny, tmp_path, monkeypatch
     monkeypatch.setattr(trainer, "_save_checkpoint", real_save)
     resumed, metrics = run_overrides(overrides(tiny, tmp_path, steps=6, extra=[*extra, "name=cut"]))
     assert metrics["steps"] == 6
+    assert metrics["plateau_from_step"] == 4  # the probe's scores at step 4 came back with the checkpoint
+    assert metrics["plateau_change"] == straight_metrics["plateau_change"]
     a = load_file(str(straight / "adapter_model.safetensors"))
     b = load_file(str(resumed / "adapter_model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)

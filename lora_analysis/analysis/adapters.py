@@ -40,7 +40,7 @@ RUN_CONFIG = RunDir.CONFIG  # a run of this toolkit's train app: resolved config
 # Config keys that may differ between two runs that are still compared (rank and seed are what varies).
 MATCH_IGNORE = [
     "lora.r", "seed", "run_name", "name", "out_dir", "device", "threads", "progress", "logger",
-    "data.cache_dir", "optim.checkpoint_every", "optim.log_every", "optim.eval_batch_size",
+    "data.cache_dir", "optim.checkpoint_every", "optim.log_every", "optim.eval_batch_size", "optim.plateau_probe",
 ]  # fmt: skip
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<path>.+)\.lora_(?P<ab>[AB])(?:\.(?P<name>[^.]+))?\.weight$")
 

@@ -20,6 +20,7 @@ from lora_analysis.layout import RunDir, SweepDir
 from lora_analysis.show import paper
 from lora_analysis.show.labels import fmt
 from lora_analysis.show.labels import label as subject_label
+from lora_analysis.train.plateau import PLATEAU_CHANGE, VERDICTS
 
 
 @dataclass
@@ -356,16 +357,38 @@ def ffn_under_budget(runs: pd.DataFrame, metric: str | None = None, table: pd.Da
     return Finding(key, title, sentences, table, values)
 
 
-def loss_levelled(histories: dict[str, pd.DataFrame], tolerance: float = 0.05) -> Finding:
-    """Has the training loss levelled off? Mean loss of the last quarter of training against the quarter before."""
+def loss_levelled(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> Finding:
+    """Has the training loss levelled off? Each run's ``plateau_verdict`` (``train.plateau``: the loss of a
+    fixed probe of training examples at 3/4 of the steps and at the end, paired, judged against 2% at twice
+    its standard error); runs without one (trained before the probe, or with ``optim.plateau_probe=0``)
+    by their logged loss, last quarter against the quarter before, which has no such error bar."""
     key, title = "loss", "Has training levelled off?"
-    table = stats.loss_change(histories)
-    if table.empty:
-        return Finding.missing(key, title, f"No run has a {RunDir.HISTORY} with at least 8 logged steps.")
-    flat = table["relative_change"].abs() < tolerance
-    worst = table.loc[table["relative_change"].idxmin()]
-    sentence = (f"Mean training loss of the last quarter of steps against the quarter before: "
-                f"{fmt(100 * table['relative_change'].mean(), 1)}% on average (largest drop "
-                f"{fmt(100 * worst['relative_change'], 1)}% for {worst['run']}); {int(flat.sum())} of {len(table)} "
-                f"runs changed by less than {fmt(100 * tolerance, 0)}%, i.e. levelled off.")
-    return Finding(key, title, [sentence], table, {"levelled": float(flat.sum()), "runs": float(len(table))})
+    criterion = f"{fmt(100 * PLATEAU_CHANGE, 0)}%"
+    probed = runs[runs["plateau_verdict"].isin(VERDICTS[:3])] if "plateau_verdict" in runs else runs.iloc[0:0]
+    sentences, values, tables = [], {}, []
+    if not probed.empty:
+        table = probed[["run", "plateau_from_step", "plateau_loss_before", "plateau_loss_after", "plateau_change",
+                        "plateau_change_se", "plateau_verdict", "plateau_probe"]].reset_index(drop=True)
+        counts = table["plateau_verdict"].value_counts()
+        per_run = "; ".join(f"{row.run} {fmt(100 * row.plateau_change, 1)} ± {fmt(100 * row.plateau_change_se, 1)}% "
+                            f"({row.plateau_verdict})" for row in table.sort_values("run").itertuples())
+        sentences.append(
+            f"Loss of {int(table['plateau_probe'].max()):,} fixed training examples (eval mode) from 3/4 of the steps "
+            f"to the end, relative fall ± standard error: {per_run}. Criterion: a fall under {criterion} beyond twice "
+            f"the standard error; {int(counts.get('levelled off', 0))} of {len(table)} runs levelled off, "
+            f"{int(counts.get('still falling', 0))} still falling, {int(counts.get('cannot tell', 0))} cannot tell.")
+        values.update({v: float(counts.get(v, 0)) for v in VERDICTS[:3]})
+        tables.append(table.assign(measure="probe"))
+    logged = stats.loss_change({run: h for run, h in histories.items() if run not in set(probed["run"])})
+    if not logged.empty:
+        fell = -logged["relative_change"]
+        sentences.append(
+            "Without a probe, by the logged per-batch loss (last quarter of the steps against the quarter before, "
+            "no error bar: batch-to-batch noise alone is a few percent): "
+            + "; ".join(f"{row.run} fell {fmt(100 * f, 1)}%" for row, f in zip(logged.itertuples(), fell, strict=True))
+            + f"; {int((fell < PLATEAU_CHANGE).sum())} of {len(logged)} under {criterion}.")
+        tables.append(logged.assign(measure="logged loss"))
+    if not tables:
+        return Finding.missing(key, title, "No run has a plateau probe or a history with at least 8 logged steps.")
+    values["runs"] = float(sum(len(t) for t in tables))
+    return Finding(key, title, sentences, pd.concat(tables, ignore_index=True), values)

@@ -77,7 +77,7 @@ def compute_findings(data: SweepData, focus: Focus, tables: dict[str, pd.DataFra
                                  lambda t: F.w_dw_overlap(t, layer=layer, module=role)),
         intruders=_or_missing(tables["intruders"], "intruders", "Intruder dimensions", F.intruder_counts),
         accuracy=F.accuracy(data.runs, derived.metric, table=derived.accuracy),
-        loss=F.loss_levelled(data.histories),
+        loss=F.loss_levelled(data.runs if all_runs is None else all_runs, data.histories),
     )
 
 

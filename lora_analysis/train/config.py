@@ -167,8 +167,11 @@ class OptimConfig:
     eval_batch_size: int = 256
     checkpoint_every: int = 100  # steps between resumable checkpoints; 0: never
     log_every: int = 10  # steps between history rows
+    plateau_probe: int = 1024  # training examples whose loss at 3/4 and at the end says if it levelled off; 0: none
 
     def __post_init__(self) -> None:
+        if self.plateau_probe < 0:
+            raise LoraAnalysisError(f"optim.plateau_probe must be >= 0 (0: no probe), got {self.plateau_probe}")
         for name in ("steps", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise LoraAnalysisError(f"optim.{name} must be >= 1, got {getattr(self, name)}")

@@ -34,6 +34,11 @@ class Examples:
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
 
+    def subset(self, rows: np.ndarray) -> Examples:
+        """The examples at ``rows``, in that order."""
+        return Examples([self.ids[i] for i in rows], None if self.labels is None else self.labels[rows],
+                        None if self.targets is None else [self.targets[i] for i in rows])
+
 
 @dataclass
 class TaskData:

@@ -28,11 +28,10 @@ from lora_analysis.atomic import write_atomic, write_text
 from lora_analysis.layout import RunDir
 from lora_analysis.machine import resolve_device
 from lora_analysis.train import data as task_data
-from lora_analysis.train import precision
+from lora_analysis.train import plateau, precision
 from lora_analysis.train.config import Method, Precision, Schedule, Task, TrainConfig
 from lora_analysis.train.divergence import check_step
 from lora_analysis.train.modeling import add_lora, load_model, load_tokenizer, lora_layers, lora_state
-from lora_analysis.train.plateau import plateau_metrics
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +46,7 @@ class Progress:
     examples: int = 0
     tokens: int = 0
     history: list[dict] = field(default_factory=list)
+    probe: dict = field(default_factory=dict)  # the plateau probe's losses at its earlier step: step, losses
 
 
 def train(cfg: TrainConfig, run_dir: Path, on_log=None) -> dict:
@@ -76,8 +76,13 @@ def train(cfg: TrainConfig, run_dir: Path, on_log=None) -> dict:
     optimizer = make_optimizer(cfg, params)
     # 4) continue from a checkpoint of this very run, if one exists
     progress = _load_checkpoint(run_dir, model, params, optimizer) or Progress()
-    # 5) train
-    _train_loop(cfg, model, params, optimizer, data, tokenizer.pad_token_id, device, run_dir, progress, on_log)
+    # 5) train, scoring the plateau probe (fixed training examples) at 3/4 of the steps and at the end
+    probe = data.train.subset(plateau.probe_rows(len(data.train), cfg.optim.plateau_probe, cfg.data.split_seed))
+    _train_loop(cfg, model, params, optimizer, data, tokenizer.pad_token_id, device, run_dir, progress, on_log,
+                probe)
+    probe_start = time.perf_counter()
+    probe_after = example_losses(model, probe, cfg, tokenizer.pad_token_id, device) if progress.probe else None
+    probe_seconds = progress.probe.get("seconds", 0.0) + time.perf_counter() - probe_start
     # 6) evaluate on the test split
     eval_start = time.perf_counter()
     metrics = evaluate(model, data.test, cfg, tokenizer.pad_token_id, device)
@@ -106,14 +111,17 @@ def train(cfg: TrainConfig, run_dir: Path, on_log=None) -> dict:
         threads=torch.get_num_threads(),
         device=str(device),
         **resolved.metrics(),
-        **plateau_metrics(progress.history),
+        **plateau.plateau_metrics(np.asarray(progress.probe["losses"]) if progress.probe else None, probe_after,
+                                  progress.probe.get("step"), len(probe)),
+        plateau_seconds=probe_seconds,
     )
     (RunDir(run_dir).checkpoint_path).unlink(missing_ok=True)
     return metrics
 
 
 def _train_loop(cfg, model, params, optimizer, data, pad_id, device, run_dir, progress: Progress,
-                on_log=None) -> None:
+                on_log=None, probe: task_data.Examples | None = None) -> None:
+    probe_at = plateau.probe_step(cfg.optim.steps) if probe is not None and len(probe) >= 2 else None
     model.train()
     batches: Iterator[np.ndarray] = task_data.train_batches(data.train.lengths, cfg.optim.batch_size, cfg.seed)
     batches = islice(batches, progress.step, None)  # a resumed run skips the batches it has done
@@ -149,6 +157,10 @@ def _train_loop(cfg, model, params, optimizer, data, pad_id, device, run_dir, pr
             bar.set_postfix(loss=f"{progress.history[-1]['loss']:.4f}",
                             ex_s=f"{progress.examples / progress.train_seconds:.0f}")
         bar.update(1)
+        if progress.step == probe_at:  # eval mode draws no random numbers: the run goes on as without it
+            start = time.perf_counter()
+            losses_now = example_losses(model, probe, cfg, pad_id, device).tolist()
+            progress.probe = {"step": probe_at, "losses": losses_now, "seconds": time.perf_counter() - start}
         every = cfg.optim.checkpoint_every
         if every and progress.step % every == 0 and progress.step < cfg.optim.steps:
             _save_checkpoint(run_dir, params, optimizer, progress)
@@ -221,6 +233,28 @@ def evaluate(model, examples: task_data.Examples, cfg: TrainConfig, pad_id: int,
         majority = np.bincount(examples.labels).max() / len(examples)
         return {"test_accuracy": correct / weight, "test_loss": loss, "majority_accuracy": float(majority)}
     return {"test_loss": loss, "test_perplexity": float(np.exp(loss))}
+
+
+@torch.inference_mode()
+def example_losses(model, examples: task_data.Examples, cfg: TrainConfig, pad_id: int, device) -> np.ndarray:
+    """The loss of each example (mean over its predicted tokens for a causal LM), in eval mode: (n,) float64."""
+    model.eval()
+    losses = np.empty(len(examples))
+    for rows in task_data.eval_batches(examples.lengths, cfg.optim.eval_batch_size):
+        batch = {k: v.to(device) for k, v in task_data.collate(examples, rows, pad_id, cfg.model.task).items()}
+        labels = batch.pop("labels")
+        with autocast(cfg, device):
+            logits = model(**batch).logits
+        logits = logits.float()
+        if cfg.model.task == Task.classification:
+            loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+        else:  # HF shifts labels by one: token t predicts t + 1
+            labels = labels[:, 1:]
+            tokens = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, reduction="none")
+            loss = tokens.sum(1) / (labels != -100).sum(1).clamp(min=1)
+        losses[rows] = loss.double().cpu().numpy()
+    model.train()
+    return losses
 
 
 def _a_moved(init: dict[str, torch.Tensor], final: dict[str, torch.Tensor]) -> dict[str, float]:
