@@ -4,12 +4,13 @@ LoRA r=8 on q, k, v, o, ffn_in, ffn_out of MiniLM-L6, batch 32 of real length-gr
 and under bfloat16 autocast; prints the top operators by self CPU time for each precision, and the
 share of the step spent in matrix products (aten::mm/addmm/bmm/linear and their backward).
 
-    .venv/bin/python benchmarks/profile_step.py [--steps 20] [--threads 2] [--top 15]
+    .venv/bin/python benchmarks/profile_step.py [--steps 20] [--threads 2] [--top 15] [--dropouts fast,torch]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 from pathlib import Path
@@ -21,6 +22,7 @@ from lora_analysis.hydra_compose import compose
 from lora_analysis.train import data as task_data
 from lora_analysis.train import precision, trainer
 from lora_analysis.train.config import register_configs
+from lora_analysis.train.dropout import use_fast_dropout
 from lora_analysis.train.modeling import add_lora, load_model, load_tokenizer, lora_layers
 from lora_analysis.train.sweep import settings_from
 
@@ -29,12 +31,15 @@ MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"
 
 def setup(overrides: list[str], shared_casts: bool | None = None):
     """The trainer's model, data and pad id for ``overrides``; ``shared_casts`` (default: unless
-    ``--no-shared-casts``) hooks ``precision.share_input_casts`` in bf16, as the trainer does."""
+    ``--no-shared-casts``) hooks ``precision.share_input_casts`` in bf16, and ``optim.fast_dropout``
+    (default true) swaps in ``train.dropout``, as the trainer does."""
     register_configs()
     settings = settings_from(compose("train", overrides), "profile")
     tokenizer = load_tokenizer(settings.model)
     data = task_data.load_task_data(settings.data, settings.model.task, tokenizer, Path(settings.out_dir) / ".c")
     model, _ = add_lora(load_model(settings.model, 2, tokenizer.pad_token_id), settings.lora, settings.model.task, 0)
+    if settings.optim.fast_dropout:
+        use_fast_dropout(model)
     if settings.optim.precision == "bf16":  # as the trainer does (train.trainer.resolve_precision)
         precision.cast_frozen_linears(model, torch.bfloat16)
         if shared_casts if shared_casts is not None else "--no-shared-casts" not in sys.argv:
@@ -79,17 +84,19 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--no-shared-casts", action="store_true", help="bf16 without precision.share_input_casts")
+    parser.add_argument("--dropouts", default="fast", help="fast (train.dropout), torch, or fast,torch for both")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        for precision in args.precisions.split(","):
-            overrides = ["lora.r=8", "lora.targets=all", f"out_dir={tmp}", f"optim.precision={precision}"]
+        for precision, dropout in itertools.product(args.precisions.split(","), args.dropouts.split(",")):
+            overrides = ["lora.r=8", "lora.targets=all", f"out_dir={tmp}", f"optim.precision={precision}",
+                         f"optim.fast_dropout={dropout == 'fast'}"]
             prof = profile_steps(*setup(overrides), args.steps)
             events = prof.key_averages()
             total = sum(e.self_cpu_time_total for e in events)
             matmul = sum(e.self_cpu_time_total for e in events if e.key.startswith(MATMUL) or "Mm" in e.key)
-            print(f"\n== {precision}: {total / 1e3 / args.steps:.1f} ms per step (self CPU, profiled), "
-                  f"matrix products {matmul / total:.0%}")
+            print(f"\n== {precision}, {dropout} dropout: {total / 1e3 / args.steps:.1f} ms per step (self CPU, "
+                  f"profiled), matrix products {matmul / total:.0%}")
             print(events.table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=40))
             copies = [e for e in prof.key_averages(group_by_input_shape=True) if e.key == "aten::copy_"]
             copies.sort(key=lambda e: -e.self_cpu_time_total)

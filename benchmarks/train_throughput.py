@@ -117,7 +117,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [f"optim.steps={args.steps}", "lora.r=8", "lora.targets=all", f"out_dir={tmp}",
-                     f"threads={args.threads}", "progress=false", "optim.checkpoint_every=0"]
+                     f"threads={args.threads}", "progress=false", "optim.checkpoint_every=0",
+                     "optim.plateau_probe=0"]
         register_configs()
         settings = settings_from(compose("train", [*overrides, "optim.precision=fp32"]), "bench")
         peaks = {"fp32": matmul_peak(), "bf16": matmul_peak(dtype=torch.bfloat16)}

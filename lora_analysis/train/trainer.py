@@ -31,6 +31,7 @@ from lora_analysis.train import data as task_data
 from lora_analysis.train import plateau, precision
 from lora_analysis.train.config import Method, Precision, Schedule, Task, TrainConfig
 from lora_analysis.train.divergence import check_step
+from lora_analysis.train.dropout import use_fast_dropout
 from lora_analysis.train.modeling import add_lora, load_model, load_tokenizer, lora_layers, lora_state
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ def train(cfg: TrainConfig, run_dir: Path, on_log=None) -> dict:
         init_state = lora_state(model)
         write_atomic(RunDir(run_dir).init_path, lambda p: save_file(init_state, str(p)))
     model.to(device)
+    if cfg.optim.fast_dropout:
+        use_fast_dropout(model)
     resolved = settle_precision(cfg, model, device, run_dir)
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     optimizer = make_optimizer(cfg, params)
