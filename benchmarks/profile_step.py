@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from lora_analysis.hydra_compose import compose
 from lora_analysis.train import data as task_data
-from lora_analysis.train import precision, trainer
+from lora_analysis.train import divergence, precision, trainer
 from lora_analysis.train.config import register_configs
 from lora_analysis.train.dropout import use_fast_dropout
 from lora_analysis.train.modeling import add_lora, load_model, load_tokenizer, lora_layers
@@ -48,7 +48,8 @@ def setup(overrides: list[str], shared_casts: bool | None = None):
 
 
 def train_step(settings, model):
-    """One optimiser step on a batch, as the trainer takes it (autocast, clipping, fused AdamW)."""
+    """One optimiser step on a batch, as the trainer takes it (autocast, the divergence check, clipping,
+    fused AdamW)."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     optimizer = trainer.make_optimizer(settings, params)
     device = torch.device("cpu")
@@ -57,7 +58,10 @@ def train_step(settings, model):
         with trainer.autocast(settings, device):
             loss = model(**batch).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
+        grads = [p.grad for p in params.values() if p.grad is not None]
+        norm = divergence.grad_norm(grads)
+        divergence.check_step(loss, grads, norm, 1)
+        divergence.clip(list(params.values()), 1.0, norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

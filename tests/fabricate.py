@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from lora_analysis.analysis.tables import SCHEMAS, AnalysisResult
-from lora_analysis.train.plateau import verdict
+from lora_analysis.plateau import verdict
 
 DELTA_TOP, DW_TOP, SEED_ENERGY = 0.8, 0.7, 0.9
 SEED_SHARED = {"q": 6, "v": 2, "ffn_in": 3, "ffn_out": 1}
@@ -34,7 +34,7 @@ INTRUDERS = {4: 0, 8: 1, 64: 2}  # per module
 ACCURACY = {"r4-seed0": 0.771, "r8-seed0": 0.776, "r8-seed1": 0.780, "r64-seed0": 0.774, "r64-seed1": 0.770,
             "full-seed0": 0.801}
 MAJORITY = 0.575
-# The plateau probe (train.plateau): relative fall of the probe loss from 3/4 of the steps to the end,
+# The plateau probe (lora_analysis.plateau): relative fall of the probe loss from 3/4 of the steps to the end,
 # and its standard error. r64-seed0 is still falling; the others levelled off.
 PLATEAU = {"r64-seed0": (0.051, 0.006)}
 LEVELLED = (0.004, 0.003)

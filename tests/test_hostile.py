@@ -7,10 +7,13 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
+import torch
 from tiny import tiny_overrides
 
 from lora_analysis import cli
 from lora_analysis.layout import ADAPTER_WEIGHTS, RunDir, SweepDir
+from lora_analysis.train.divergence import DivergedError, check_step, grad_norm
 
 DIVERGE = ["optim.lr=1e30", "optim.max_grad_norm=0"]
 
@@ -24,6 +27,19 @@ def one_error_line(capsys, command):
     err = [line for line in capsys.readouterr().err.splitlines() if f"lora-analysis {command}: error:" in line]
     assert len(err) >= 1 and "Traceback" not in "\n".join(err)
     return err
+
+
+def test_non_finite_gradients_are_counted_and_huge_finite_ones_pass():
+    loss = torch.tensor(0.5)
+    grads = [torch.ones(3), torch.tensor([1.0, float("nan"), float("inf")])]
+    with pytest.raises(DivergedError, match="2 non-finite gradient values at step 7"):
+        check_step(loss, grads, grad_norm(grads), 7)
+    huge = [torch.full((4,), 1e30)]  # finite, but the norm's squares overflow float32
+    assert not torch.isfinite(grad_norm(huge))
+    check_step(loss, huge, grad_norm(huge), 1)
+    check_step(loss, [torch.ones(2)], grad_norm([torch.ones(2)]), 1)
+    with pytest.raises(DivergedError, match="loss is nan at step 3"):
+        check_step(torch.tensor(float("nan")), [], None, 3)
 
 
 def test_a_diverged_run_is_recorded_as_failed_and_skipped_by_analysis(tiny, tmp_path, capsys):

@@ -10,8 +10,8 @@ import pytest
 from safetensors.torch import load_file
 from tiny import build_tiny_model, tiny_overrides, write_tiny_csv
 
+from lora_analysis.plateau import plateau_metrics, probe_rows, probe_step, verdict
 from lora_analysis.show import findings as F
-from lora_analysis.train.plateau import plateau_metrics, probe_rows, probe_step, verdict
 from lora_analysis.train.sweep import run_overrides
 
 

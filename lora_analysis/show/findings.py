@@ -17,10 +17,10 @@ from lora_analysis.analysis.kinds import Comparison, Side, Subject
 from lora_analysis.derive import controls, stats
 from lora_analysis.derive.queries import LOWER_IS_BETTER, budgeted_runs, has_majority, lora_runs, metric_column
 from lora_analysis.layout import RunDir, SweepDir
+from lora_analysis.plateau import PLATEAU_CHANGE, VERDICTS
 from lora_analysis.show import paper
 from lora_analysis.show.labels import fmt
 from lora_analysis.show.labels import label as subject_label
-from lora_analysis.train.plateau import PLATEAU_CHANGE, VERDICTS
 
 
 @dataclass
@@ -358,7 +358,7 @@ def ffn_under_budget(runs: pd.DataFrame, metric: str | None = None, table: pd.Da
 
 
 def loss_levelled(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> Finding:
-    """Has the training loss levelled off? Each run's ``plateau_verdict`` (``train.plateau``: the loss of a
+    """Has the training loss levelled off? Each run's ``plateau_verdict`` (``plateau``: the loss of a
     fixed probe of training examples at 3/4 of the steps and at the end, paired, judged against 2% at twice
     its standard error); runs without one (trained before the probe, or with ``optim.plateau_probe=0``)
     by their logged loss, last quarter against the quarter before, which has no such error bar."""

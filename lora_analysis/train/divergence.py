@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -27,20 +26,42 @@ class DivergedError(LoraAnalysisError):
         self.record = record
 
 
-def check_step(loss: torch.Tensor, params: Iterable[torch.Tensor], step: int) -> None:
-    """Raise ``DivergedError`` when ``loss`` (a scalar) or any gradient of ``params`` is NaN or infinite.
+def check_step(loss: torch.Tensor, grads: list[torch.Tensor], norm: torch.Tensor | None, step: int) -> None:
+    """Raise ``DivergedError`` when ``loss`` (a scalar) or any of ``grads`` is NaN or infinite.
 
-    ``step`` is the 1-based number of the step that produced them (the one that would be taken next).
+    ``norm``: the total 2-norm of ``grads`` (``grad_norm``), which the clipping needs anyway: it is
+    finite exactly when every gradient is, unless the squares overflow, so the gradients are looked at
+    one by one only when it is not. ``step`` is the 1-based number of the step that produced them.
     """
     value = float(loss.detach())
     if not math.isfinite(value):
         raise _diverged(f"loss is {value} at step {step}", step, "loss", value)
-    grads = [p.grad for p in params if p.grad is not None]
-    if grads:
-        bad = [g for g in grads if not bool(torch.isfinite(g).all())]
-        if bad:
-            count = int(sum(int((~torch.isfinite(g)).sum()) for g in bad))
-            raise _diverged(f"{count} non-finite gradient values at step {step}", step, "gradient", value)
+    if norm is not None and math.isfinite(float(norm)):
+        return
+    count = int(sum(int((~torch.isfinite(g)).sum()) for g in grads))
+    if count:
+        raise _diverged(f"{count} non-finite gradient values at step {step}", step, "gradient", value)
+
+
+def grad_norm(grads: list[torch.Tensor]) -> torch.Tensor | None:
+    """The total 2-norm of ``grads``, as ``clip_grad_norm_`` computes it (None without gradients)."""
+    if not grads:
+        return None
+    total = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+    if total is not None:
+        return total(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def clip(params: list[torch.Tensor], max_norm: float, norm: torch.Tensor | None) -> None:
+    """``clip_grad_norm_(params, max_norm)`` with the norm already computed (torch >= 2.6; else recomputed)."""
+    if norm is None:
+        return
+    with_norm = getattr(torch.nn.utils, "clip_grads_with_norm_", None)
+    if with_norm is not None:
+        with_norm(params, max_norm, norm)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
 def _diverged(what: str, step: int, kind: str, loss: float) -> DivergedError:

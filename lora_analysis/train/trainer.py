@@ -24,13 +24,13 @@ import yaml
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from lora_analysis import plateau
 from lora_analysis.atomic import write_atomic, write_text
 from lora_analysis.layout import RunDir
 from lora_analysis.machine import resolve_device
 from lora_analysis.train import data as task_data
-from lora_analysis.train import plateau, precision
+from lora_analysis.train import divergence, precision
 from lora_analysis.train.config import Method, Precision, Schedule, Task, TrainConfig
-from lora_analysis.train.divergence import check_step
 from lora_analysis.train.dropout import use_fast_dropout
 from lora_analysis.train.modeling import add_lora, load_model, load_tokenizer, lora_layers, lora_state
 
@@ -141,9 +141,11 @@ def _train_loop(cfg, model, params, optimizer, data, pad_id, device, run_dir, pr
         with autocast(cfg, device):
             loss = model(**batch).loss
         loss.backward()
-        check_step(loss, params.values(), progress.step + 1)  # before the step: no NaN reaches the weights
+        grads = [p.grad for p in params.values() if p.grad is not None]
+        norm = divergence.grad_norm(grads)
+        divergence.check_step(loss, grads, norm, progress.step + 1)  # before the step: no NaN reaches the weights
         if cfg.optim.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params.values(), cfg.optim.max_grad_norm)
+            divergence.clip(list(params.values()), cfg.optim.max_grad_norm, norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())  # .item() syncs, so the timing below is honest on CUDA too
