@@ -8,8 +8,7 @@ for every run of a split, scored in eval mode with the run's precision) is measu
 
 with ``l_i`` the loss of probe example i and L their mean. The same examples at both steps: the
 difference is paired, so what the batches happened to hold does not enter it. The logged per-batch loss
-does: a mean over an eighth of 250 steps of batch 32 has a standard error of about 4% of the loss, twice
-the criterion, so it cannot say whether a run fell by 2% or by 6%.
+mixes it in: its change over a quarter of a short run is as much the batches' noise as the model's.
 
 Verdict (``plateau_verdict``), criterion ``PLATEAU_CHANGE`` (2%), judged at twice the standard error:
 ``levelled off`` when ``change + 2 se < 2%`` (a loss that rises has levelled off too), ``still falling``

@@ -35,7 +35,8 @@ SETTINGS = [
     ("data sha256 (first 12)", "provenance.data_sha256"),
 ]  # fmt: skip
 RUN_COLUMNS = ["run", "method", "lora.targets", "lora.r", "seed", "optim.steps", "optim.lr", "test_accuracy",
-               "test_loss", "test_perplexity", "majority_accuracy", "final_train_loss", "a_moved_mean", "lora_params",
+               "test_loss", "test_perplexity", "majority_accuracy", "final_train_loss", "plateau_change",
+               "plateau_verdict", "a_moved_mean", "lora_params",
                "trainable_params", "examples_per_s", "tokens_per_s", "train_seconds", "wall_seconds", "device"]
 PACKAGES = ("torch", "transformers", "peft", "numpy", "scipy", "pandas", "pyarrow", "matplotlib", "hydra-core",
             "lora-analysis")
