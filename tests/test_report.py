@@ -75,7 +75,8 @@ def test_findings_are_the_planted_numbers_beside_the_papers(report):
                      "A moved ||A − A_init||_F / ||A_init||_F = 5% at r=4", "shared directions 0.0 on average",
                      "1.00 per module at r=8", "full fine-tuning 0.801 (n=1)",
                      "5 of 6 runs levelled off, 1 still falling, 0 cannot tell",
-                     "r64-seed0 5.1 ± 0.6% (still falling)"):
+                     "r64-seed0 5.1 ± 0.6% (still falling)",
+                     "had not all levelled off (plateau probe: 4 levelled off, 1 still falling of 5"):
         assert sentence in markdown, sentence
     table7 = next(line for line in markdown.splitlines() if "ours r=4): amplification" in line)
     assert "| 21.5 | 20.0 |" in table7

@@ -174,8 +174,28 @@ def against_controls(per_direction: pd.DataFrame, runs: pd.DataFrame, shuffled: 
     else:
         sentences.append("This sweep has no shuffled-label runs (data.shuffle_labels=true): the strongest control "
                          "available is the larger of the isotropic and the input-geometry baseline.")
+    caveat = _still_learning(runs, shuffled)
+    if caveat:
+        sentences.append(caveat)
     sentences.append(f"A direction is task-specific when its {controls.TASK_RULE}.")
     return Finding(key, title, sentences, summary, values)
+
+
+def _still_learning(runs: pd.DataFrame, shuffled: set[str]) -> str | None:
+    """A sentence when the real LoRA runs judged here had not levelled off (``plateau_verdict``), else None."""
+    if "plateau_verdict" not in runs or "run" not in runs:
+        return None
+    real = runs[~runs["run"].astype(str).isin(shuffled)]
+    if "method" in real:
+        real = real[real["method"] == "lora"]
+    said = real["plateau_verdict"][real["plateau_verdict"].isin(VERDICTS[:3])]
+    if said.empty or (said == "levelled off").all():
+        return None
+    counts = said.value_counts()
+    parts = [f"{int(counts[v])} {v}" for v in VERDICTS[:3] if v in counts]
+    return (f"The real LoRA runs had not all levelled off (plateau probe: {', '.join(parts)} of {len(said)}; see "
+            "'Has training levelled off?'): these verdicts are for adapters still learning, and longer training "
+            "may change them either way.")
 
 
 def a_moved(modules: pd.DataFrame, table: pd.DataFrame | None = None) -> Finding:
