@@ -18,10 +18,8 @@ import statistics
 import tempfile
 
 import torch
-from bf16_casts import stepper
-from profile_step import setup
+from profile_step import interleaved, print_times, setup
 
-from lora_analysis.train import data as task_data
 from lora_analysis.train.dropout import use_fast_dropout
 
 
@@ -39,25 +37,11 @@ def main() -> None:
         layers_only = setup([*common, "optim.fast_dropout=false"])
         use_fast_dropout(layers_only[1], attention=False)
         both = setup([*common, "optim.fast_dropout=true"])
-        settings, _, data, pad_id = torch_dropout
-        order = task_data.train_batches(data.train.lengths, settings.optim.batch_size, 0)
-        batches = [task_data.collate(data.train, next(order), pad_id, settings.model.task)
-                   for _ in range(args.steps * args.rounds + 3)]
-        runs = {"torch dropout": stepper(*torch_dropout, batches),
-                "fast, layers": stepper(*layers_only, batches),
-                "fast, layers+attention": stepper(*both, batches)}
-        for run in runs.values():
-            run(batches[:3])  # warm-up
-        times = {name: [] for name in runs}
-        for r in range(args.rounds):
-            chunk = batches[3 + r * args.steps: 3 + (r + 1) * args.steps]
-            for name, run in runs.items():
-                times[name].append(run(chunk))
+        times = interleaved({"torch dropout": torch_dropout, "fast, layers": layers_only,
+                             "fast, layers+attention": both}, args.steps, args.rounds)
     print(f"{args.precision}, LoRA r=8 on all six roles, batch 32, {args.threads} threads, "
           f"{args.rounds} rounds x {args.steps} steps, interleaved")
-    for name, values in times.items():
-        print(f"  {name:<24} {statistics.median(values):7.1f} ms/step  (rounds: "
-              + ", ".join(f"{v:.0f}" for v in values) + ")")
+    print_times(times)
     base = statistics.median(times["torch dropout"])
     for name in list(times)[1:]:
         print(f"  {name} / torch dropout speed-up: {base / statistics.median(times[name]):.2f}x")

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -66,6 +68,45 @@ def train_step(settings, model):
         optimizer.zero_grad(set_to_none=True)
 
     return step
+
+
+def interleaved(models: dict[str, tuple], steps: int, rounds: int) -> dict[str, list[float]]:
+    """ms per step of each of ``models`` (name -> ``setup(...)``), taking turns on the same batches:
+    3 warm-up steps each, then ``rounds`` rounds of ``steps`` timed steps per model."""
+    settings, _, data, pad_id = next(iter(models.values()))
+    order = task_data.train_batches(data.train.lengths, settings.optim.batch_size, 0)
+    batches = [task_data.collate(data.train, next(order), pad_id, settings.model.task)
+               for _ in range(steps * rounds + 3)]
+    runs = {name: timed_steps(*setup_) for name, setup_ in models.items()}
+    for run in runs.values():
+        run(batches[:3])  # warm-up
+    times = {name: [] for name in runs}
+    for r in range(rounds):
+        chunk = batches[3 + r * steps: 3 + (r + 1) * steps]
+        for name, run in runs.items():
+            times[name].append(run(chunk))
+    return times
+
+
+def timed_steps(settings, model, data=None, pad_id=None):
+    """A function taking the trainer's steps over a list of batches and returning ms per step."""
+    step = train_step(settings, model)
+    model.train()
+
+    def run(batch_list) -> float:
+        start = time.perf_counter()
+        for batch in batch_list:
+            step(batch)
+        return (time.perf_counter() - start) / len(batch_list) * 1e3
+
+    return run
+
+
+def print_times(times: dict[str, list[float]]) -> None:
+    """Each model's median ms per step over the rounds, and the rounds."""
+    for name, values in times.items():
+        print(f"  {name:<24} {statistics.median(values):7.1f} ms/step  (rounds: "
+              + ", ".join(f"{v:.0f}" for v in values) + ")")
 
 
 def profile_steps(settings, model, data, pad_id, steps: int):

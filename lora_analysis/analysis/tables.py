@@ -312,11 +312,11 @@ def _to_parquet(table: pd.DataFrame | TableBuilder, path: Path, name: str) -> No
     if not isinstance(table, TableBuilder):
         table.to_parquet(path, index=False, **options)
         return
-    schema = []  # the first piece's, with the pandas metadata: every piece is converted to it
+    first = {}  # the first piece's schema, with the pandas metadata: every piece is converted to it
 
     def to_arrow(piece: pd.DataFrame) -> pa.Table:  # on the pieces' thread: hidden behind the writes
-        arrow = pa.Table.from_pandas(piece, preserve_index=False, schema=schema[0] if schema else None)
-        schema.append(arrow.schema)
+        arrow = pa.Table.from_pandas(piece, preserve_index=False, schema=first.get("schema"))
+        first.setdefault("schema", arrow.schema)
         return arrow
 
     writer = None
