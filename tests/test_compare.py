@@ -182,6 +182,24 @@ def test_empty_tables_round_trip(sweep, tmp_path):
         pd.testing.assert_frame_equal(loaded.tables()[name], frame, obj=name)
 
 
+def test_id_columns_are_written_required_and_missing_values_survive(sweep, tmp_path):
+    import pyarrow.parquet as pq
+
+    result = analyze(sweep, progress=False, w_tables=False)
+    spectra = result.spectra.copy()
+    spectra.loc[spectra.index[:3], "layer"] = pd.NA  # a module outside the layers, as in a foreign adapter
+    spectra.loc[spectra.index[:2], "singular_value"] = np.nan
+    edited = AnalysisResult(**{**result.tables(), "spectra": spectra}, notes=result.notes, config={})
+    folder = edited.save(tmp_path / "edited")
+    schema = pq.read_schema(folder / "spectra.parquet")
+    assert not schema.field("run").nullable and not schema.field("r").nullable  # never missing: required
+    assert schema.field("layer").nullable and schema.field("singular_value").nullable  # holds missing values
+    assert not pq.read_schema(folder / "phi.parquet").field("i").nullable
+    loaded = AnalysisResult.load(folder)
+    for name, frame in edited.tables().items():
+        pd.testing.assert_frame_equal(loaded.tables()[name], frame, obj=name)
+
+
 def test_runs_grouped_by_config(sweep, tmp_path):
     other = tmp_path / "sweep"
     shutil.copytree(sweep, other)

@@ -21,6 +21,7 @@ from lora_analysis.layout import AnalysisDir
 
 if TYPE_CHECKING:  # inputs imports torch (1.5-2 s); only a folder with input statistics needs it
     import pandas as pd
+    import pyarrow as pa
 
     from lora_analysis.analysis.inputs import InputStatistics
 
@@ -312,31 +313,48 @@ def _to_parquet(table: pd.DataFrame | TableBuilder, path: Path, name: str) -> No
 
     Dictionary encoding only where values repeat (see _dictionary_columns), lz4, no column statistics
     (with row groups of 1M rows they would prune little): 2x faster than the defaults on a phi table of
-    millions of rows, and half the size. A builder is written one row group per piece, each piece built
+    millions of rows, and half the size; ID and index columns are written as required (``_required``).
+    A builder is written one row group per piece, each piece built
     while the one before is written (``TableBuilder.pieces``): the same file as of its whole frame, but
     for where the row groups end."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     options = dict(compression="lz4", use_dictionary=_dictionary_columns(name), write_statistics=False)
-    if not isinstance(table, TableBuilder):
-        table.to_parquet(path, index=False, **options)
-        return
     first = {}  # the first piece's schema, with the pandas metadata: every piece is converted to it
 
     def to_arrow(piece: pd.DataFrame) -> pa.Table:  # on the pieces' thread: hidden behind the writes
-        arrow = pa.Table.from_pandas(piece, preserve_index=False, schema=first.get("schema"))
-        first.setdefault("schema", arrow.schema)
-        return arrow
+        if "schema" in first:
+            return pa.Table.from_pandas(piece, preserve_index=False, schema=first["schema"])
+        arrow = pa.Table.from_pandas(piece, preserve_index=False)
+        first["schema"] = _required(arrow, SCHEMAS[name])
+        return arrow.cast(first["schema"])
 
     writer = None
     try:
-        for arrow in table.pieces(convert=to_arrow):
+        for arrow in table.pieces(convert=to_arrow) if isinstance(table, TableBuilder) else [to_arrow(table)]:
             writer = writer or pq.ParquetWriter(path, arrow.schema, **options)
-            writer.write_table(arrow, row_group_size=len(arrow))
+            writer.write_table(arrow, row_group_size=max(len(arrow), 1))
     finally:
         if writer is not None:
             writer.close()
+
+
+_NEVER_NULL = ("int32", "int64", "bool", "cat")  # kinds whose columns hold no missing values (NaN, None)
+
+
+def _required(table: pa.Table, kinds: dict[str, str]) -> pa.Schema:
+    """``table``'s schema with the columns of kinds that are never missing (and have no nulls here)
+    marked non-nullable: Parquet writes them as required, without a definition level per value (the
+    phi table's write: 0.95 -> 0.70 s of CPU in one measurement). Floats stay nullable: pyarrow writes
+    NaN as null."""
+    import pyarrow as pa
+
+    fields = [
+        f.with_nullable(kinds.get(f.name) not in _NEVER_NULL or table.column(f.name).null_count > 0)
+        for f in table.schema
+    ]
+    return pa.schema(fields, metadata=table.schema.metadata)
 
 
 def _dictionary_columns(name: str) -> list[str]:
