@@ -321,7 +321,10 @@ def _to_parquet(table: pd.DataFrame | TableBuilder, path: Path, name: str) -> No
     import pyarrow.parquet as pq
 
     options = dict(compression="lz4", use_dictionary=_dictionary_columns(name), write_statistics=False)
-    first = {}  # the first piece's schema, with the pandas metadata: every piece is converted to it
+    # The first piece's schema, with the pandas metadata: every piece is converted to it. Its required
+    # columns hold for the later pieces: a builder's int and cat columns cannot hold missing values
+    # (numpy integers; categories of block values, never null), and a DataFrame is one piece.
+    first = {}
 
     def to_arrow(piece: pd.DataFrame) -> pa.Table:  # on the pieces' thread: hidden behind the writes
         if "schema" in first:
