@@ -29,19 +29,9 @@ if TYPE_CHECKING:  # inputs imports torch (1.5-2 s); only a folder with input st
 def import_for_tables() -> None:
     """Import pandas and pyarrow's Parquet writer (0.5 s), which only assembling and saving the tables
     use: ``compare`` calls this on its main thread while the worker threads analyse the modules, so the
-    imports cost no time there (instead of ahead of everything, at ``import``). The cyclic garbage
-    collector is off meanwhile: an import creates objects by the thousand, none of them garbage, and
-    the collections it triggers cost about 0.08 s of the imports' 0.55-0.6 s of CPU (one-off timings)."""
-    import gc
-
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        import pandas  # noqa: F401
-        import pyarrow.parquet  # noqa: F401
-    finally:
-        if enabled:
-            gc.enable()
+    imports cost no time there (instead of ahead of everything, at ``import``)."""
+    import pandas  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
 
 # --- table schemas: ID columns first; "cat" = categorical of strings, "Int64" = nullable integer
 _IDS = {"run": "cat", "r": "int64", "seed": "Int64"}
@@ -335,9 +325,10 @@ def _to_parquet(table: pd.DataFrame | TableBuilder, path: Path, name: str) -> No
 
     writer = None
     try:
-        for arrow in table.pieces(convert=to_arrow) if isinstance(table, TableBuilder) else [to_arrow(table)]:
+        builder = isinstance(table, TableBuilder)
+        for arrow in table.pieces(convert=to_arrow) if builder else [to_arrow(table)]:
             writer = writer or pq.ParquetWriter(path, arrow.schema, **options)
-            writer.write_table(arrow, row_group_size=max(len(arrow), 1))
+            writer.write_table(arrow, row_group_size=max(len(arrow), 1) if builder else ROW_GROUP)
     finally:
         if writer is not None:
             writer.close()
@@ -348,9 +339,9 @@ _NEVER_NULL = ("int32", "int64", "bool", "cat")  # kinds whose columns hold no m
 
 def _required(table: pa.Table, kinds: dict[str, str]) -> pa.Schema:
     """``table``'s schema with the columns of kinds that are never missing (and have no nulls here)
-    marked non-nullable: Parquet writes them as required, without a definition level per value (the
-    phi table's write: 0.95 -> 0.70 s of CPU in one measurement). Floats stay nullable: pyarrow writes
-    NaN as null."""
+    marked non-nullable: Parquet writes them as required, without a definition level per value ("save
+    Parquet" in ``benchmarks/analysis_speed.py``: 0.91 against 1.17 s before). Floats stay nullable:
+    pyarrow writes NaN as null."""
     import pyarrow as pa
 
     fields = [
