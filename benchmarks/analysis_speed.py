@@ -166,6 +166,55 @@ rows = result.rows() if hasattr(result, "rows") else {n: len(f) for n, f in resu
 print(json.dumps({"first_line": first_line, "imported": imported, "analysed": analysed, "saved": saved,
                   "rows": rows}))
 """
+BREAKDOWN_CHILD = """
+import cProfile, json, pstats, sys, time
+from threadpoolctl import threadpool_limits
+from lora_analysis.analysis.compare import analyze
+from lora_analysis.analysis.tables import import_for_tables
+import_for_tables()  # imports are part 3's first phase, not the analysis's
+with threadpool_limits(1, user_api="blas"):
+    profile = cProfile.Profile()
+    start = time.process_time()
+    profile.enable()
+    analyze(sys.argv[1], subjects=["A", "A_delta", "dW"], w_tables=False, progress=False, workers=1)
+    profile.disable()
+    cpu = time.process_time() - start
+stats = {(path.rsplit("/", 1)[-1], name): (tt, ct) for (path, _, name), (_, _, tt, ct, _) in
+         pstats.Stats(profile).stats.items()}
+print(json.dumps({"cpu": cpu, **{f"{f}:{n}": v for (f, n), v in stats.items()}}))
+"""
+BREAKDOWN = (  # (label, what is summed: (file:function, "tt" own time | "ct" with its callees), ...)
+    ("  Grams X^T X (syrk, in qr_frame)", (("subspace.py:qr_frame", "tt"),)),
+    ("  eigh of the r x r Grams", (("_linalg.py:eigh", "tt"),)),
+    ("  products of frames and bases (gemm, mm)", (("subspace.py:mm", "tt"),)),
+    ("  SVD of dW's r x r core and of R (svd)", (("_linalg.py:svd", "tt"),)),
+    ("  reading, upcast to float64, NaN check", (("adapters.py:_read", "ct"),)),
+)
+
+
+def breakdown(sweep: Path) -> list[tuple[str, str]]:
+    """Where ``analyze()``'s CPU time goes: one run on one thread (one worker, one BLAS thread) under
+    cProfile, its own time per kernel; the float64 kernels spread over the cores at best, which is the
+    floor the analysis cannot go below without computing less."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)}
+    child = subprocess.run([sys.executable, "-c", BREAKDOWN_CHILD, str(sweep)], capture_output=True, text=True,
+                           env=env, cwd=sweep.parent)  # fmt: skip
+    if child.returncode != 0:
+        raise SystemExit(child.stderr)
+    t = json.loads(child.stdout.strip().splitlines()[-1])
+    cpu, rows, kernels, accounted = t["cpu"], [], 0.0, 0.0
+    rows.append(("analyze() on one thread, CPU time (cProfile on)", f"{cpu:.2f} s"))
+    for label, parts in BREAKDOWN:
+        seconds = sum(t.get(key, (0.0, 0.0))[0 if which == "tt" else 1] for key, which in parts)
+        accounted += seconds
+        kernels += 0 if "reading" in label else seconds
+        rows.append((label, f"{seconds:.2f} s ({seconds / cpu:.0%})"))
+    rows.append(("  the rest (Python, tables, A - A_init, cProfile's overhead)", f"{cpu - accounted:.2f} s"))
+    cores = os.cpu_count() or 1
+    rows.append((f"float64 kernels alone over {cores} cores at best", f"{kernels / cores:.2f} s"))
+    return rows
+
+
 PHASES = (  # (label, key): the breakdown of the whole child process, in order
     ("  python start + imports", "imports"),
     ("  analyze() (224 modules x 3 runs)", "analyze"),
@@ -278,11 +327,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="child processes (min and median are printed)")
     parser.add_argument("--skip-kernels", action="store_true", help="only part 3 (part 2's dense SVD takes 25 s)")
     parser.add_argument("--against", type=Path, help="another checkout whose analyze() runs alternately")
+    parser.add_argument("--breakdown", action="store_true", help="also analyze() on one thread under cProfile")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; torch threads {torch.get_num_threads()}")
     rows = [] if args.skip_kernels else bench_phi(rng) + bench_dw(rng)
     rows += first_touch() + bench_analysis(args.data, args.repeat, args.against)
+    if args.breakdown:
+        rows += breakdown(write_sweep(args.data))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
