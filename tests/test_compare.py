@@ -224,7 +224,7 @@ def test_plain_adapters_every_pair(tmp_path_factory):
     runs, _ = find_runs(folders)
     kinds = {(runs[p.a].label, runs[p.b].label): p.comparison for p in plan_pairs(runs)}
     assert kinds == {("small", "big"): "rank", ("small", "big-again"): "rank", ("big", "big-again"): "other"}
-    with pytest.warns(UserWarning, match="base model None not found"):
+    with pytest.warns(UserWarning, match=r"no base model recorded \(base_model_name_or_path\) and none given"):
         result = analyze(folders, progress=False, subjects=["A", "dW"], dw_side="left")
     assert result.phi["seed_a"].isna().all() and len(result.dw_vs_w) == 0
     dw = result.phi[(result.phi["subject"] == "dW") & (result.phi["module"] == "ffn_in")]

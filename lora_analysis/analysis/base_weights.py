@@ -61,6 +61,13 @@ def chosen_base(recorded: str | None, given: str | None) -> Path | None:
     return resolve_base(given) if given else resolve_base(recorded, fetch=False)
 
 
+def no_base(recorded: str | None) -> str:
+    """Why a run has no base to analyse against, for its notes: none recorded, or the recorded one not found."""
+    if recorded is None:
+        return "no base model recorded (base_model_name_or_path) and none given"
+    return f"base model {recorded!r} not found"
+
+
 class BaseWeights:
     """The weight tensors of one model directory (default: the embedded MiniLM)."""
 

@@ -35,7 +35,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from lora_analysis.analysis.adapters import MATCH_IGNORE, LoraModule, Run, find_runs
-from lora_analysis.analysis.base_weights import BaseWeights, check_model_dir, chosen_base
+from lora_analysis.analysis.base_weights import BaseWeights, check_model_dir, chosen_base, no_base
 from lora_analysis.analysis.delta import (
     ModuleFactors,
     WeightSVD,
@@ -536,7 +536,7 @@ def _bases(runs: list[Run], cfg: AnalyzeConfig, notes: list[str]) -> list[BaseWe
         path = chosen_base(run.base, cfg.base)
         if path is None:
             notes.append(
-                f"{run.label}: base model {run.base!r} not found; dw_vs_w, w_dw_phi and intruders "
+                f"{run.label}: {no_base(run.base)}; dw_vs_w, w_dw_phi and intruders "
                 "skipped (give base=<model dir>)"
             )
         elif path not in opened:

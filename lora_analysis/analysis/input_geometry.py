@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lora_analysis.analysis.adapters import Run
-from lora_analysis.analysis.base_weights import chosen_base
+from lora_analysis.analysis.base_weights import chosen_base, no_base
 from lora_analysis.embedded import DATA_NAME
 from lora_analysis.errors import LoraAnalysisError, first_line
 from lora_analysis.layout import RunDir
@@ -33,7 +33,7 @@ def run_source(run: Run, cfg) -> tuple[TextSource | None, str | None]:
     config = RunDir(run.folder).load_config() if (run.folder / RunDir.CONFIG).is_file() else None
     model_dir = chosen_base(run.base, cfg.base)
     if model_dir is None:
-        return None, f"base model {run.base!r} not found (give base=<model dir>)"
+        return None, f"{no_base(run.base)} (give base=<model dir>)"
     from lora_analysis.analysis.inputs import TextSource
 
     if config is not None and cfg.data_path is None:
