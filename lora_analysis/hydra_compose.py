@@ -38,6 +38,40 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
         return hydra_compose(config_name=config_name, overrides=list(overrides))
 
 
+def to_settings(cfg: DictConfig):
+    """The typed config (``OmegaConf.to_object``: dataclasses whose ``__post_init__`` checks the values),
+    after refusing keys its schema does not have. Hydra's ``+key=value`` adds a key even to a structured
+    config, and ``to_object`` would keep it as a stray attribute that nothing reads: a typo that runs."""
+    _refuse_unknown(cfg, "")
+    return OmegaConf.to_object(cfg)
+
+
+def _refuse_unknown(node, where: str) -> None:
+    import dataclasses
+    import difflib
+
+    from omegaconf import ListConfig
+
+    if isinstance(node, DictConfig):
+        keys = [str(k) for k in node.keys()]
+        schema = OmegaConf.get_type(node)
+        if dataclasses.is_dataclass(schema):
+            known = [f.name for f in dataclasses.fields(schema)]
+            for key in keys:
+                if key not in known:
+                    close = difflib.get_close_matches(key, known, n=1)
+                    hint = f" (did you mean {where + close[0]!r}?)" if close else ""
+                    raise LoraAnalysisError(f"config: unknown key {where + key!r}{hint}")
+        children = [(key, node._get_node(key)) for key in keys]  # nodes, not values: nothing is resolved
+    elif isinstance(node, ListConfig):
+        children = [(str(i), node._get_node(i)) for i in range(len(node))]
+    else:
+        return
+    for key, child in children:
+        if isinstance(child, DictConfig | ListConfig):
+            _refuse_unknown(child, f"{where}{key}.")
+
+
 _KEY = re.compile(r"[+~]{0,2}[A-Za-z_][\w.\-]*")
 
 

@@ -31,6 +31,9 @@ def one_line(capsys, command: str) -> str:
     (["data.max_length=100000"], "data.max_length=100000 exceeds the model's"),
     (["name=../x"], "name must be a plain folder name"),
     (["lora.target_regex='(unclosed'"], "is not a valid regular expression"),
+    (["+optim.stepz=3"], "config: unknown key 'optim.stepz' (did you mean 'optim.steps'?)"),  # `+` adds keys
+    (["+seed_=1"], "config: unknown key 'seed_' (did you mean 'seed'?)"),
+    (["optim.stps=3"], "Key 'stps' not in 'OptimConfig' (did you mean 'optim.steps'?)"),
 ])
 def test_bad_train_settings_are_one_line_and_leave_nothing(tiny, tmp_path, capsys, extra, message):
     assert train(tiny, tmp_path / "runs", *extra) == 2
@@ -58,6 +61,22 @@ def test_analyze_out_a_file_is_refused_before_the_analysis(adapter, tmp_path, ca
     monkeypatch.setattr(analyze, "analysis_with_notes", lambda *a: pytest.fail("the analysis ran first"))
     assert cli.main(["analyze", str(adapter), f"out={tmp_path / out}"]) == 2
     assert str(tmp_path / "afile") in one_line(capsys, "analyze")
+
+
+@pytest.mark.parametrize("command, hint", [
+    ("analyze", " (did you mean 'subjects'?)"), ("report", ""), ("recommend", " (did you mean 'subject'?)"),
+])
+def test_a_key_added_with_plus_that_no_schema_has_is_refused(adapter, tmp_path, capsys, command, hint):
+    """Hydra's ``+key=value`` adds a key even to a structured config: it would run, and nothing would read it."""
+    before = sorted(tmp_path.rglob("*"))
+    assert cli.main([command, str(adapter), "+subjets=[A]"]) == 2
+    assert one_line(capsys, command).endswith("config: unknown key 'subjets'" + hint)
+    assert sorted(tmp_path.rglob("*")) == before  # nothing analysed or written
+
+
+def test_a_bad_value_for_a_known_key_suggests_no_other_key(adapter, tmp_path, capsys):
+    assert cli.main(["analyze", str(adapter), "workers=many"]) == 2
+    assert "did you mean" not in one_line(capsys, "analyze")
 
 
 def test_recommend_rank_pattern_a_folder_is_refused_first(sweep, tmp_path, capsys, monkeypatch):

@@ -117,7 +117,25 @@ def _config_message(chain: list[BaseException]) -> str:
             text += f" (options: {', '.join(options)})"
         if text not in parts and not any(text in p for p in parts):
             parts.append(text)
-    return "config: " + "; ".join(parts)
+    return "config: " + "; ".join(parts) + _did_you_mean(chain)
+
+
+def _did_you_mean(chain: list[BaseException]) -> str:
+    """``" (did you mean 'optim.steps'?)"`` for a key OmegaConf does not know, from the keys beside it."""
+    import difflib
+
+    for err in chain:
+        key, parent = getattr(err, "key", None), getattr(err, "parent_node", None)
+        if not isinstance(key, str) or parent is None or not hasattr(parent, "keys"):
+            continue
+        known = [str(k) for k in parent.keys()]
+        if key in known:  # a bad value, not a bad key
+            return ""
+        close = difflib.get_close_matches(key, known, n=1)
+        if close:
+            full = str(getattr(err, "full_key", None) or key)
+            return f" (did you mean {full[: len(full) - len(key)] + close[0]!r}?)"
+    return ""
 
 
 if __name__ == "__main__":

@@ -10,12 +10,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from omegaconf import OmegaConf
-
 from lora_analysis.analysis.compare import AnalyzeConfig, default_out
 from lora_analysis.analysis.sweep import analysis_with_notes
 from lora_analysis.atomic import check_output_folder
-from lora_analysis.hydra_compose import compose, help_text, split_args
+from lora_analysis.hydra_compose import compose, help_text, split_args, to_settings
 from lora_analysis.layout import AnalysisDir
 
 SUMMARY = """\
@@ -33,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if wants_help:
         print(help_text(SUMMARY, "analyze"))
         return 0
-    cfg: AnalyzeConfig = OmegaConf.to_object(compose("analyze", overrides))
+    cfg: AnalyzeConfig = to_settings(compose("analyze", overrides))
     out = cfg.out or default_out(cfg.inputs)
     check_output_folder(out, lambda old: AnalysisDir(old).exists())  # before the analysis, not after it
     result = analysis_with_notes(cfg, "lora-analysis analyze")

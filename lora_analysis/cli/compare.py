@@ -10,12 +10,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from omegaconf import OmegaConf
-
 from lora_analysis.analysis.compare import CompareConfig
 from lora_analysis.analysis.sweep import analysis_with_notes
 from lora_analysis.atomic import check_output_folder
-from lora_analysis.hydra_compose import compose, help_text, split_args
+from lora_analysis.hydra_compose import compose, help_text, split_args, to_settings
 from lora_analysis.layout import AnalysisDir, SweepDir
 
 SUMMARY = """\
@@ -33,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if wants_help:
         print(help_text(SUMMARY, "compare"))
         return 0
-    cfg: CompareConfig = OmegaConf.to_object(compose("compare", overrides))
+    cfg: CompareConfig = to_settings(compose("compare", overrides))
     out = cfg.folder()
     analysis = out / SweepDir.ANALYSIS
     check_output_folder(analysis, lambda old: AnalysisDir(old).exists())  # before the analysis, not after it

@@ -13,13 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from lora_analysis.analysis.sweep import ensure_analysis
 from lora_analysis.atomic import write_json
 from lora_analysis.cli.schemas import RecommendConfig
 from lora_analysis.errors import LoraAnalysisError
-from lora_analysis.hydra_compose import compose, help_text, split_args
+from lora_analysis.hydra_compose import compose, help_text, split_args, to_settings
 
 
 def main(argv: Sequence[str]) -> int:
@@ -27,7 +25,7 @@ def main(argv: Sequence[str]) -> int:
     if wants_help:
         print(help_text(__doc__, "recommend"))
         return 0
-    cfg: RecommendConfig = OmegaConf.to_object(compose("recommend", overrides))
+    cfg: RecommendConfig = to_settings(compose("recommend", overrides))
     from lora_analysis.derive.recommend import recommend
 
     sweep = Path(cfg.sweep)

@@ -19,12 +19,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from lora_analysis.analysis.sweep import ensure_adapter_analysis, ensure_analysis
 from lora_analysis.cli.schemas import ReportConfig
 from lora_analysis.errors import LoraAnalysisError
-from lora_analysis.hydra_compose import compose, help_text, split_args
+from lora_analysis.hydra_compose import compose, help_text, split_args, to_settings
 from lora_analysis.layout import AnalysisDir, SweepDir, holds_adapters
 
 SUMMARY = """\
@@ -42,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if wants_help:
         print(help_text(SUMMARY, "report"))
         return 0
-    cfg: ReportConfig = OmegaConf.to_object(compose("report", overrides))
+    cfg: ReportConfig = to_settings(compose("report", overrides))
     folder = Path(cfg.sweep)
     if not folder.is_dir():
         raise LoraAnalysisError(f"{folder} is not a folder" if folder.exists() else f"{folder} does not exist")

@@ -19,11 +19,9 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from lora_analysis.atomic import write_json
 from lora_analysis.cli.schemas import ReproduceConfig
-from lora_analysis.hydra_compose import compose, help_text
+from lora_analysis.hydra_compose import compose, help_text, to_settings
 from lora_analysis.layout import is_done
 from lora_analysis.machine import resolve_device, usable_cores
 from lora_analysis.train.sweep import run_name
@@ -37,7 +35,7 @@ def main(argv: Sequence[str]) -> int:
         return 0
     own = [a for a in argv if a.partition("=")[0].split(".")[0].lstrip("+~") in _OWN_KEYS]
     train_overrides = [a for a in argv if a not in own]
-    cfg: ReproduceConfig = OmegaConf.to_object(compose("reproduce", own))
+    cfg: ReproduceConfig = to_settings(compose("reproduce", own))
     report = reproduce(cfg, train_overrides)
     print(f"report: {report}")
     return 0

@@ -25,7 +25,7 @@ from safetensors import safe_open
 
 from lora_analysis.atomic import locked, try_lock, write_json, write_parquet, write_text
 from lora_analysis.errors import LoraAnalysisError
-from lora_analysis.hydra_compose import compose
+from lora_analysis.hydra_compose import compose, to_settings
 from lora_analysis.layout import RunDir, SweepDir
 from lora_analysis.train import provenance
 from lora_analysis.train.config import Method, Precision, TrainConfig, register_configs
@@ -186,7 +186,7 @@ def run_overrides(overrides: Sequence[str], name: str | None = None) -> tuple[Pa
 
 def settings_from(cfg: DictConfig, name: str) -> TrainConfig:
     """The typed, checked config (``__post_init__`` runs here) with its run name filled in."""
-    settings: TrainConfig = OmegaConf.to_object(cfg)
+    settings: TrainConfig = to_settings(cfg)
     settings.run_name = name
     if settings.lora.budget is not None and settings.method == Method.lora:
         from lora_analysis.train.modeling import rank_from_budget
