@@ -1,5 +1,8 @@
 """Hub ids (``org/name`` or ``org/name@revision``) resolved to local folders through the Hugging Face cache.
 
+Models may also go by a bare name, the hub's older canonical ids (``gpt2``, ``bert-base-uncased``, which the
+hub still redirects); adapters are always ``org/name``, so a mistyped adapter folder is not taken for an id.
+
 Wherever a model or adapter folder is accepted (``model.name_or_path``, ``analyze base=``, adapter
 inputs), a hub id may stand instead: ``huggingface_hub.snapshot_download`` finds its snapshot in the
 standard cache (``HF_HUB_CACHE``, else ``HF_HOME/hub``, else ``~/.cache/huggingface/hub``), and fetches
@@ -17,11 +20,13 @@ from lora_analysis.errors import LoraAnalysisError, first_line
 from lora_analysis.paths import user_path
 
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
+_BARE_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?$")
 
 
-def split_hub_id(text: str) -> tuple[str, str | None] | None:
-    """``("org/name", "rev")`` for ``org/name@rev``, ``("org/name", None)`` for ``org/name``; None otherwise."""
-    found = _HUB_ID.match(text)
+def split_hub_id(text: str, bare: bool = False) -> tuple[str, str | None] | None:
+    """``("org/name", "rev")`` for ``org/name@rev``, ``("org/name", None)`` for ``org/name``; None otherwise.
+    ``bare``: a name without an org (``gpt2``) is an id too (models only, see the module's docstring)."""
+    found = _HUB_ID.match(text) or (_BARE_ID.match(text) if bare else None)
     return (found["repo"], found["revision"]) if found else None
 
 
@@ -66,13 +71,15 @@ def resolve(name_or_path: str, revision: str | None = None, *, what: str = "mode
     path = user_path(name_or_path)
     if path.exists() or name_or_path.startswith((".", "/", "~")):
         return path
-    parsed = split_hub_id(name_or_path)
+    parsed = split_hub_id(name_or_path, bare=what != "adapter")
     if parsed is None:
-        raise LoraAnalysisError(f"{what} {name_or_path!r} is neither a folder nor a hub id (org/name[@revision])")
+        form = "org/name[@revision]" if what == "adapter" else "[org/]name[@revision]"
+        raise LoraAnalysisError(f"{what} {name_or_path!r} is neither a folder nor a hub id ({form})")
     repo, own_revision = parsed
     local_only = offline() or not fetch
     if not fetch and not in_cache(repo):
-        raise LoraAnalysisError(f"{what} {name_or_path!r}: not in the Hugging Face cache {env_cache_dir()}")
+        raise LoraAnalysisError(f"{what} {name_or_path!r}: no such folder, and not in the Hugging Face cache "
+                                f"{env_cache_dir()}")
     from huggingface_hub import snapshot_download
 
     try:
@@ -80,10 +87,11 @@ def resolve(name_or_path: str, revision: str | None = None, *, what: str = "mode
     except Exception as error:  # noqa: BLE001 - not cached, offline, no network, bad id: one line either way
         how = "HF_HUB_OFFLINE is set" if offline() else "it could not be downloaded" if fetch else "it is not fetched"
         raise LoraAnalysisError(
-            f"{what} {name_or_path!r}: not in the Hugging Face cache {cache_dir()} and {how} ({first_line(error)})"
+            f"{what} {name_or_path!r}: no such folder, and not in the Hugging Face cache {cache_dir()} and {how} "
+            f"({first_line(error)})"
         ) from None
 
 
-def is_hub_id(name_or_path: str) -> bool:
-    """A string that names a hub repository rather than an existing local path."""
-    return not user_path(name_or_path).exists() and split_hub_id(name_or_path) is not None
+def is_hub_id(name_or_path: str, bare: bool = False) -> bool:
+    """A string that names a hub repository rather than an existing local path (``bare``: see split_hub_id)."""
+    return not user_path(name_or_path).exists() and split_hub_id(name_or_path, bare) is not None

@@ -56,6 +56,26 @@ def test_hub_ids_parse():
     assert hub.split_hub_id("org/name") == ("org/name", None)
     assert hub.split_hub_id("org/name@v1.0") == ("org/name", "v1.0")
     assert hub.split_hub_id("not an id") is None and hub.split_hub_id("a/b/c") is None
+    assert hub.split_hub_id("gpt2") is None  # an adapter is always org/name
+    assert hub.split_hub_id("gpt2", bare=True) == ("gpt2", None)
+    assert hub.split_hub_id("bert-base-uncased@main", bare=True) == ("bert-base-uncased", "main")
+    assert hub.split_hub_id("a b", bare=True) is None and hub.split_hub_id("-x", bare=True) is None
+
+
+def test_a_model_may_go_by_a_bare_hub_id_an_adapter_may_not(offline_cache, tmp_path):
+    """The hub's older canonical ids (``gpt2``, ``bert-base-uncased``) name models, as a base to train
+    or to analyse against; a bare word given as an adapter is a folder that is not there."""
+    from _tiny_models import save_base
+
+    from lora_analysis.analysis.base_weights import chosen_base
+
+    snapshot = cache_repo(offline_cache, "tiny-bert", save_base("bert", tmp_path / "base"))
+    assert hub.resolve("tiny-bert") == snapshot
+    assert chosen_base("tiny-bert", None) == snapshot  # recorded by an adapter: the cache only
+    with pytest.raises(LoraAnalysisError, match=r"model 'no-such-model': no such folder, and not in the Hugging"):
+        hub.resolve("no-such-model")
+    with pytest.raises(LoraAnalysisError, match=r"adapter 'tiny-bert' is neither a folder nor a hub id \(org/"):
+        hub.resolve("tiny-bert", what="adapter")
 
 
 def test_train_analyse_and_report_from_hub_ids_offline(offline_cache, tmp_path, capsys):
@@ -88,7 +108,8 @@ def test_adapter_and_base_given_as_hub_ids(offline_cache, tmp_path):
 
 
 def test_a_missing_hub_id_is_one_line_naming_the_id_and_the_cache(offline_cache, capsys):
-    with pytest.raises(LoraAnalysisError, match=r"'nobody/nothing'.*not in the Hugging Face cache .*hf-cache"):
+    missing = r"'nobody/nothing': no such folder, and not in the Hugging Face cache .*hf-cache"
+    with pytest.raises(LoraAnalysisError, match=missing):
         hub.resolve("nobody/nothing")
     assert cli_main(["analyze", "inputs=[nobody/nothing]"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -35,7 +35,7 @@ def resolve_base(name_or_path: str | None, fetch: bool = True) -> Path | None:
     path = user_path(name_or_path)
     if path.is_dir():
         return path
-    if not hub.is_hub_id(name_or_path):
+    if not hub.is_hub_id(name_or_path, bare=True):
         return None
     try:
         return hub.resolve(name_or_path, what="base model", fetch=fetch)
