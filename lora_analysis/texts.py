@@ -72,6 +72,8 @@ def read_text_table(
     if label_column is None:
         return TextTable(texts, None, [], dropped)
     values = frame[label_column]
+    if values.dtype.kind == "f" and bool((values == values.round()).all()):
+        values = values.astype(np.int64)  # integer labels that a missing one (NaN) had turned into floats
     if not many_labels:
         _refuse_continuous(path, label_column, values)
     names = sorted(values.unique().tolist())

@@ -60,3 +60,15 @@ def test_dropped_rows_are_counted_in_a_warning_and_in_metrics(tiny, tmp_path):
     (metrics,) = (tmp_path / "runs" / "messy").glob("*/metrics.json")
     found = json.loads(metrics.read_text())
     assert (found["dropped_empty_rows"], found["dropped_repeated_texts"]) == (3, 2)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_integer_labels_stay_integers_when_a_row_has_none(tmp_path, suffix):
+    """A missing label makes pandas read an integer column as floats; the names stay "0" and "1", not "0.0"."""
+    rows = [{"text": f"review {i}", "label": i % 2} for i in range(20)] + [{"text": "no label"}]
+    path = tmp_path / f"data{suffix}"
+    frame = pd.DataFrame(rows)
+    frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_json(path, orient="records", lines=True)
+    with pytest.warns(UserWarning, match="1 of 21 rows dropped"):
+        table = read_text_table(str(path), "text", "label")
+    assert table.names == ["0", "1"] and table.labels.tolist() == [i % 2 for i in range(20)]
