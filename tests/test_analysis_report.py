@@ -214,3 +214,11 @@ def test_compare_pairs_the_two_runs_named_whatever_differs(tmp_path, capsys):
     pairs = phi.loc[phi["comparison"] != "random", ["comparison", "run_a", "run_b"]].drop_duplicates().astype(str)
     assert pairs.values.tolist() == [["other", a.name, b.name]]
     assert "## The pairs" in (tmp_path / "ab" / "report" / "report.md").read_text()
+
+
+def test_compare_of_adapters_that_share_no_module_says_so(tmp_path, capsys):
+    a = peft_adapter("bert", tmp_path / "q", r=2, target_modules=["query"])
+    b = peft_adapter("bert", tmp_path / "v", r=2, target_modules=["value"])
+    assert cli_main(["compare", str(a), str(b), f"out={tmp_path / 'ab'}", "input_stats=false", "progress=false"]) == 0
+    assert "q and v share no adapted module (other target modules or another base model)" in capsys.readouterr().err
+    assert "there is no pair to compare" in (tmp_path / "ab" / "report" / "report.md").read_text()

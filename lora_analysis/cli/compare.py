@@ -39,6 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = analysis_with_notes(cfg, "lora-analysis compare")
     result.save(analysis)
     print(f"analysed {', '.join(result.runs['run'].astype(str))}; wrote {analysis}")
+    paths = [set(group) for _, group in result.modules.groupby("run", observed=True)["path"]]
+    if len(paths) == 2 and not paths[0] & paths[1]:
+        names = " and ".join(result.runs["run"].astype(str))
+        print(f"lora-analysis compare: note: {names} share no adapted module (other target modules or another base "
+              "model): there is no pair to compare, the report shows each adapter's spectra", file=sys.stderr)
     from lora_analysis.show.analysis_report import build_analysis_report
 
     html, markdown = build_analysis_report(analysis, out / SweepDir.REPORT, layer=cfg.layer)
