@@ -129,3 +129,27 @@ def test_nothing_to_draw_names_what_is_missing(tables, runs):
         run_plots.accuracy_vs_rank(runs[runs["method"] == "full"])
     with pytest.raises(LoraAnalysisError, match="history"):
         run_plots.loss_curves({})
+
+
+def _rank_pair(run_a: str, run_b: str, phi: np.ndarray, baseline: float) -> pd.DataFrame:
+    i, j = np.meshgrid(np.arange(1, phi.shape[0] + 1), np.arange(1, phi.shape[1] + 1), indexing="ij")
+    return pd.DataFrame({"comparison": "rank", "subject": "A_delta", "layer": 0, "module": "q", "r_a": phi.shape[0],
+                         "r_b": phi.shape[1], "run_a": run_a, "run_b": run_b, "seed_a": 0, "seed_b": 0,
+                         "i": i.ravel(), "j": j.ravel(), "phi": phi.ravel(), "baseline": baseline,
+                         "geometry_baseline": np.nan})
+
+
+def test_the_difference_to_the_strongest_control_reads_on_its_own_scale_and_axes():
+    """An excess of 0.12 over the shuffled-label pair is drawn on ±0.5, not on ±1, with the maps' ticks."""
+    real = np.full((8, 64), 0.52)
+    twin = np.full((8, 64), 0.40)
+    phi = pd.concat([_rank_pair("r8", "r64", real, 0.1), _rank_pair("s8", "s64", twin, 0.1)])
+    fig = plots.against_controls(phi, ["s8", "s64"], layer=0, r_a=8, r_b=64, modules=["q"])
+    (diff,) = [ax for ax in fig.axes if ax.images and ax.get_title().endswith(plots.DIFFERENCE)]
+    assert diff.images[0].get_clim() == (-0.5, 0.5)
+    np.testing.assert_allclose(diff.images[0].get_array(), 0.12)
+    (real_map,) = [ax for ax in fig.axes if ax.images and ax.get_title() == "q: real"]
+    assert list(diff.get_xticks()) == list(real_map.get_xticks()) == [1, 16, 32, 48, 64]
+    assert list(diff.get_yticks()) == list(real_map.get_yticks()) == [1, 3, 5, 7]
+    assert plots._difference_limit([np.array([[0.31, -0.62]])]) == pytest.approx(0.65)
+    assert plots._difference_limit([np.array([[np.nan]])]) == 0.5 and plots._difference_limit([np.array([[3.0]])]) == 1

@@ -264,6 +264,17 @@ def controls_similarity(phi: pd.DataFrame, *, layer: int, comparison: str = Comp
     return fig
 
 
+DIFFERENCE = "real − strongest control"
+
+
+def _difference_limit(grids: list[np.ndarray]) -> float:
+    """The colour range ±limit of the difference maps: their largest |difference| rounded up to 0.05,
+    at least 0.5 and at most 1. On ±1 an excess of 0.1 was near white; below ±0.5 one far short of a
+    verdict's (halfway from the control to 1, usually 0.25 or more) would look as strong as one."""
+    largest = max((float(np.nanmax(np.abs(g))) for g in grids if np.isfinite(g).any()), default=0.0)
+    return float(min(1.0, max(0.5, np.ceil(largest / 0.05 - 1e-9) * 0.05)))
+
+
 def _control_grids(real: pd.DataFrame, twin: pd.DataFrame) -> dict[str, np.ndarray]:
     """The real phi grid of one pair, its controls' grids (where present) and real minus the strongest."""
     grids = {"real": phi_matrix(real), "isotropic": phi_matrix(real.assign(phi=real["baseline"]))}
@@ -272,7 +283,7 @@ def _control_grids(real: pd.DataFrame, twin: pd.DataFrame) -> dict[str, np.ndarr
     if not twin.empty:
         grids["shuffled labels"] = phi_matrix(twin)[: grids["real"].shape[0], : grids["real"].shape[1]]
     strongest = np.nanmax(np.stack([g for k, g in grids.items() if k != "real"]), axis=0)
-    grids["real − strongest control"] = grids["real"] - strongest
+    grids[DIFFERENCE] = grids["real"] - strongest
     return grids
 
 
@@ -296,11 +307,12 @@ def against_controls(phi: pd.DataFrame, shuffled, *, layer: int, r_a: int = 8, r
             cells[m] = _control_grids(real, twin)
     if not cells:
         raise LoraAnalysisError(f"no rank pair r={r_a} vs r={r_b} at layer {layer} for {subject}")
-    columns = [c for c in ("real", "shuffled labels", "input geometry", "real − strongest control")
+    columns = [c for c in ("real", "shuffled labels", "input geometry", DIFFERENCE)
                if any(c in g for g in cells.values())]
     fig = new_figure(3.0 * len(columns) + 1.2, 0.8 + 2.4 * len(cells))
     axes = fig.subplots(len(cells), len(columns), squeeze=False)
     image = diff = None
+    limit = _difference_limit([g[DIFFERENCE] for g in cells.values() if DIFFERENCE in g])
     for row, (module, grids) in enumerate(cells.items()):
         for col, name in enumerate(columns):
             ax = axes[row, col]
@@ -308,11 +320,13 @@ def against_controls(phi: pd.DataFrame, shuffled, *, layer: int, r_a: int = 8, r
                 ax.set_axis_off()
                 ax.text(0.5, 0.5, f"no {name}", ha="center", va="center", transform=ax.transAxes)
                 continue
-            if name.startswith("real −"):
+            if name == DIFFERENCE:
                 n_i, n_j = grids[name].shape
-                diff = ax.imshow(grids[name], vmin=-1, vmax=1, cmap="RdBu_r", aspect="auto",
+                diff = ax.imshow(grids[name], vmin=-limit, vmax=limit, cmap="RdBu_r", aspect="auto",
                                  interpolation="nearest", extent=(0.5, n_j + 0.5, n_i + 0.5, 0.5))
                 ax.set(title=f"{module}: {name}", xlabel=f"j  (r={r_b})", ylabel=f"i  (r={r_a})")
+                ax.xaxis.set_major_locator(FixedLocator(grid_ticks(n_j)))  # the same axes as the maps beside it
+                ax.yaxis.set_major_locator(FixedLocator(grid_ticks(n_i)))
             else:
                 image = heatmap(ax, grids[name], f"{module}: {name}", f"i  (r={r_a})", f"j  (r={r_b})")
     fig.suptitle(f"{_label(subject)}, r={r_a} vs r={r_b}, layer {layer}: the real map against its controls")
