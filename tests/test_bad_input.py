@@ -135,3 +135,9 @@ def test_an_adapter_path_with_an_equals_sign_is_a_path(adapter, tmp_path, capsys
     odd = shutil.copytree(adapter, tmp_path / "lr=1e-3" / "adapter")
     assert cli.main(["analyze", str(odd), f"out={tmp_path / 'out'}", "progress=false", "input_stats=false"]) == 0
     assert (tmp_path / "out" / "analysis.json").is_file()
+
+
+@pytest.mark.parametrize("command", ["analyze", "compare"])
+def test_one_folder_given_twice_is_named(adapter, capsys, command):
+    assert cli.main([command, str(adapter), f"{adapter}/", "progress=false"]) == 2
+    assert f"the same run or adapter folder given more than once: {adapter}" in one_line(capsys, command)

@@ -382,6 +382,10 @@ def find_runs(
             run = _load_run(folder, match_ignore, notes)
             if run is not None:
                 runs.append(run)
+    folders = [r.folder.resolve() for r in runs]
+    twice = sorted({str(f) for f in folders if folders.count(f) > 1})
+    if twice:
+        raise LoraAnalysisError(f"the same run or adapter folder given more than once: {', '.join(twice)}")
     labels = [r.label for r in runs]
     if len(set(labels)) < len(labels):  # e.g. two sweeps with the same run names
         runs = [_relabel(r, f"{r.folder.parent.name}/{r.label}") for r in runs]
