@@ -141,3 +141,14 @@ def test_an_adapter_path_with_an_equals_sign_is_a_path(adapter, tmp_path, capsys
 def test_one_folder_given_twice_is_named(adapter, capsys, command):
     assert cli.main([command, str(adapter), f"{adapter}/", "progress=false"]) == 2
     assert f"the same run or adapter folder given more than once: {adapter}" in one_line(capsys, command)
+
+
+@pytest.mark.parametrize("command, override, expected", [
+    ("train", "lora.r=4,8", "'lora.r=4,8' (a list: lora.r=[4,8]; one string: lora.r='4,8'; a sweep over it: add -m)"),
+    ("analyze", "subjects=A,B", "'subjects=A,B' (a list: subjects=[A,B]; one string: subjects='A,B')"),
+])
+def test_a_comma_list_without_brackets_says_the_ways_out(adapter, capsys, command, override, expected):
+    """Hydra's answer is three lines (a list, a quoted string, a sweep); one line keeps all of them."""
+    args = [override] if command == "train" else [str(adapter), override]
+    assert cli.main([command, *args]) == 2
+    assert one_line(capsys, command).endswith("config: Ambiguous value for argument " + expected)

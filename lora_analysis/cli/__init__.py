@@ -60,8 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         message = one_line(error)
         if message is None:
             raise
+        if command == "train" and "config: Ambiguous value for argument" in message:  # the command that sweeps
+            head, _, tail = message.partition(" (a list: ")
+            message = head + " (a list: " + tail.replace(AMBIGUOUS_END, "'; a sweep over it: add -m)", 1)
         print(f"lora-analysis {command}: error: {printable(message)}", file=sys.stderr)
         return 2
+
+
+AMBIGUOUS_END = "')"  # how the hint for ``key=a,b`` without -m ends (``_config_message``)
 
 
 def one_line(error: BaseException) -> str | None:
@@ -111,6 +117,9 @@ def _config_message(chain: list[BaseException]) -> str:
         if not lines or "$VALUE" in lines[0]:
             continue
         text = lines[0].rstrip(".")
+        if text.startswith("Ambiguous value for argument"):  # Hydra's three ways out, on one line
+            key, _, value = text.split("'")[1].partition("=")
+            text += f" (a list: {key}=[{value}]; one string: {key}='{value}{AMBIGUOUS_END}"
         if "Available options" in str(err):
             after = str(err).split("Available options", 1)[1].splitlines()[1:]
             options = [line.strip() for line in takewhile(lambda x: x.startswith("\t"), after)]
