@@ -57,21 +57,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lora-analysis {command}: interrupted; finished runs are kept", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - every error becomes one line, see one_line()
-        message = one_line(error)
+        message = one_line(error, sweeps=command == "train")
         if message is None:
             raise
-        if command == "train" and "config: Ambiguous value for argument" in message:  # the command that sweeps
-            head, _, tail = message.partition(" (a list: ")
-            message = head + " (a list: " + tail.replace(AMBIGUOUS_END, "'; a sweep over it: add -m)", 1)
         print(f"lora-analysis {command}: error: {printable(message)}", file=sys.stderr)
         return 2
 
 
-AMBIGUOUS_END = "')"  # how the hint for ``key=a,b`` without -m ends (``_config_message``)
-
-
-def one_line(error: BaseException) -> str | None:
-    """A one-line message for user errors (ours, Hydra's, OmegaConf's); None for real bugs."""
+def one_line(error: BaseException, sweeps: bool = False) -> str | None:
+    """A one-line message for user errors (ours, Hydra's, OmegaConf's); None for real bugs. ``sweeps``:
+    the command takes ``-m`` (``train``), which a comma-separated value may have been meant for."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -84,7 +79,7 @@ def one_line(error: BaseException) -> str | None:
             return str(err)
     for err in chain:
         if isinstance(err, HydraException | OmegaConfBaseException) or _raised_by_config_parser(err):
-            return _config_message(chain)
+            return _config_message(chain, sweeps)
     for err in chain:  # a path the user gave that cannot be read or written (a file for a folder, read-only)
         if isinstance(err, OSError) and err.filename and not isinstance(err, BlockingIOError):
             return f"cannot use {err.filename}: {err.strerror or first_line(err)}"
@@ -106,7 +101,7 @@ def _raised_by_config_parser(error: BaseException) -> bool:
     return any(innermost.is_relative_to(Path(package.__file__).resolve().parent) for package in (hydra, omegaconf))
 
 
-def _config_message(chain: list[BaseException]) -> str:
+def _config_message(chain: list[BaseException], sweeps: bool = False) -> str:
     """Hydra's context and OmegaConf's reason from an error chain, on one line.
 
     Template duplicates (``'$VALUE'``) are dropped; Hydra's list of available options is kept.
@@ -119,7 +114,8 @@ def _config_message(chain: list[BaseException]) -> str:
         text = lines[0].rstrip(".")
         if text.startswith("Ambiguous value for argument"):  # Hydra's three ways out, on one line
             key, _, value = text.split("'")[1].partition("=")
-            text += f" (a list: {key}=[{value}]; one string: {key}='{value}{AMBIGUOUS_END}"
+            sweep = "; a sweep over it: add -m" if sweeps else ""
+            text += f" (a list: {key}=[{value}]; one string: {key}='{value}'{sweep})"
         if "Available options" in str(err):
             after = str(err).split("Available options", 1)[1].splitlines()[1:]
             options = [line.strip() for line in takewhile(lambda x: x.startswith("\t"), after)]
