@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-
-import torch
+from typing import TYPE_CHECKING
 
 from lora_analysis.errors import LoraAnalysisError
+
+if TYPE_CHECKING:  # imported where a device is resolved: the analysis asks for cores without torch (2 s)
+    import torch
 
 
 def usable_cores() -> int:
@@ -14,8 +16,21 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def available_memory() -> int | None:
+    """Bytes of memory the system can give without swapping (Linux ``MemAvailable``); None where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto``: CUDA when present, else CPU; otherwise the named device, which must exist."""
+    import torch
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

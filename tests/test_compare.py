@@ -297,3 +297,31 @@ def _fake_train(peft_model) -> None:
         for name, param in peft_model.named_parameters():
             if ".lora_B." in name:
                 param.copy_(0.05 * torch.randn(param.shape, generator=generator))
+
+
+def test_workers_default_to_the_cores_fewer_when_the_w_tables_would_not_fit(tmp_path, monkeypatch):
+    """``workers=None``: one per usable core; with W tables, at most what half the available memory holds
+    at ``SVD_MEMORY`` times the largest W (float64) per worker, and never fewer than one."""
+    from _tiny_models import save_base
+
+    import lora_analysis.machine as machine
+    from lora_analysis.analysis import compare
+
+    adapter = peft_adapter("bert", tmp_path / "a", r=2)
+    base = save_base("bert", tmp_path / "base")
+    monkeypatch.setattr(machine, "usable_cores", lambda: 16)
+    runs, _ = find_runs([adapter])
+    largest = max(m.out_features * m.in_features for m in runs[0].adapter)
+    per_worker = compare.SVD_MEMORY * 8 * largest
+    without_w = AnalyzeConfig(inputs=[str(adapter)], w_tables=False)
+    with_w = AnalyzeConfig(inputs=[str(adapter)], base=str(base))
+    bases = compare._bases(runs, with_w, [])
+    monkeypatch.setattr(machine, "available_memory", lambda: 2 * 5 * per_worker)
+    assert compare.auto_workers(runs, [None], without_w) == 16
+    assert compare.auto_workers(runs, bases, with_w) == 5
+    monkeypatch.setattr(machine, "available_memory", lambda: per_worker)
+    assert compare.auto_workers(runs, bases, with_w) == 1
+    monkeypatch.setattr(machine, "available_memory", lambda: None)  # unknown: the cores
+    assert compare.auto_workers(runs, bases, with_w) == 16
+    result = analyze([adapter], w_tables=False, progress=False, input_stats=False)
+    assert result.config["workers"] == 16  # the count used is what analysis.json records
