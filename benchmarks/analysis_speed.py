@@ -183,12 +183,12 @@ stats = {(path.rsplit("/", 1)[-1], name): (tt, ct) for (path, _, name), (_, _, t
          pstats.Stats(profile).stats.items()}
 print(json.dumps({"cpu": cpu, **{f"{f}:{n}": v for (f, n), v in stats.items()}}))
 """
-BREAKDOWN = (  # (label, what is summed: (file:function, "tt" own time | "ct" with its callees), ...)
-    ("  Grams X^T X (syrk, in qr_frame)", (("subspace.py:qr_frame", "tt"),)),
-    ("  eigh of the r x r Grams", (("_linalg.py:eigh", "tt"),)),
-    ("  products of frames and bases (gemm, mm)", (("subspace.py:mm", "tt"),)),
-    ("  SVD of dW's r x r core and of R (svd)", (("_linalg.py:svd", "tt"),)),
-    ("  reading, upcast to float64, NaN check", (("adapters.py:_read", "ct"),)),
+BREAKDOWN = (  # (label, file:function, its own time (else with its callees), a float64 kernel)
+    ("  Grams X^T X (syrk, in qr_frame)", "subspace.py:qr_frame", True, True),
+    ("  eigh of the r x r Grams", "_linalg.py:eigh", True, True),
+    ("  products of frames and bases (gemm, mm)", "subspace.py:mm", True, True),
+    ("  SVD of dW's r x r core and of R (svd)", "_linalg.py:svd", True, True),
+    ("  reading, upcast to float64, NaN check", "adapters.py:_read", False, False),
 )
 
 
@@ -204,10 +204,10 @@ def breakdown(sweep: Path) -> list[tuple[str, str]]:
     t = json.loads(child.stdout.strip().splitlines()[-1])
     cpu, rows, kernels, accounted = t["cpu"], [], 0.0, 0.0
     rows.append(("analyze() on one thread, CPU time (cProfile on)", f"{cpu:.2f} s"))
-    for label, parts in BREAKDOWN:
-        seconds = sum(t.get(key, (0.0, 0.0))[0 if which == "tt" else 1] for key, which in parts)
+    for label, key, own, kernel in BREAKDOWN:
+        seconds = t.get(key, (0.0, 0.0))[0 if own else 1]
         accounted += seconds
-        kernels += 0 if "reading" in label else seconds
+        kernels += seconds if kernel else 0.0
         rows.append((label, f"{seconds:.2f} s ({seconds / cpu:.0%})"))
     rows.append(("  the rest (Python, tables, A - A_init, cProfile's overhead)", f"{cpu - accounted:.2f} s"))
     cores = os.cpu_count() or 1

@@ -46,9 +46,16 @@ def to_settings(cfg: DictConfig):
     return OmegaConf.to_object(cfg)
 
 
+def did_you_mean(key: str, known: Sequence[str], prefix: str = "") -> str:
+    """``" (did you mean 'optim.steps'?)"``: the known key nearest to a mistyped one, or "" if none is near."""
+    import difflib
+
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean {prefix + close[0]!r}?)" if close else ""
+
+
 def _refuse_unknown(node, where: str) -> None:
     import dataclasses
-    import difflib
 
     from omegaconf import ListConfig
 
@@ -59,9 +66,7 @@ def _refuse_unknown(node, where: str) -> None:
             known = [f.name for f in dataclasses.fields(schema)]
             for key in keys:
                 if key not in known:
-                    close = difflib.get_close_matches(key, known, n=1)
-                    hint = f" (did you mean {where + close[0]!r}?)" if close else ""
-                    raise LoraAnalysisError(f"config: unknown key {where + key!r}{hint}")
+                    raise LoraAnalysisError(f"config: unknown key {where + key!r}{did_you_mean(key, known, where)}")
         children = [(key, node._get_node(key)) for key in keys]  # nodes, not values: nothing is resolved
     elif isinstance(node, ListConfig):
         children = [(str(i), node._get_node(i)) for i in range(len(node))]

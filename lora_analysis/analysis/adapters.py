@@ -19,6 +19,7 @@ import math
 import pickle
 import re
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -382,8 +383,7 @@ def find_runs(
             run = _load_run(folder, match_ignore, notes)
             if run is not None:
                 runs.append(run)
-    folders = [r.folder.resolve() for r in runs]
-    twice = sorted({str(f) for f in folders if folders.count(f) > 1})
+    twice = sorted(str(f) for f, n in Counter(r.folder.resolve() for r in runs).items() if n > 1)
     if twice:
         raise LoraAnalysisError(f"the same run or adapter folder given more than once: {', '.join(twice)}")
     labels = [r.label for r in runs]

@@ -127,7 +127,7 @@ def _config_message(chain: list[BaseException], sweeps: bool = False) -> str:
 
 def _did_you_mean(chain: list[BaseException]) -> str:
     """``" (did you mean 'optim.steps'?)"`` for a key OmegaConf does not know, from the keys beside it."""
-    import difflib
+    from lora_analysis.hydra_compose import did_you_mean
 
     for err in chain:
         key, parent = getattr(err, "key", None), getattr(err, "parent_node", None)
@@ -136,10 +136,10 @@ def _did_you_mean(chain: list[BaseException]) -> str:
         known = [str(k) for k in parent.keys()]
         if key in known:  # a bad value, not a bad key
             return ""
-        close = difflib.get_close_matches(key, known, n=1)
-        if close:
-            full = str(getattr(err, "full_key", None) or key)
-            return f" (did you mean {full[: len(full) - len(key)] + close[0]!r}?)"
+        full = str(getattr(err, "full_key", None) or key)
+        hint = did_you_mean(key, known, full[: len(full) - len(key)])
+        if hint:
+            return hint
     return ""
 
 
