@@ -34,11 +34,13 @@ from pathlib import Path
 import yaml
 
 from lora_analysis.errors import LoraAnalysisError, first_line
+from lora_analysis.owned import all_ours, plain_file
 
 # PEFT's adapter files (its format, not ours).
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_BIN = "adapter_model.bin"
+MODEL_CARD = "README.md"  # PEFT's model card, recognised by its front matter
 
 
 # Settings added after runs were saved, with the value such a run had without naming it: a run's saved
@@ -61,9 +63,21 @@ class RunDir:
     FAILED = "FAILED.json"
     DONE = "DONE"
     LOCK = ".train.lock"  # held (flock) by the process training the run: one trainer per run
+    TENSORBOARD = "tensorboard"  # logger=tensorboard's event files
+    FILES = frozenset({CONFIG, INIT, CHECKPOINT, HISTORY, METRICS, PROVENANCE, FAILED, DONE, LOCK,
+                       ADAPTER_CONFIG, ADAPTER_WEIGHTS})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
+
+    @classmethod
+    def owns(cls, entry: Path) -> bool:
+        """Whether ``entry`` (in a run folder) is a file the trainer writes there (``owned``)."""
+        if entry.name == cls.TENSORBOARD:
+            return all_ours(entry, lambda e: plain_file(e) and e.name.startswith("events.out.tfevents."))
+        if entry.name == MODEL_CARD:
+            return plain_file(entry) and _is_peft_card(entry)
+        return entry.name in cls.FILES and plain_file(entry)
 
     @property
     def name(self) -> str:
@@ -124,6 +138,9 @@ class RunDir:
     def has_adapter(self) -> bool:
         return (self.path / ADAPTER_CONFIG).is_file()
 
+    def has_weights(self) -> bool:
+        return (self.path / ADAPTER_WEIGHTS).is_file()
+
     def load_config(self) -> dict | None:
         """The saved config, or None when there is none; a file that is not a YAML mapping is an error."""
         if not self.config_path.is_file():
@@ -157,10 +174,17 @@ class AnalysisDir:
 
     META = "analysis.json"
     INPUTS = "inputs.safetensors"  # every module's input statistics (analysis/inputs.py)
+    TABLES = ("phi", "spectra", "modules", "dw_vs_w", "w_dw_phi", "intruders", "runs")  # analysis.tables.SCHEMAS
     REBUILD = "rebuild it with lora-analysis analyze <its sweep or adapter folders> (out= this folder)"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
+
+    @classmethod
+    def owns(cls, entry: Path) -> bool:
+        """Whether ``entry`` (in an analysis folder) is a file ``AnalysisResult.save`` writes."""
+        own = {cls.META, cls.INPUTS, *(f"{table}.parquet" for table in cls.TABLES)}
+        return entry.name in own and plain_file(entry)
 
     def unreadable(self, path: Path, error: BaseException) -> LoraAnalysisError:
         """The one-line error for a damaged file of this folder, saying how to rebuild it."""
@@ -200,9 +224,22 @@ class SweepDir:
     ANALYSIS = "analysis"
     REPORT = "report"
     REPRODUCE = "reproduce.json"
+    MULTIRUN = "multirun.yaml"  # Hydra's record of a -m sweep
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
+
+    @classmethod
+    def owns(cls, entry: Path) -> bool:
+        """Whether ``entry`` (in a sweep folder) is the toolkit's: its files, its analysis and report, or a
+        run folder (a folder of run files only, or an empty one)."""
+        if entry.name in (cls.TABLE, cls.LOCK, cls.REPRODUCE, cls.MULTIRUN):
+            return plain_file(entry)
+        if entry.name == cls.ANALYSIS:
+            return all_ours(entry, AnalysisDir.owns)
+        if entry.name == cls.REPORT:
+            return all_ours(entry, ReportDir.owns)
+        return all_ours(entry, RunDir.owns)
 
     @property
     def name(self) -> str:
@@ -286,6 +323,18 @@ class ReportDir:
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
 
+    @classmethod
+    def owns(cls, entry: Path) -> bool:
+        """Whether ``entry`` (in a report folder) is the report's: its documents, tables and figure files."""
+        if entry.name == cls.FIGURES:
+            return all_ours(entry, cls.owns_figure)
+        return entry.name in (cls.HTML, cls.MARKDOWN, cls.ACCURACY, cls.RUNS_CSV) and plain_file(entry)
+
+    @staticmethod
+    def owns_figure(entry: Path) -> bool:
+        """A figure file the report draws (``figures/<name>.png`` and ``.pdf``)."""
+        return plain_file(entry) and entry.suffix in (".png", ".pdf")
+
     @property
     def html_path(self) -> Path:
         return self.path / self.HTML
@@ -305,3 +354,13 @@ class ReportDir:
     @property
     def runs_csv_path(self) -> Path:
         return self.path / self.RUNS_CSV
+
+
+def _is_peft_card(path: Path) -> bool:
+    """PEFT's model card: YAML front matter naming ``library_name: peft`` in its first lines."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    return head.startswith("---") and "library_name: peft" in head

@@ -15,6 +15,10 @@ from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.layout import AnalysisDir, SweepDir
 
 
+def test_the_analysis_file_names_are_the_saved_tables():
+    assert set(AnalysisDir.TABLES) == set(SCHEMAS)
+
+
 def copy_sweep(sweep, tmp_path):
     return shutil.copytree(sweep, tmp_path / "sweep")
 
@@ -42,9 +46,12 @@ def test_a_save_that_fails_midway_leaves_the_old_analysis_whole(sweep, tmp_path,
     assert same(AnalysisResult.load(folder), old)
     assert sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(".analysis")) == []
     monkeypatch.setattr(tables_module, "_to_parquet", real)
-    (folder / "extra.bin").write_bytes(b"from an older version")  # files the new analysis does not write go
     new.save(folder)
-    assert same(AnalysisResult.load(folder), new) and not (folder / "extra.bin").exists()
+    assert same(AnalysisResult.load(folder), new)
+    (folder / "extra.bin").write_bytes(b"not written by lora-analysis")  # a file of someone else's: refused whole
+    with pytest.raises(LoraAnalysisError, match=r"holds files lora-analysis did not write \(extra.bin\)"):
+        old.save(folder)
+    assert same(AnalysisResult.load(folder), new) and (folder / "extra.bin").read_bytes().startswith(b"not")
 
 
 def test_a_folder_of_other_files_is_never_replaced(sweep, tmp_path):
@@ -52,7 +59,7 @@ def test_a_folder_of_other_files_is_never_replaced(sweep, tmp_path):
     other.mkdir()
     (other / "thesis.tex").write_text("keep me")
     result = AnalysisResult.load(sweep / "analysis")
-    with pytest.raises(LoraAnalysisError, match="exists and is a folder of other files"):
+    with pytest.raises(LoraAnalysisError, match="holds files lora-analysis did not write"):
         result.save(other)
     assert (other / "thesis.tex").read_text() == "keep me"
 

@@ -249,7 +249,7 @@ class AnalysisResult:
     def save(self, folder: str | Path) -> Path:
         """Write ``<table>.parquet`` for each table and ``analysis.json`` (settings, notes) into ``folder``."""
         folder = Path(folder)
-        with replaced_folder(folder, lambda old: AnalysisDir(old).exists()) as tmp, analysis_memory():
+        with replaced_folder(folder, "analysis", AnalysisDir.owns) as tmp, analysis_memory():
             out = AnalysisDir(tmp)  # written whole beside the old one, then renamed into place
             for name, table in self._tables.items():
                 if not isinstance(table, TableBuilder) or table.rows <= ROW_GROUP:
@@ -278,6 +278,10 @@ class AnalysisResult:
                 meta = json.loads(where.meta_path.read_text())
                 if not isinstance(meta, dict):
                     raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+                if not isinstance(meta.get("notes", []), list) or not all(isinstance(n, str) for n in meta["notes"]):
+                    raise ValueError("'notes' is not a list of strings")
+                if not isinstance(meta.get("config", {}), dict):
+                    raise ValueError("'config' is not an object")
             except (OSError, ValueError) as error:
                 raise where.unreadable(where.meta_path, error) from None
         frames = {n: TableBuilder(s).frame() if n in missing else _read_table(where, n) for n, s in SCHEMAS.items()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from lora_analysis.analysis.compare import AnalyzeConfig, default_out
+from lora_analysis.analysis.settings import AnalyzeConfig, default_out
 from lora_analysis.analysis.sweep import analysis_with_notes
 from lora_analysis.atomic import check_output_folder
 from lora_analysis.hydra_compose import compose, help_text, split_args, to_settings
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     cfg: AnalyzeConfig = to_settings(compose("analyze", overrides))
     out = cfg.out or default_out(cfg.inputs)
-    check_output_folder(out, lambda old: AnalysisDir(old).exists())  # before the analysis, not after it
+    check_output_folder(out, "analysis", AnalysisDir.owns)  # before the analysis, not after it
     result = analysis_with_notes(cfg, "lora-analysis analyze")
     folder = result.save(out)
     rows = result.rows()

@@ -1,6 +1,6 @@
 """``lora-analysis compare ADAPTER_A ADAPTER_B [key=value ...]``: the analysis and the report of one pair.
 
-Composes ``conf/compare.yaml`` (typed by ``analysis.compare.CompareConfig``: the keys of ``analyze`` and
+Composes ``conf/compare.yaml`` (typed by ``analysis.settings.CompareConfig``: the keys of ``analyze`` and
 ``layer``), analyses the two adapters into ``<out>/analysis`` and writes their report to ``<out>/report``
 (``show.analysis_report``). Each adapter is a PEFT folder, a run folder or a hub id in the local cache.
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from lora_analysis.analysis.compare import CompareConfig
+from lora_analysis.analysis.settings import CompareConfig
 from lora_analysis.analysis.sweep import analysis_with_notes
 from lora_analysis.atomic import check_output_folder
 from lora_analysis.hydra_compose import compose, help_text, split_args, to_settings
-from lora_analysis.layout import AnalysisDir, SweepDir
+from lora_analysis.layout import AnalysisDir, ReportDir, SweepDir
 
 SUMMARY = """\
 usage: lora-analysis compare ADAPTER_A ADAPTER_B [base=MODEL] [data_path=FILE text_column=COL] [out=DIR]
@@ -34,8 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg: CompareConfig = to_settings(compose("compare", overrides))
     out = cfg.folder()
     analysis = out / SweepDir.ANALYSIS
-    check_output_folder(analysis, lambda old: AnalysisDir(old).exists())  # before the analysis, not after it
-    check_output_folder(out / SweepDir.REPORT, lambda old: True)
+    check_output_folder(analysis, "analysis", AnalysisDir.owns)  # before the analysis, not after it
+    check_output_folder(out / SweepDir.REPORT, "report", ReportDir.owns)
     result = analysis_with_notes(cfg, "lora-analysis compare")
     result.save(analysis)
     print(f"analysed {', '.join(result.runs['run'].astype(str))}; wrote {analysis}")

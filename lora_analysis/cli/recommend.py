@@ -10,6 +10,7 @@ The sweep needs its analysis/ folder; it is computed first when missing or older
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +34,10 @@ def main(argv: Sequence[str]) -> int:
         raise LoraAnalysisError(f"sweep folder {sweep} does not exist")
     if cfg.rank_pattern and (Path(cfg.rank_pattern).is_dir() or not Path(cfg.rank_pattern).parent.is_dir()):
         raise LoraAnalysisError(f"rank_pattern={cfg.rank_pattern}: expected a file path in an existing folder")
+    if cfg.rank_pattern and Path(cfg.rank_pattern).exists() and not _is_rank_pattern(Path(cfg.rank_pattern)):
+        raise LoraAnalysisError(f"rank_pattern={cfg.rank_pattern}: the file exists and is not a rank pattern (a "
+                                "JSON mapping of module names to ranks, as recommend writes): not replaced; choose "
+                                "another file")
     ensure_analysis(sweep, True, "lora-analysis recommend")
     result = recommend(sweep, cfg.subject, cfg.targets)
     if result.nothing:  # an answer, not an error: there is nothing above the controls to size a rank by
@@ -47,3 +52,13 @@ def main(argv: Sequence[str]) -> int:
         write_json(cfg.rank_pattern, result.rank_pattern)
         print(f"\nrank_pattern written to {cfg.rank_pattern}")
     return 0
+
+
+def _is_rank_pattern(path: Path) -> bool:
+    """Whether ``path`` is a file recommend wrote: a JSON object of module names to integer ranks."""
+    try:
+        pattern = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(pattern, dict) and not path.is_symlink()
+            and all(isinstance(r, int) and not isinstance(r, bool) for r in pattern.values()))

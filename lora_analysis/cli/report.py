@@ -24,6 +24,7 @@ from lora_analysis.cli.schemas import ReportConfig
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.hydra_compose import compose, help_text, split_args, to_settings
 from lora_analysis.layout import AnalysisDir, SweepDir, holds_adapters
+from lora_analysis.show.document import report_folder
 
 SUMMARY = """\
 usage: lora-analysis report <sweep | analysis folder | folder of adapters> [key=value ...]
@@ -44,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     folder = Path(cfg.sweep)
     if not folder.is_dir():
         raise LoraAnalysisError(f"{folder} is not a folder" if folder.exists() else f"{folder} does not exist")
+    if cfg.out is not None:  # refused now, not after an analysis made first
+        report_folder(cfg.out)
     if AnalysisDir(folder).exists() and folder.name == SweepDir.ANALYSIS and SweepDir(folder.parent).is_sweep():
         folder = folder.parent  # a sweep's own analysis: the sweep report
     if AnalysisDir(folder).exists():

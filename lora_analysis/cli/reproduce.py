@@ -19,11 +19,12 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from lora_analysis.atomic import write_json
+from lora_analysis.atomic import write_atomic, write_json
 from lora_analysis.cli.schemas import ReproduceConfig
 from lora_analysis.hydra_compose import compose, help_text, to_settings
-from lora_analysis.layout import is_done
+from lora_analysis.layout import ReportDir, is_done
 from lora_analysis.machine import resolve_device, usable_cores
+from lora_analysis.owned import check_ours, remove_own
 from lora_analysis.train.sweep import run_name
 
 _OWN_KEYS = ("preset", "out_dir", "name", "figures", "workers")
@@ -47,6 +48,8 @@ def reproduce(cfg: ReproduceConfig, train_overrides: Sequence[str] = ()) -> Path
     from lora_analysis.show.report import build_report
 
     started = time.perf_counter()
+    if cfg.figures:  # refused before hours of training, not after
+        check_ours(cfg.figures, "figures", ReportDir.owns, "choose another figures=")
     sweep = Path(cfg.out_dir) / (cfg.name or cfg.preset.name)
     plan = [(run_name(run), [*cfg.preset.common, *train_overrides, *run]) for run in cfg.preset.runs]
     workers = cfg.workers or default_workers(train_overrides, sum(not is_done(sweep / n) for n, _ in plan))
@@ -126,15 +129,19 @@ def default_workers(train_overrides: Sequence[str], runs: int) -> int:
 
 
 def publish(report_dir: Path, target: Path) -> None:
-    """Copy a report folder (report.html, report.md, figures/) to ``target``, replacing what was there."""
-    target.mkdir(parents=True, exist_ok=True)
-    for item in report_dir.iterdir():
-        destination = target / item.name
-        if item.is_dir():
-            shutil.rmtree(destination, ignore_errors=True)
-            shutil.copytree(item, destination)
-        else:
-            shutil.copy2(item, destination)
+    """Copy a report folder (report.html, report.md, figures/, its tables) to ``target``, file by file.
+
+    ``target`` must hold the report's own files only (``ReportDir.owns``); each is replaced atomically, and
+    figure files of an earlier report that this one no longer draws are removed.
+    """
+    check_ours(target, "figures", ReportDir.owns, "choose another figures=")
+    source, out = ReportDir(report_dir), ReportDir(target)
+    drawn = {p.name for p in source.figures_path.iterdir()} if source.figures_path.is_dir() else set()
+    remove_own(out.figures_path, ReportDir.owns_figure, keep=lambda entry: entry.name in drawn)
+    for item in sorted(source.path.rglob("*")):
+        if item.is_file():
+            destination = target / item.relative_to(source.path)
+            write_atomic(destination, lambda tmp, item=item: shutil.copyfile(item, tmp))
 
 
 def load_timing(sweep: Path) -> dict:

@@ -19,10 +19,10 @@ from lora_analysis.atomic import write_parquet, write_text
 from lora_analysis.derive.controls import shuffled_run_labels
 from lora_analysis.derive.queries import empty_phi
 from lora_analysis.derive.stats import SHARED_RULE, Derived
-from lora_analysis.layout import AnalysisDir, ReportDir, SweepDir
+from lora_analysis.layout import AnalysisDir, SweepDir
 from lora_analysis.show import findings as F
 from lora_analysis.show import paper, plots
-from lora_analysis.show.document import Section, write_report
+from lora_analysis.show.document import Section, report_folder, write_report
 from lora_analysis.show.focus import Focus, choose_focus, focus_tables
 from lora_analysis.show.labels import SUBJECT_LABELS, fmt
 from lora_analysis.show.sections import (
@@ -276,6 +276,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, la
     ``out_dir`` defaults to ``<sweep>/report``; ``layer`` to the middle adapted layer. Returns the paths
     of the HTML and the Markdown file.
     """
+    out = report_folder(Path(out_dir) if out_dir is not None else SweepDir(Path(sweep_dir)).report_path)
     loaded = load_sweep(sweep_dir)
     shuffled = shuffled_run_labels(loaded.runs)
     data = without_runs(loaded, shuffled)  # the controls are shown as controls, never as results
@@ -298,7 +299,6 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, la
         runs_section(loaded.runs, loaded.histories),
         environment_section(loaded.runs),
     ]
-    out = ReportDir(Path(out_dir) if out_dir is not None else SweepDir(Path(sweep_dir)).report_path)
     if not derived.accuracy.empty:  # the Tables 5 and 6 analogue, for other tools to read
         write_parquet(out.accuracy_path, derived.accuracy)
     write_text(out.runs_csv_path, run_table(data.runs).to_csv(index=False))

@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import re
-import shutil
 import time
 import zlib
 from collections.abc import Iterable, Sequence
@@ -27,6 +26,7 @@ from lora_analysis.atomic import locked, try_lock, write_json, write_parquet, wr
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.hydra_compose import compose, to_settings
 from lora_analysis.layout import RunDir, SweepDir
+from lora_analysis.owned import check_ours, remove_own
 from lora_analysis.train import provenance
 from lora_analysis.train.config import Method, Precision, TrainConfig, register_configs
 from lora_analysis.train.divergence import DivergedError, record_failure
@@ -93,6 +93,9 @@ def prepare_run_dir(run_dir: Path, config: dict) -> str:
     # A key missing from an older run's config counts as null: a setting added later, left at its default.
     diff = _first_difference(comparable(saved or {}), comparable(config))
     same = saved is not None and not diff
+    if run.is_done() and config.get("method") == Method.lora.value and not (run.has_adapter() and run.has_weights()):
+        log.warning("%s: finished, but its adapter files are missing; training the run again", run_dir)
+        run.done_path.unlink()
     if run.is_done():
         if not same:
             raise LoraAnalysisError(
@@ -212,7 +215,12 @@ def train_run(settings: TrainConfig, run_dir: Path) -> dict:
 
     The run's lock is held from before anything of the run is read or written until the end, so two
     sweeps launched into one folder train each run once: ``RunBusy`` when another process holds it.
+    A run folder, or a sweep folder above it, that holds anything but the toolkit's own files is refused
+    before anything is written (``owned``): training never empties a folder of the user's.
     """
+    hint = "choose another name=, out_dir= or hydra.run.dir="
+    check_ours(run_dir, "run", RunDir.owns, hint)
+    check_ours(run_dir.parent, "sweep", SweepDir.owns, hint)  # where runs.parquet and its lock are written
     try:
         with try_lock(RunDir(run_dir).lock_path) as holder:
             if holder is not None:
@@ -259,11 +267,9 @@ def _train_locked(settings: TrainConfig, run_dir: Path) -> dict:
 
 
 def _remove_all_but_lock(run: RunDir) -> None:
-    """Empty a run folder but for its lock (removing a held lock file would let a second trainer in)."""
-    if run.path.is_dir():
-        for item in run.path.iterdir():
-            if item.name != RunDir.LOCK:
-                shutil.rmtree(item) if item.is_dir() else item.unlink()
+    """Remove the trainer's files from a run folder but its lock (removing a held lock file would let a
+    second trainer in); anything else stays where it is."""
+    remove_own(run.path, RunDir.owns, keep=lambda entry: entry.name == RunDir.LOCK)
 
 
 def inherit_precision(settings: TrainConfig, run_dir: Path) -> None:
