@@ -6,6 +6,7 @@ A reader (or a resumed sweep) never sees a half-written file: either the old con
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -16,18 +17,28 @@ from pathlib import Path
 from typing import Any
 
 
+def temporary_name(name: str, tag: str, kind: str) -> str:
+    """``.<name>.<tag>.<kind>``, the name cut to 100 characters: a valid name of 255 bytes stays valid with it."""
+    return f".{name[:100]}.{tag}.{kind}"
+
+
 def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp_path)`` and move the result onto ``path`` in one step."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The writer creates the file itself, so it gets the usual permissions (mkstemp's would be 0600).
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    tmp = path.parent / temporary_name(path.name, uuid.uuid4().hex, "tmp")
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            from lora_analysis.errors import LoraAnalysisError
+
+            raise LoraAnalysisError(f"no space left on the device writing {path} (nothing torn was left; free some "
+                                    "and run the command again)") from error
         raise
     return path
 
@@ -117,18 +128,17 @@ def _is_file_of(fd: int, path: Path) -> bool:
     return (status.st_dev, status.st_ino) == (opened.st_dev, opened.st_ino)
 
 
-def check_output_folder(folder: str | Path, replaceable: Callable[[Path], bool]) -> None:
-    """Raise ``LoraAnalysisError`` unless ``replaced_folder(folder, replaceable)`` could write there.
+def check_output_folder(folder: str | Path, kind: str, owns: Callable[[Path], bool]) -> None:
+    """Raise ``LoraAnalysisError`` unless ``replaced_folder(folder, kind, owns)`` could write there.
 
-    Called before long work, so an output path that is a file, a folder of other files or not
-    writable is refused at once instead of after the work.
+    Called before long work, so an output path that is a file, a folder holding files the toolkit did not
+    write (``owned.check_ours``) or not writable is refused at once instead of after the work.
     """
     from lora_analysis.errors import LoraAnalysisError
+    from lora_analysis.owned import check_ours
 
     folder = Path(folder)
-    if folder.exists() and not (folder.is_dir() and (not any(folder.iterdir()) or replaceable(folder))):
-        kind = "a folder of other files" if folder.is_dir() else "a file"
-        raise LoraAnalysisError(f"{folder} exists and is {kind}: not replaced (choose another output folder)")
+    check_ours(folder, kind, owns, "choose another output folder")
     parent = folder.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -137,18 +147,18 @@ def check_output_folder(folder: str | Path, replaceable: Callable[[Path], bool])
 
 
 @contextlib.contextmanager
-def replaced_folder(folder: str | Path, replaceable: Callable[[Path], bool]) -> Iterator[Path]:
+def replaced_folder(folder: str | Path, kind: str, owns: Callable[[Path], bool]) -> Iterator[Path]:
     """Yield an empty temporary sibling of ``folder``; when the block succeeds it becomes ``folder``.
 
     A folder is written as one unit: a reader sees the old folder or the new one, never a mix, whatever
-    files the block writes. An existing ``folder`` is replaced only when ``replaceable(folder)`` says it
-    is one of ours (else nothing is touched); a failed block leaves the old folder as it was.
+    files the block writes. An existing ``folder`` is replaced only when ``owns`` recognises every entry
+    of it as the toolkit's (else nothing is touched); a failed block leaves the old folder as it was.
     """
     folder = Path(folder)
-    check_output_folder(folder, replaceable)
+    check_output_folder(folder, kind, owns)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex
-    tmp, old = folder.parent / f".{folder.name}.{tag}.tmp", folder.parent / f".{folder.name}.{tag}.old"
+    tmp, old = (folder.parent / temporary_name(folder.name, tag, kind) for kind in ("tmp", "old"))
     tmp.mkdir()
     try:
         yield tmp

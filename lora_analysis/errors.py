@@ -19,3 +19,13 @@ def printable(text: str) -> str:
     """``text`` with control characters, line separators and other unprintable ones escaped (``\\r``,
     ``\\u2028``), so that a value the user typed cannot break a one-line message into several."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def utf8(text: str) -> str:
+    """``text`` with the bytes of a file name that are not UTF-8 (``os.fsdecode``'s surrogates) shown as
+    ``\\xff``: writable to UTF-8 files and Parquet, and still telling two such names apart."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")

@@ -22,7 +22,7 @@ from lora_analysis.derive.queries import adapted_layers, middle_layer, shown_rol
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.layout import AnalysisDir, RunDir
 from lora_analysis.show import pair_plots, plots
-from lora_analysis.show.document import Section, write_report
+from lora_analysis.show.document import Section, code, report_folder, write_report
 from lora_analysis.show.labels import fmt, label
 
 INIT_FILE = RunDir.INIT
@@ -95,7 +95,7 @@ def adapters_section(data: AnalysisData) -> Section:
     """Which adapters, and what their analysis cannot show (said once here, not as empty sections)."""
     section = Section("The adapters")
     runs = data.runs
-    section.text(f"{len(runs)} adapter(s) analysed by `lora-analysis analyze` into `{data.folder.name}`. No sweep "
+    section.text(f"{len(runs)} adapter(s) analysed by `lora-analysis analyze` into {code(data.folder.name)}. No sweep "
                  "table came with them, so this report shows what adapters alone allow: their pairs, their spectra, "
                  "and ΔW against W where the base model was found.")
     table = runs[["run", "r", "seed", "targets", "modules", "has_init", "base", "folder"]].rename(
@@ -264,6 +264,7 @@ def build_analysis_report(folder: str | Path, out_dir: str | Path | None = None,
     ``out_dir`` defaults to ``AnalysisDir(folder).report_path`` (``report/`` beside ``analysis/``).
     """
     data = load_analysis(folder)
+    out = report_folder(out_dir if out_dir is not None else AnalysisDir(data.folder).report_path).path
     layer = choose_layer(data, layer)
     phi = data.tables["phi"]
     init_subjects = [Subject.A] + ([Subject.dW] if data.dw_side == "right" else [])
@@ -275,5 +276,4 @@ def build_analysis_report(folder: str | Path, out_dir: str | Path | None = None,
     names = data.runs["run"].astype(str).tolist()
     title = title or (f"LoRA adapters compared: {names[0]} and {names[1]}" if len(names) == 2
                       else f"LoRA subspace analysis: {len(names)} adapters")
-    out = Path(out_dir) if out_dir is not None else AnalysisDir(data.folder).report_path
     return write_report(title, [s for s in sections if s is not None], out)

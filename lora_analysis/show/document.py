@@ -19,17 +19,36 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from lora_analysis.atomic import write_bytes, write_text
-from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.errors import LoraAnalysisError, utf8
 from lora_analysis.layout import ReportDir
+from lora_analysis.owned import check_ours
 
 
 def md_safe(text: str) -> str:
-    """``text`` for report.md with raw HTML made inert: ``&``, ``<`` and ``>`` become entities outside
-    code spans (inside them Markdown shows text literally already). User strings (sweep and run names,
-    paths, labels) reach the report, and Markdown renderers pass raw HTML through."""
-    parts = str(text).split("`")
-    return "`".join(p if i % 2 else p.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-                    for i, p in enumerate(parts))
+    """``text`` for report.md with raw HTML and Markdown made inert outside code spans: ``&``, ``<`` and ``>``
+    become entities, ``[`` and ``]`` are escaped (no link), line breaks become spaces (no heading).
+
+    User strings (sweep and run names, paths, labels) reach the report, and Markdown renderers pass raw HTML
+    through. A text with an odd number of backticks has a user's backtick in it: it gets no code spans."""
+    text = _one_line(text)
+    parts = text.split("`") if text.count("`") % 2 == 0 else [text.replace("`", "\\`")]
+    return "`".join(p if i % 2 else _inert(p) for i, p in enumerate(parts))
+
+
+def code(text: str) -> str:
+    """``text`` (a name the user chose) as a code span: its backticks shown as ``'``, which would end it."""
+    return "`" + _one_line(str(text)).replace("`", "'") + "`"
+
+
+def _one_line(text: str) -> str:
+    """Line breaks as spaces; bytes a file name had that are not UTF-8 as ``\\xff``."""
+    text = utf8(str(text))
+    return " ".join(text.splitlines()) if "\n" in text or "\r" in text else text
+
+
+def _inert(text: str) -> str:
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("[", "\\[").replace("]", "\\]")
 
 
 @dataclass(frozen=True)
@@ -153,9 +172,12 @@ figcaption{font-size:.9em;color:#444}code{background:#f4f4f4;padding:0 .2em}
 
 
 def _inline(text: str) -> str:
-    """HTML for a paragraph with **bold** and `code` marks (the same text the Markdown shows)."""
-    parts = html.escape(text).split("**")
+    """HTML for a paragraph with **bold** and `code` marks (the same text the Markdown shows; an odd number
+    of backticks: no code spans, as in ``md_safe``)."""
+    parts = html.escape(_one_line(text)).split("**")
     text = "".join(f"<strong>{p}</strong>" if k % 2 else p for k, p in enumerate(parts))
+    if text.count("`") % 2:
+        return text
     parts = text.split("`")
     return "".join(f"<code>{p}</code>" if k % 2 else p for k, p in enumerate(parts))
 
@@ -179,9 +201,16 @@ def save_figures(sections: list[Section], figures_dir: Path, dpi: int = 110) -> 
     return pngs
 
 
+def report_folder(out_dir: str | Path) -> ReportDir:
+    """``out_dir`` as a report folder, refused (one line) when it holds files lora-analysis did not write."""
+    out = ReportDir(Path(out_dir))
+    check_ours(out.path, "report", ReportDir.owns, "choose another out=")
+    return out
+
+
 def write_report(title: str, sections: list[Section], out_dir: str | Path) -> tuple[Path, Path]:
     """Save the figures under ``out_dir/figures`` and write ``report.html`` and ``report.md``; returns both paths."""
-    out = ReportDir(Path(out_dir))
+    out = report_folder(out_dir)
     pngs = save_figures(sections, out.figures_path)
     stamp = f"Built {time.strftime('%Y-%m-%d %H:%M')} by lora-analysis report."
     body = "".join(f"<h2>{html.escape(s.title)}</h2>" + "".join(b.html(pngs) for b in s.blocks)

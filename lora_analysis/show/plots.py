@@ -27,6 +27,7 @@ CMAP = matplotlib.colormaps["viridis"].with_extremes(bad="#d9d9d9")  # grey: cel
 STYLE = {
     "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 8.5, "xtick.labelsize": 7.5, "ytick.labelsize": 7.5,
     "legend.fontsize": 8, "figure.titlesize": 11, "axes.spines.top": False, "axes.spines.right": False,
+    "text.parse_math": False,  # names are drawn as typed: a "$" in a run name is no formula (none is drawn)
 }  # fmt: skip
 
 

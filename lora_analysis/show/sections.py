@@ -16,7 +16,7 @@ from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.layout import RunDir, SweepDir
 from lora_analysis.show import findings as F
 from lora_analysis.show import run_plots
-from lora_analysis.show.document import Section
+from lora_analysis.show.document import Section, code
 from lora_analysis.show.focus import Focus
 from lora_analysis.show.labels import fmt
 from lora_analysis.show.sweep import SweepData
@@ -47,12 +47,12 @@ def experiment_section(data: SweepData, focus: Focus | None = None) -> Section:
     runs = data.runs
     section = Section("The experiment")
     lora, full = lora_runs(runs), full_runs(runs)
-    section.text(f"Sweep `{data.sweep_dir.name}`: {len(lora)} LoRA run(s) and {len(full)} full fine-tuning run(s) "
+    section.text(f"Sweep {code(data.sweep_dir.name)}: {len(lora)} LoRA run(s) and {len(full)} full fine-tuning run(s) "
                  f"({', '.join(runs['run'].astype(str))}). The subspace analyses follow Hu et al. (2021), "
                  "Section 7 and Appendix H.")
     section.table(experiment_table(runs), "Settings (one value, or every value used in the sweep)")
     if focus is not None:
-        section.text(f"The paper-style figures show target set `{focus.targets}`, layer {focus.layer} (the middle "
+        section.text(f"The paper-style figures show target set {code(focus.targets)}, layer {focus.layer} (the middle "
                      "adapted layer unless chosen), " + (f"ranks {focus.rank_pair[0]} against {focus.rank_pair[1]}"
                                                         if focus.rank_pair else "no rank pair")
                      + (f" and seeds at r={focus.seed_rank}." if focus.seed_rank else " and no seed pair."))
@@ -149,7 +149,7 @@ def recommendation_section(data: SweepData, derived: Derived | None = None) -> S
                   f"Rank per role from the {result.subject} subspaces of target set {result.targets}")
     section.bullets(result.explain())
     section.text("As a PEFT rank_pattern (lora-analysis recommend <sweep> rank_pattern=ranks.json writes it): "
-                 + ", ".join(f"`{key}`: {rank}" for key, rank in result.rank_pattern.items()) + ".")
+                 + ", ".join(f"{code(key)}: {rank}" for key, rank in result.rank_pattern.items()) + ".")
     return section
 
 
