@@ -14,10 +14,11 @@ from peft.utils.other import get_pattern_key
 from safetensors.torch import load_file, save_file
 
 from lora_analysis.analysis import adapters
-from lora_analysis.analysis.adapters import Adapter, find_runs
+from lora_analysis.analysis.adapters import Adapter
 from lora_analysis.analysis.base_weights import BaseWeights
 from lora_analysis.analysis.compare import analyze
 from lora_analysis.analysis.delta import lora_delta
+from lora_analysis.analysis.runs import find_runs
 from lora_analysis.embedded import minilm_dir
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.targets import pattern_key

@@ -16,8 +16,8 @@ import torch
 import yaml
 from _tiny_models import bert_sweep, peft_adapter
 
-from lora_analysis.analysis.adapters import find_runs
-from lora_analysis.analysis.compare import plan_pairs
+from lora_analysis.analysis.pairs import plan_pairs
+from lora_analysis.analysis.runs import find_runs
 from lora_analysis.analysis.tables import AnalysisResult
 from lora_analysis.cli import main as cli_main
 from lora_analysis.derive.controls import direction_controls, top_direction_summary

@@ -13,8 +13,10 @@ from _tiny_models import bert_sweep, peft_adapter
 from omegaconf import OmegaConf
 from safetensors.numpy import load_file
 
-from lora_analysis.analysis.adapters import find_runs
-from lora_analysis.analysis.compare import AnalyzeConfig, analyze, plan_pairs
+from lora_analysis.analysis.compare import analyze
+from lora_analysis.analysis.pairs import plan_pairs
+from lora_analysis.analysis.runs import find_runs
+from lora_analysis.analysis.settings import AnalyzeConfig
 from lora_analysis.analysis.subspace import phi_grid
 from lora_analysis.analysis.tables import AnalysisResult
 from lora_analysis.cli import main as cli_main
@@ -305,23 +307,23 @@ def test_workers_default_to_the_cores_fewer_when_the_w_tables_would_not_fit(tmp_
     from _tiny_models import save_base
 
     import lora_analysis.machine as machine
-    from lora_analysis.analysis import compare
+    from lora_analysis.analysis import compare, execution
 
     adapter = peft_adapter("bert", tmp_path / "a", r=2)
     base = save_base("bert", tmp_path / "base")
     monkeypatch.setattr(machine, "usable_cores", lambda: 16)
     runs, _ = find_runs([adapter])
     largest = max(m.out_features * m.in_features for m in runs[0].adapter)
-    per_worker = compare.SVD_MEMORY * 8 * largest
+    per_worker = execution.SVD_MEMORY * 8 * largest
     without_w = AnalyzeConfig(inputs=[str(adapter)], w_tables=False)
     with_w = AnalyzeConfig(inputs=[str(adapter)], base=str(base))
     bases = compare._bases(runs, with_w, [])
     monkeypatch.setattr(machine, "available_memory", lambda: 2 * 5 * per_worker)
-    assert compare.auto_workers(runs, [None], without_w) == 16
-    assert compare.auto_workers(runs, bases, with_w) == 5
+    assert execution.auto_workers(runs, [None], without_w) == 16
+    assert execution.auto_workers(runs, bases, with_w) == 5
     monkeypatch.setattr(machine, "available_memory", lambda: per_worker)
-    assert compare.auto_workers(runs, bases, with_w) == 1
+    assert execution.auto_workers(runs, bases, with_w) == 1
     monkeypatch.setattr(machine, "available_memory", lambda: None)  # unknown: the cores
-    assert compare.auto_workers(runs, bases, with_w) == 16
+    assert execution.auto_workers(runs, bases, with_w) == 16
     result = analyze([adapter], w_tables=False, progress=False, input_stats=False)
     assert result.config["workers"] == 16  # the count used is what analysis.json records

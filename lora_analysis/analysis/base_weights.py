@@ -17,7 +17,7 @@ from safetensors import safe_open
 
 from lora_analysis import hub
 from lora_analysis.embedded import MODEL_NAME, minilm_dir
-from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.errors import LoraAnalysisError, first_line
 from lora_analysis.paths import user_path
 from lora_analysis.targets import FAMILIES
 
@@ -50,6 +50,10 @@ def check_model_dir(name_or_path: str) -> Path:
         raise LoraAnalysisError(f"base={name_or_path}: no such model directory (or hub id in the local cache)")
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise LoraAnalysisError(f"base={name_or_path}: {path} holds no model weights (*.safetensors)")
+    if (path / "config.json").is_file():  # damaged settings or index: said now, not after the adapters are read
+        read_config(path / "config.json")
+    if (path / INDEX_FILE).is_file():
+        read_index(path / INDEX_FILE)
     return path
 
 
@@ -68,6 +72,41 @@ def no_base(recorded: str | None) -> str:
     return f"base model {recorded!r} not found"
 
 
+def read_config(path: Path) -> dict:
+    """A model folder's ``config.json`` as a mapping, or one line saying what is wrong with it."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LoraAnalysisError(f"{path}: not a readable JSON file ({first_line(error)})") from error
+    if not isinstance(config, dict):
+        raise LoraAnalysisError(f"{path}: expected a JSON object of model settings, got a {type(config).__name__}")
+    return config
+
+
+def read_index(index: Path) -> dict[str, Path]:
+    """The tensor key -> shard file map of ``model.safetensors.index.json``, every shard checked.
+
+    A shard must be a file inside the model folder: a name that leads out of it (``../../etc/passwd``, an
+    absolute path, a symbolic link to elsewhere) is refused, and so is a missing shard.
+    """
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise LoraAnalysisError(f"{index}: not a safetensors index ({first_line(error)})") from error
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise LoraAnalysisError(f"{index}: weight_map is not a mapping of tensor names to shard file names")
+    folder = index.parent.resolve()
+    shards = {}
+    for name in set(weight_map.values()):
+        shard = (folder / name).resolve()
+        if Path(name).is_absolute() or not shard.is_relative_to(folder):
+            raise LoraAnalysisError(f"{index}: shard {name!r} lies outside the model folder {folder}; refused")
+        if not shard.is_file():
+            raise LoraAnalysisError(f"{index}: shard {name!r} is missing from {folder}")
+        shards[name] = shard
+    return {key: shards[name] for key, name in weight_map.items()}
+
+
 class BaseWeights:
     """The weight tensors of one model directory (default: the embedded MiniLM)."""
 
@@ -81,11 +120,7 @@ class BaseWeights:
     def _index(self) -> dict[str, Path]:
         index = self.dir / INDEX_FILE
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise LoraAnalysisError(f"{index}: not a safetensors index ({error})") from error
-            return {key: self.dir / name for key, name in weight_map.items()}
+            return read_index(index)
         shards = sorted(self.dir.glob("*.safetensors"))
         if not shards:
             raise LoraAnalysisError(f"{self.dir}: no model.safetensors or {INDEX_FILE} (only safetensors are read)")
@@ -100,10 +135,7 @@ class BaseWeights:
 
     def _model_type(self) -> str | None:
         config = self.dir / "config.json"
-        try:
-            return json.loads(config.read_text()).get("model_type") if config.is_file() else None
-        except json.JSONDecodeError:
-            return None
+        return read_config(config).get("model_type") if config.is_file() else None
 
     def key_for(self, module_path: str) -> str | None:
         """The tensor key of module ``module_path``'s weight, matched by suffix; None if absent."""
@@ -127,8 +159,11 @@ class BaseWeights:
         if key is None:
             raise LoraAnalysisError(f"{self.dir}: no weight for module {module_path}")
         file = self.files[key]
-        with safe_open(file, framework="pt") as f:
-            tensor = f.get_tensor(key)
+        try:
+            with safe_open(file, framework="pt") as f:
+                tensor = f.get_tensor(key)
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own error types, and OSError
+            raise LoraAnalysisError(f"{file}: cannot read tensor {key} ({first_line(error)})") from error
         shape, want = tuple(tensor.shape), (out_features, in_features)
         transpose = fan_in_fan_out or self.fan_in_fan_out
         if transpose and shape == want[::-1]:

@@ -19,22 +19,16 @@ Subjects: ``A``, ``A_init`` and ``A_delta = A - A_init`` (right-singular vectors
 
 from __future__ import annotations
 
-import itertools
 import math
-import os
-import sys
 import warnings
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
-from lora_analysis.analysis.adapters import MATCH_IGNORE, LoraModule, Run, find_runs
+from lora_analysis.analysis.adapters import LoraModule
 from lora_analysis.analysis.base_weights import BaseWeights, check_model_dir, chosen_base, no_base
 from lora_analysis.analysis.delta import (
     ModuleFactors,
@@ -47,98 +41,16 @@ from lora_analysis.analysis.delta import (
     stable_rank,
     w_dw_phi,
 )
+from lora_analysis.analysis.execution import auto_workers, blas_threads, progress_bar
 from lora_analysis.analysis.input_geometry import GeometryBaselines, gather
 from lora_analysis.analysis.kinds import GAUSSIAN, Comparison, Side, Subject
 from lora_analysis.analysis.memory import analysis_memory
+from lora_analysis.analysis.pairs import Pair, plan_pairs
+from lora_analysis.analysis.runs import Run, find_runs
+from lora_analysis.analysis.settings import AnalyzeConfig, w_wanted
 from lora_analysis.analysis.subspace import frame_product, frobenius, overlap, phi_from_overlap, sampled_baseline
 from lora_analysis.analysis.tables import SCHEMAS, AnalysisResult, TableBuilder, import_for_tables
-from lora_analysis.errors import LoraAnalysisError
-
-SUBJECTS = tuple(s.value for s in Subject)
-COMPARISONS = tuple(c.value for c in Comparison)
-
-
-@dataclass
-class AnalyzeConfig:
-    """Settings of ``analyze`` (``conf/analyze.yaml`` fills them for the command line)."""
-
-    inputs: list[str] = field(default_factory=list)  # a sweep folder, run folders or PEFT adapter folders
-    out: str | None = None  # None: <input>/analysis, or <common parent of the inputs>/analysis
-    base: str | None = None  # base model dir (or cached hub id) for runs whose own base is not found locally
-    subjects: list[str] = field(default_factory=lambda: list(SUBJECTS))
-    comparisons: list[str] = field(default_factory=lambda: list(COMPARISONS))
-    dw_side: str = "right"  # singular vectors of dW in the phi table: right (input space, like A) or left
-    match_ignore: list[str] = field(default_factory=lambda: list(MATCH_IGNORE))  # config keys free within a pair
-    across_groups: bool = False  # also pair one folder's runs of different configs (as other); compare: true
-    random_seed: int = 0  # Gaussian baselines and Table 7's random directions
-    rank_rtol: float = 1e-6  # singular values below rank_rtol * the largest count as zero
-    w_tables: bool = True  # dw_vs_w, w_dw_phi, intruders (need the base weights and a dense SVD of W)
-    w_directions: int | None = 512  # Figure 8: top-i directions of W, i <= this (None: all min(d, k))
-    w_max_elements: int = 16_777_216  # W tables skip modules with d * k above this (dense SVD cost)
-    intruders: bool = True  # intruder dimensions (a dense SVD of W + dW per run and module)
-    intruder_top_k: int = 10
-    intruder_threshold: float = 0.5
-    intruder_side: str = "left"  # singular vectors compared: left (output space) or right
-    workers: int | None = None  # threads, modules analysed in parallel; None: one per core, fewer for W tables
-    progress: bool = True  # progress bar over modules on stderr
-    # Input statistics (analysis/inputs.py) and the input-geometry baseline (analysis/geometry.py):
-    input_stats: bool = True  # gather them (forward hooks on the frozen base model) and fill geometry_* in phi
-    data_path: str | None = None  # texts of adapters without a run config.yaml (CSV/TSV/JSONL); runs use their own
-    text_column: str = "text"  # data_path's text column
-    max_length: int = 64  # tokens per data_path text (a run uses its own data.max_length)
-    input_texts: int = 256  # training texts sampled (seeded by random_seed) for the statistics
-    input_top: int = 64  # eigenpairs of M and of C kept per module
-    input_dense_max: int = 2048  # in_features up to this: exact dense accumulation; above: an SVD sketch
-    geometry_moment: str = "second_moment"  # null rows ~ N(0, M) (second_moment), or N(0, C) (covariance)
-    geometry_draws: int = 32  # null pairs sampled per (module, r_a, r_b)
-
-    def __post_init__(self) -> None:
-        self.inputs = [str(p) for p in self.inputs]
-        for name, values, allowed in (
-            ("subjects", self.subjects, SUBJECTS),
-            ("comparisons", self.comparisons, COMPARISONS),
-        ):
-            bad = [v for v in values if v not in allowed]
-            if bad:
-                raise LoraAnalysisError(f"{name} {bad} unknown: expected some of {list(allowed)}")
-        for name in ("dw_side", "intruder_side"):
-            if getattr(self, name) not in tuple(Side):
-                raise LoraAnalysisError(f"{name} must be left or right, got {getattr(self, name)!r}")
-        if self.geometry_moment not in ("second_moment", "covariance"):
-            raise LoraAnalysisError(f"geometry_moment: second_moment or covariance, not {self.geometry_moment!r}")
-        if min(self.input_texts, self.input_top, self.input_dense_max, self.geometry_draws, self.max_length) < 1:
-            raise LoraAnalysisError("input_texts, input_top, input_dense_max, geometry_draws, max_length must be >= 1")
-        if self.random_seed < 0:  # numpy seeds are non-negative
-            raise LoraAnalysisError(f"random_seed must be >= 0, got {self.random_seed}")
-        if (self.workers is not None and self.workers < 1) or self.intruder_top_k < 1 or (
-            self.w_directions is not None and self.w_directions < 1
-        ):
-            raise LoraAnalysisError("workers, intruder_top_k and w_directions must be >= 1")
-        if not 0 < self.intruder_threshold <= 1 or not 0 <= self.rank_rtol < 1:
-            raise LoraAnalysisError("intruder_threshold must be in (0, 1] and rank_rtol in [0, 1)")
-
-
-@dataclass
-class CompareConfig(AnalyzeConfig):
-    """Settings of ``compare``: the analysis of two adapters, then their report.
-
-    ``out`` is the folder of both (``<out>/analysis``, ``<out>/report``); None: ``runs/compare/<a>-vs-<b>``.
-    """
-
-    layer: int | None = None  # layer of the single-layer figures; None: the middle adapted layer
-    across_groups: bool = True  # the two adapters named are compared whatever else differs
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if len(self.inputs) != 2:
-            raise LoraAnalysisError(f"compare takes two adapter folders, got {len(self.inputs)}: "
-                                    "lora-analysis compare ADAPTER_A ADAPTER_B [base=MODEL] [out=DIR]")
-
-    def folder(self) -> Path:
-        if self.out is not None:
-            return Path(self.out)
-        a, b = (Path(p.rstrip("/")).name or p for p in self.inputs)
-        return Path("runs") / "compare" / f"{a}-vs-{b}"
+from lora_analysis.errors import LoraAnalysisError, utf8
 
 
 @lru_cache(maxsize=256)
@@ -150,52 +62,6 @@ def _grid_index(r1: int, r2: int, k: int) -> tuple[np.ndarray, np.ndarray, np.nd
     for array in (i, j, baseline):
         array.flags.writeable = False
     return i, j, baseline
-
-
-# --- pairs
-
-
-@dataclass(frozen=True)
-class Pair:
-    comparison: Comparison  # rank | seed | other
-    a: int  # index into the run list; run a has the smaller (r, seed)
-    b: int
-
-
-def plan_pairs(runs: list[Run], comparisons: list[str] | tuple[str, ...] = COMPARISONS,
-               across_groups: bool = False) -> list[Pair]:
-    """The rank, seed and other pairs among ``runs`` (see the module docstring and ``pair_kind``)."""
-    pairs = []
-    for (ia, a), (ib, b) in itertools.combinations(enumerate(runs), 2):
-        kind = pair_kind(a, b, across_groups)
-        if kind is not None and kind in comparisons:
-            order = sorted(
-                [(ia, a), (ib, b)], key=lambda x: (x[1].r, -1 if x[1].seed is None else x[1].seed, x[1].label)
-            )
-            pairs.append(Pair(kind, order[0][0], order[1][0]))
-    return pairs
-
-
-def pair_kind(a: Run, b: Run, across_groups: bool = False) -> Comparison | None:
-    """How two runs are compared, or None when they are not.
-
-    Within a group (same config apart from r and seed): ``rank`` when only r differs (or r differs and
-    the seeds are unknown), ``seed`` when only the known seeds differ, ``other`` for equal r with unknown
-    seeds (two plain PEFT adapters: what tells them apart is not recorded). Across groups: ``other`` for
-    runs from different folders (two tasks, two sweeps); one sweep's own groups are its ablation axes,
-    and a cross-group pair there would compare two settings at once, so it is made only ``across_groups``
-    (``compare``: the user named the two runs), which also pairs runs differing in both r and seed.
-    """
-    known = a.seed is not None and b.seed is not None
-    if a.group == b.group:
-        if a.r != b.r and (not known or a.seed == b.seed):
-            return Comparison.rank
-        if a.r == b.r and known and a.seed != b.seed:
-            return Comparison.seed
-        return Comparison.other if (a.r == b.r and not known) or across_groups else None
-    if known and a.folder.parent == b.folder.parent and not across_groups:
-        return None
-    return Comparison.other
 
 
 # --- one module, all runs
@@ -270,14 +136,10 @@ def _weight_svds(path: str, members: list[int], ctx: _Context) -> dict[Path, tup
     cache = {}
     for index in members:
         base, m = ctx.bases[index], ctx.runs[index].adapter.modules[path]
-        if _w_wanted(base, m, ctx.cfg) and base.dir not in cache:
+        if w_wanted(base, m, ctx.cfg) and base.dir not in cache:
             W = base.weight(path, m.out_features, m.in_features, ctx.runs[index].adapter.fan_in_fan_out)
             cache[base.dir] = (W, WeightSVD.of(W))
     return cache
-
-
-def _w_wanted(base: BaseWeights | None, m: LoraModule, cfg: AnalyzeConfig) -> bool:
-    return cfg.w_tables and base is not None and m.out_features * m.in_features <= cfg.w_max_elements
 
 
 def _run_module(index: int, path: str, ctx: _Context, w_cache: dict) -> tuple[ModuleFactors, dict, list[str]]:
@@ -286,7 +148,7 @@ def _run_module(index: int, path: str, ctx: _Context, w_cache: dict) -> tuple[Mo
     m = run.adapter.modules[path]
     A, B = run.adapter.factors(m.path)
     A_init = run.adapter.init_A(m.path)
-    w_needed = _w_wanted(ctx.bases[index], m, cfg)
+    w_needed = w_wanted(ctx.bases[index], m, cfg)
     if cfg.w_tables and ctx.bases[index] is not None and not w_needed:
         notes.append(
             f"W tables skipped for modules of shape ({m.out_features}, {m.in_features}): more than "
@@ -399,14 +261,6 @@ def _phi_rows(out, comparison, run_a, run_b, path, targets, subject, grid, k, ge
 # --- entry points
 
 
-def default_out(inputs: list[str]) -> Path:
-    """``<input>/analysis`` for one input, else ``<common parent of the inputs>/analysis``."""
-    paths = [Path(p).resolve() for p in inputs]
-    if len(paths) == 1:
-        return paths[0] / "analysis"
-    return Path(os.path.commonpath([p.parent for p in paths])) / "analysis"
-
-
 def analyze(inputs: list[str | Path] | str | Path, **options) -> AnalysisResult:
     """Analyse a sweep folder, run folders or PEFT adapter folders; options are ``AnalyzeConfig`` fields.
 
@@ -430,14 +284,14 @@ def _run_analysis(cfg: AnalyzeConfig) -> AnalysisResult:
         raise LoraAnalysisError(f"no finished LoRA run in {cfg.inputs}: " + "; ".join(notes))
     bases = _bases(runs, cfg, notes)
     cfg = replace(cfg, workers=cfg.workers or auto_workers(runs, bases, cfg))  # saved with the tables
-    ctx = _Context(runs, plan_pairs(runs, cfg.comparisons, cfg.across_groups), cfg, bases, {})
+    ctx = _Context(runs, plan_pairs(runs, cfg.comparisons, cfg.across_groups, notes), cfg, bases, {})
     inputs, members = gather(runs, cfg, notes)
     ctx.geometry = GeometryBaselines(inputs, members, cfg)
     for run in runs:
         if run.adapter.init is None and {Subject.A_init, Subject.A_delta} & set(cfg.subjects):
             notes.append(f"{run.label}: no adapter_init.safetensors; A_init and A_delta skipped, a_moved is NaN")
     torch_too = inputs is not None or any(b is not None for b in ctx.bases)  # W tables, input-geometry grids
-    with _blas_threads(1 if cfg.workers > 1 else None, torch_too):
+    with blas_threads(1 if cfg.workers > 1 else None, torch_too):
         results = _map_modules(_module_paths(runs), ctx)
     built = {name: TableBuilder(schema) for name, schema in SCHEMAS.items()}
     for tables_of_module, module_notes in results:
@@ -448,7 +302,7 @@ def _run_analysis(cfg: AnalyzeConfig) -> AnalysisResult:
         built["runs"].add(
             1,
             run=run.label,
-            folder=str(run.folder),
+            folder=utf8(str(run.folder)),
             r=run.r,
             seed=run.seed,
             targets=run.targets,
@@ -462,49 +316,6 @@ def _run_analysis(cfg: AnalyzeConfig) -> AnalysisResult:
     return AnalysisResult(**built, notes=notes, config=asdict(cfg), inputs=inputs)  # tables assembled when read
 
 
-SVD_MEMORY = 10  # peak bytes per byte of a float64 W while a worker runs its W tables (see auto_workers)
-
-
-def auto_workers(runs: list[Run], bases: list[BaseWeights | None], cfg: AnalyzeConfig) -> int:
-    """``workers=None``: one per usable core, but no more than half the available memory holds while each
-    runs the W tables of the largest module: a dense SVD of W and one of W + dW, with W's kept, about
-    ``SVD_MEMORY`` times W in float64 (measured: a 4096 x 4096 SVD raised peak RSS by 995 MB in numpy and
-    808 MB in torch, 6-7x the 134 MB of W)."""
-    from lora_analysis.machine import available_memory, usable_cores
-
-    cores = usable_cores()
-    largest = max((m.out_features * m.in_features for run, base in zip(runs, bases, strict=True)
-                   for m in run.adapter if _w_wanted(base, m, cfg)), default=0)  # fmt: skip
-    memory = available_memory()
-    if largest == 0 or memory is None:
-        return cores
-    return max(1, min(cores, int(memory / 2 / (SVD_MEMORY * 8 * largest))))
-
-
-@contextmanager
-def _blas_threads(n: int | None, torch_too: bool) -> Iterator[None]:
-    """numpy's BLAS threads (and torch's, which the W tables use) set to ``n`` for the block, one per
-    worker, since nested threading thrashes; ``None`` leaves them as they are. torch is imported only
-    when ``torch_too``: it takes longer to import than the rest of an analysis without a base."""
-    from threadpoolctl import threadpool_limits
-
-    if n is None:
-        yield
-        return
-    with threadpool_limits(n, user_api="blas"):
-        if not torch_too:
-            yield
-            return
-        import torch
-
-        before = torch.get_num_threads()
-        torch.set_num_threads(n)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
-
-
 def _map_modules(paths: list[str], ctx: _Context) -> list:
     """Analyse the modules, ``ctx.cfg.workers`` at a time on threads; the results in module order.
 
@@ -512,7 +323,7 @@ def _map_modules(paths: list[str], ctx: _Context) -> list:
     against 64), and the threads then waited for the largest one (a quarter of their time, measured).
     """
     workers = min(ctx.cfg.workers, max(len(paths), 1))
-    with ThreadPoolExecutor(workers) as pool, _progress(len(paths), ctx.cfg.progress) as bar:
+    with ThreadPoolExecutor(workers) as pool, progress_bar(len(paths), ctx.cfg.progress) as bar:
         if Comparison.random in ctx.cfg.comparisons:  # queued first: no module waits for a grid not started
             ctx.random_grids = _random_grids(ctx, pool if workers > 1 else None)
         results = []
@@ -523,18 +334,6 @@ def _map_modules(paths: list[str], ctx: _Context) -> list:
             results.append(result)
             bar.update()
     return results
-
-
-@contextmanager
-def _progress(total: int, shown: bool) -> Iterator:
-    """A progress bar over modules on stderr, or a silent stand-in (tqdm is imported only to be shown)."""
-    if not shown:
-        yield SimpleNamespace(update=lambda: None)
-        return
-    from tqdm import tqdm
-
-    with tqdm(total=total, desc="modules", unit="module", file=sys.stderr) as bar:
-        yield bar
 
 
 def _module_paths(runs: list[Run]) -> list[str]:

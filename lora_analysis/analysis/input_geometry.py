@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lora_analysis.analysis.adapters import Run
 from lora_analysis.analysis.base_weights import chosen_base, no_base
+from lora_analysis.analysis.runs import Run
 from lora_analysis.embedded import DATA_NAME
 from lora_analysis.errors import LoraAnalysisError, first_line
 from lora_analysis.layout import RunDir

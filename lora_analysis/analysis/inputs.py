@@ -274,7 +274,7 @@ def source_statistics(
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.model_dir)
         model = AutoModel.from_pretrained(source.model_dir).eval()
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as error:  # a damaged config.json too
         raise LoraAnalysisError(f"cannot load the base model {source.model_dir} for input statistics: "
                                 f"{first_line(error)}") from error
     modules = match_modules(model, paths)

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from lora_analysis.errors import LoraAnalysisError, first_line
+from lora_analysis.errors import LoraAnalysisError, first_line, printable, utf8
 from lora_analysis.layout import AnalysisDir, SweepDir
 
 if TYPE_CHECKING:
-    from lora_analysis.analysis.compare import AnalyzeConfig
+    from lora_analysis.analysis.settings import AnalyzeConfig
     from lora_analysis.analysis.tables import AnalysisResult
 
 
@@ -52,7 +52,9 @@ def analyse_sweep(sweep: Path, command: str = "lora-analysis", progress: bool = 
 
 def analyse_into(inputs: list[Path], out: Path, command: str = "lora-analysis", progress: bool = True) -> Path:
     """Analyse ``inputs`` with the default settings into ``out``; warnings become ``note:`` lines on stderr."""
-    from lora_analysis.analysis.compare import AnalyzeConfig  # numpy and the analysis: imported only when there is work
+    from lora_analysis.analysis.settings import (
+        AnalyzeConfig,  # numpy and the analysis: imported only when there is work
+    )
 
     return analysis_with_notes(AnalyzeConfig(inputs=[str(p) for p in inputs], progress=progress), command).save(out)
 
@@ -65,13 +67,13 @@ def analysis_with_notes(cfg: AnalyzeConfig, command: str = "lora-analysis") -> A
         warnings.simplefilter("always")
         result = run_analysis(cfg)
     for warning in caught:
-        print(f"{command}: note: {warning.message}", file=sys.stderr)
+        print(f"{command}: note: {printable(utf8(str(warning.message)))}", file=sys.stderr)
     return result
 
 
 def adapters_stale_reason(folder: Path) -> str | None:
     """Why ``<folder>/analysis`` is missing or does not analyse exactly the adapters now in ``folder``, or None."""
-    from lora_analysis.analysis.adapters import find_runs
+    from lora_analysis.analysis.runs import find_runs
 
     analysis = AnalysisDir(folder / SweepDir.ANALYSIS)
     if not analysis.exists() or not analysis.table("runs").is_file():

@@ -1,7 +1,7 @@
 """The typed configs of the commands, and the one call that makes every schema known to Hydra.
 
 Each key is documented once, here (the command configs) or in ``train/config.py`` and
-``analysis/compare.py`` (training and analysis settings); ``conf/<command>.yaml`` fills them in.
+``analysis/settings.py`` (training and analysis settings); ``conf/<command>.yaml`` fills them in.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class ReproduceConfig:
 
 def register_schemas() -> None:
     """Store every command's schema in Hydra's ConfigStore (idempotent); ``compose`` needs them."""
-    from lora_analysis.analysis.compare import AnalyzeConfig, CompareConfig
+    from lora_analysis.analysis.settings import AnalyzeConfig, CompareConfig
     from lora_analysis.train.config import register_configs
 
     register_configs()
