@@ -46,11 +46,21 @@ def to_settings(cfg: DictConfig):
     return OmegaConf.to_object(cfg)
 
 
+# PEFT's and Trainer's names for our keys: what a LoRA user is likely to type instead.
+ALIASES = {"rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "targets",
+           "use_rslora": "rslora", "init_lora_weights": "init", "layers_to_transform": "layers",
+           "learning_rate": "lr", "max_steps": "steps", "per_device_train_batch_size": "batch_size",
+           "analyse": "analyze"}
+
+
 def did_you_mean(key: str, known: Sequence[str], prefix: str = "") -> str:
-    """``" (did you mean 'optim.steps'?)"``: the known key nearest to a mistyped one, or "" if none is near."""
+    """``" (did you mean 'optim.steps'?)"``: the known key nearest to a mistyped one, or "" if none is near.
+
+    A name PEFT or the Trainer use for one of ours (``rank`` for ``r``) points at ours."""
     import difflib
 
-    close = difflib.get_close_matches(key, list(known), n=1)
+    alias = ALIASES.get(key)
+    close = [alias] if alias in known else difflib.get_close_matches(key, list(known), n=1)
     return f" (did you mean {prefix + close[0]!r}?)" if close else ""
 
 

@@ -10,7 +10,10 @@ texts here, so the analysis sees exactly the texts and tokens a run trained on.
 
 from __future__ import annotations
 
+import lzma
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from lora_analysis.embedded import DATA_NAME, rotten_tomatoes_csv
-from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.errors import LoraAnalysisError, first_line
 
 MANY_CLASSES = 50  # more distinct labels than this, and more than a fifth of the rows: looks continuous
 
@@ -68,10 +71,18 @@ def read_text_table(
     if len(frame) < rows:
         warnings.warn(f"{path}: {rows - len(frame)} of {rows} rows dropped ({dropped['empty']} with an empty text "
                       f"or label, {dropped['repeated']} repeated texts)", stacklevel=2)
+    _refuse_structured(path, frame, text_column, "text")
     texts = frame[text_column].astype(str).tolist()
     if label_column is None:
         return TextTable(texts, None, [], dropped)
+    _refuse_structured(path, frame, label_column, "label")
     values = frame[label_column]
+    numbers = values.map(lambda v: isinstance(v, int | float))
+    strings = values.map(lambda v: isinstance(v, str))
+    if numbers.any() and strings.any():  # JSON's 1 and "pos" in one column: no order, no one naming
+        number, text = values[numbers].iloc[0], values[strings].iloc[0]
+        raise LoraAnalysisError(f"{path}: label column {label_column!r} mixes numbers ({number!r}) and strings "
+                                f"({text!r}); give every label as one kind")
     if values.dtype.kind == "f" and bool((values == values.round()).all()):
         values = values.astype(np.int64)  # integer labels that a missing one (NaN) had turned into floats
     if not many_labels:
@@ -81,6 +92,16 @@ def read_text_table(
         raise LoraAnalysisError(f"{path}: column {label_column!r} has a single class {names[0]!r}")
     index = {name: i for i, name in enumerate(names)}
     return TextTable(texts, values.map(index).to_numpy(np.int64), [str(n) for n in names], dropped)
+
+
+def _refuse_structured(path: str, frame: pd.DataFrame, column: str, what: str) -> None:
+    """A JSON list or object where a text or label belongs is refused (it would be trained on as its repr)."""
+    structured = frame[column].map(lambda v: isinstance(v, list | dict | tuple))
+    if structured.any():
+        row = int(np.flatnonzero(structured.to_numpy())[0])
+        kind = type(frame[column].iloc[row]).__name__
+        raise LoraAnalysisError(f"{path}: {what} column {column!r} holds a {kind} in row {row + 1}; expected a "
+                                f"{'string' if what == 'text' else 'string or integer'}")
 
 
 def _empty(column: pd.Series) -> pd.Series:
@@ -103,13 +124,17 @@ def read_file(path: Path) -> pd.DataFrame:
         raise LoraAnalysisError(f"data file not found: {path}")
     suffixes = [s for s in path.suffixes if s not in (".gz", ".bz2", ".xz", ".zip")]
     kind = suffixes[-1] if suffixes else ""
-    try:
+    packed = path.suffix if path.suffix in (".gz", ".bz2", ".xz", ".zip") else ""
+    try:  # utf-8-sig: a byte-order mark is read past, in JSON as in CSV
         if kind in (".jsonl", ".json"):
-            return pd.read_json(path, lines=kind == ".jsonl")
+            return pd.read_json(path, lines=kind == ".jsonl", encoding="utf-8-sig")
         if kind in (".csv", ".tsv"):
-            return pd.read_csv(path, sep="\t" if kind == ".tsv" else ",")
+            return pd.read_csv(path, sep="\t" if kind == ".tsv" else ",", encoding="utf-8-sig")
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise LoraAnalysisError(f"{path}: cannot parse as {kind[1:]}: {str(error).splitlines()[0]}") from error
+        raise LoraAnalysisError(f"{path}: cannot parse as {kind[1:]}{packed}: {first_line(error)}") from error
+    except (OSError, EOFError, zlib.error, lzma.LZMAError, zipfile.BadZipFile) as error:  # a broken archive
+        what = f"a {packed[1:]} archive" if packed else "the file"
+        raise LoraAnalysisError(f"{path}: cannot read {what} ({first_line(error)})") from error
     raise LoraAnalysisError(f"{path}: unknown data format {kind!r} (expected .csv, .tsv, .jsonl or .json)")
 
 

@@ -34,6 +34,10 @@ def one_line(capsys, command: str) -> str:
     (["+optim.stepz=3"], "config: unknown key 'optim.stepz' (did you mean 'optim.steps'?)"),  # `+` adds keys
     (["+seed_=1"], "config: unknown key 'seed_' (did you mean 'seed'?)"),
     (["optim.stps=3"], "Key 'stps' not in 'OptimConfig' (did you mean 'optim.steps'?)"),
+    (["lora.rank=8"], "(did you mean 'lora.r'?)"),  # PEFT's and the Trainer's names point at ours
+    (["optim.learning_rate=1e-3"], "(did you mean 'optim.lr'?)"),
+    (["logger=mlflow", "logger.tracking_uri=http://127.0.0.1:9"], "no MLflow server answers there"),
+    (["logger=mlflow", "logger.tracking_uri=foo://bar"], "MLflow cannot use it"),
 ])
 def test_bad_train_settings_are_one_line_and_leave_nothing(tiny, tmp_path, capsys, extra, message):
     assert train(tiny, tmp_path / "runs", *extra) == 2
@@ -152,3 +156,53 @@ def test_a_comma_list_without_brackets_says_the_ways_out(adapter, capsys, comman
     args = [override] if command == "train" else [str(adapter), override]
     assert cli.main([command, *args]) == 2
     assert one_line(capsys, command).endswith("config: Ambiguous value for argument " + expected)
+
+
+def test_a_mistyped_command_names_the_nearest(capsys):
+    assert cli.main(["analyse", "x"]) == 2
+    assert "unknown command 'analyse' (did you mean 'analyze'?)" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_another_config_is_discarded_and_the_run_starts_again(tiny, tmp_path, monkeypatch, capsys):
+    from lora_analysis.train import trainer
+
+    real_save = trainer._save_checkpoint
+
+    def save_then_stop(*args):
+        real_save(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "_save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        cli_main_raising(tiny, tmp_path / "other", "lora.r=4", "optim.checkpoint_every=1")
+    monkeypatch.setattr(trainer, "_save_checkpoint", real_save)
+    (foreign,) = (tmp_path / "other").rglob(RunDir.CHECKPOINT)
+    assert train(tiny, tmp_path / "runs", "name=s") == 0
+    (run,) = [RunDir(p) for p in (tmp_path / "runs" / "s").iterdir() if p.is_dir()]
+    first = load_file(str(run.path / ADAPTER_WEIGHTS))
+    run.done_path.unlink()
+    shutil.copy(foreign, run.checkpoint_path)  # r=4 tensors where r=2 ones belong
+    capsys.readouterr()
+    assert train(tiny, tmp_path / "runs", "name=s") == 0
+    assert "written for another config" in capsys.readouterr().out
+    again = load_file(str(run.path / ADAPTER_WEIGHTS))
+    assert run.is_done() and all((first[k] == again[k]).all() for k in first)
+
+
+def cli_main_raising(tiny, out, *extra):
+    """``train`` in this process with a KeyboardInterrupt let through (cli.main turns it into 130)."""
+    from lora_analysis.train.sweep import run_overrides
+
+    model, csv = tiny
+    return run_overrides([*tiny_overrides(model, csv, out, 2), *extra])
+
+
+def test_a_finished_run_whose_adapter_was_deleted_is_trained_again(tiny, tmp_path, capsys):
+    assert train(tiny, tmp_path / "runs", "name=s") == 0
+    (run,) = [RunDir(p) for p in (tmp_path / "runs" / "s").iterdir() if p.is_dir()]
+    (run.path / ADAPTER_WEIGHTS).unlink()
+    capsys.readouterr()
+    assert train(tiny, tmp_path / "runs", "name=s") == 0
+    assert "its adapter files are missing; training the run again" in capsys.readouterr().out
+    assert run.is_done() and (run.path / ADAPTER_WEIGHTS).is_file()
+    assert cli.main(["report", str(run.path.parent)]) == 0

@@ -6,6 +6,7 @@ ends in one line on stderr, ``lora-analysis <command>: error: ...``, and exit st
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -38,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"lora-analysis: error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        from lora_analysis.hydra_compose import did_you_mean
+
+        hint = did_you_mean(command, list(COMMANDS))
+        print(f"lora-analysis: error: unknown command {printable(repr(command))}{hint}\n\n{usage()}", file=sys.stderr)
         return 2
     # Hydra would print a trimmed traceback and exit 1; we want the exception, to print one line.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
@@ -83,6 +87,9 @@ def one_line(error: BaseException, sweeps: bool = False) -> str | None:
     for err in chain:  # a path the user gave that cannot be read or written (a file for a folder, read-only)
         if isinstance(err, OSError) and err.filename and not isinstance(err, BlockingIOError):
             return f"cannot use {err.filename}: {err.strerror or first_line(err)}"
+    for err in chain:  # a full disk where no file name was at hand (pyarrow's and torch's writers)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"no space left on the device: {first_line(err)}; free some and run the command again"
     return None
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.errors import LoraAnalysisError, first_line
 from lora_analysis.layout import SweepDir
 
 TABLES = ("phi", "spectra", "modules", "dw_vs_w", "w_dw_phi", "intruders")  # the analysis tables a report shows
@@ -41,10 +41,16 @@ def load_sweep(sweep_dir: str | Path) -> SweepData:
     histories, missing = {}, []
     for name in runs["run"].astype(str):
         run = sweep.run(name)
-        if run.history_path.is_file():
-            histories[name] = pd.read_csv(run.history_path)
-        else:
+        if not run.history_path.is_file():
             missing.append(_relative(run.history_path, sweep))
+            continue
+        try:
+            history = pd.read_csv(run.history_path)
+            if not {"step", "loss"} <= set(history.columns):
+                raise ValueError("no step and loss columns")
+            histories[name] = history
+        except (OSError, ValueError, UnicodeDecodeError) as error:  # emptied or damaged by hand: left out, said
+            missing.append(f"{_relative(run.history_path, sweep)} (unreadable: {first_line(error)})")
     analysis = sweep.analysis
     result = AnalysisResult.load(analysis.path, partial=True)
     missing += [_relative(analysis.table(name), sweep) for name in TABLES if not analysis.table(name).is_file()]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.errors import LoraAnalysisError, first_line
 from lora_analysis.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RunDir
 from lora_analysis.train.config import LoggerKind, TrainConfig
 
@@ -34,7 +34,7 @@ class TensorBoardTracker(Tracker):
         except ImportError as error:
             raise LoraAnalysisError("logger=tensorboard needs tensorboard: pip install 'lora-analysis[tensorboard]'"
                                     ) from error
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / RunDir.TENSORBOARD))
 
     def log(self, step: int, values: dict[str, float]) -> None:
         for key, value in values.items():
@@ -58,9 +58,17 @@ class MlflowTracker(Tracker):
         uri = cfg.logger.tracking_uri or (Path(cfg.out_dir).resolve() / "mlruns").as_uri()
         if uri.startswith("file:"):  # MLflow 3 keeps its file store but asks to be told it is wanted
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(cfg.name)
-        self.run = mlflow.start_run(run_name=cfg.run_name)
+        # MLflow's default retries a dead server for minutes; a run should say so within seconds
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        check_reachable(uri)
+        try:
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_experiment(cfg.name)
+            self.run = mlflow.start_run(run_name=cfg.run_name)
+        except Exception as error:  # noqa: BLE001 - MLflow raises its own types (an unknown scheme, a refusal)
+            raise LoraAnalysisError(f"logger.tracking_uri={uri}: MLflow cannot use it ({first_line(error)}); "
+                                    "fix the URI or train with logger=csv") from error
         params = pd.json_normalize(config, sep=".").iloc[0].to_dict()
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
 
@@ -73,6 +81,22 @@ class MlflowTracker(Tracker):
             if (Path(run_dir) / name).is_file():
                 self.mlflow.log_artifact(str(Path(run_dir) / name), artifact_path="adapter")
         self.mlflow.end_run()
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Refuse an http(s) tracking URI whose server does not answer a TCP connection within ``timeout``."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "", port), timeout=timeout).close()
+    except OSError as error:
+        raise LoraAnalysisError(f"logger.tracking_uri={uri}: no MLflow server answers there ({first_line(error)}); "
+                                "start it, or train with logger=csv") from error
 
 
 def open_tracker(cfg: TrainConfig, run_dir: Path, config: dict) -> Tracker:

@@ -34,7 +34,7 @@ def load_tokenizer(cfg: ModelConfig):
     path = _model_source(cfg)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.revision)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as error:  # a damaged config.json too
         raise LoraAnalysisError(f"cannot load a tokenizer from {cfg.name_or_path!r}: {first_line(error)}") from error
     if tokenizer.pad_token_id is None:  # GPT-2 and Llama have none; padded positions are masked anyway
         tokenizer.pad_token = tokenizer.eos_token
@@ -52,7 +52,7 @@ def load_model(cfg: ModelConfig, num_labels: int, pad_token_id: int | None) -> t
             )
         else:
             model = AutoModelForCausalLM.from_pretrained(path, revision=cfg.revision)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as error:  # a damaged config.json too
         raise LoraAnalysisError(f"cannot load model {cfg.name_or_path!r}: {first_line(error)}") from error
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id
@@ -122,7 +122,7 @@ def check_max_length(cfg: ModelConfig, max_length: int) -> None:
     quiet_transformers()
     try:
         config = AutoConfig.from_pretrained(_model_source(cfg), revision=cfg.revision)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as error:  # a damaged config.json too
         raise LoraAnalysisError(f"cannot load model {cfg.name_or_path!r}: {first_line(error)}") from error
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if positions and max_length > positions:
@@ -135,7 +135,7 @@ def skeleton(cfg: ModelConfig) -> torch.nn.Module:
     quiet_transformers()
     try:
         config = AutoConfig.from_pretrained(path, revision=cfg.revision)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as error:  # a damaged config.json too
         raise LoraAnalysisError(f"cannot load model {cfg.name_or_path!r}: {first_line(error)}") from error
     auto = AutoModelForSequenceClassification if cfg.task == Task.classification else AutoModelForCausalLM
     with torch.device("meta"):

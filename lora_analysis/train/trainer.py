@@ -312,6 +312,13 @@ def _load_checkpoint(run_dir: Path, model, params: dict, optimizer) -> Progress 
     with safe_open(str(path), "pt") as handle:
         meta = handle.metadata()
     tensors = load_file(str(path))
+    wrong = next((n for n, p in params.items() if tuple(tensors.get(f"param.{n}", torch.empty(0)).shape) != p.shape),
+                 None)
+    if wrong is not None:  # written by another run's config (the folder reused by hand): not this run's state
+        log.warning("%s: discarded %s, written for another config (parameter %s does not match); starting the run "
+                    "again", run_dir, RunDir.CHECKPOINT, wrong)
+        path.unlink()
+        return None
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(tensors[f"param.{name}"])
