@@ -79,7 +79,9 @@ def baseline(settings: TrainConfig, out: Path) -> dict:
 
     tokenizer = load_tokenizer(settings.model)
     texts, labels, _, _ = task_data.load_table(settings.data, settings.model.task)
-    train_rows, test_rows = task_data.split_indices(len(texts), settings.data.test_size, None, settings.data.split_seed)
+    split = task_data.split_indices(len(texts), settings.data.test_size, settings.data.val_size, None,
+                                    settings.data.split_seed)
+    train_rows, test_rows = split.train, split.test
 
     def dataset(rows):
         enc = tokenizer([texts[i] for i in rows], padding="max_length", truncation=True,
@@ -118,7 +120,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [f"optim.steps={args.steps}", "lora.r=8", "lora.targets=all", f"out_dir={tmp}",
                      f"threads={args.threads}", "progress=false", "optim.checkpoint_every=0",
-                     "optim.plateau_probe=0"]
+                     "optim.patience=0", "data.val_size=0"]  # fixed steps, no validation: throughput only
         register_configs()
         settings = settings_from(compose("train", [*overrides, "optim.precision=fp32"]), "bench")
         peaks = {"fp32": matmul_peak(), "bf16": matmul_peak(dtype=torch.bfloat16)}

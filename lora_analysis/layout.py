@@ -11,8 +11,9 @@ A sweep (``SweepDir``) is ``<out_dir>/<name>/``; every run of it is a ``RunDir``
         adapter_model.safetensors  ... so peft.PeftModel.from_pretrained loads the run
         adapter_init.safetensors   A and B at step 0 (the init control)
         checkpoint.safetensors     while training: the state to resume from (removed at the end)
-        history.csv                step, loss, learning rate
-        metrics.json               test scores, timings, how far A moved, the precision used
+        history.csv                step, loss, learning rate; validation loss and accuracy where evaluated
+        metrics.json               test scores at the validation optimum, best_step, stop_reason, timings, how
+                                   far A moved, the precision used
         provenance.json            versions of torch, transformers, peft and this package, CPU/GPU, threads,
                                    the data file's sha256
         FAILED.json                a run that stopped on a non-finite loss: why (no DONE then)
@@ -45,7 +46,8 @@ MODEL_CARD = "README.md"  # PEFT's model card, recognised by its front matter
 
 # Settings added after runs were saved, with the value such a run had without naming it: a run's saved
 # config is read with them filled in, so an older run is skipped, paired and tabled like a new one.
-ADDED_SETTINGS: dict[tuple[str, str], object] = {("data", "shuffle_labels"): False, ("data", "many_labels"): False}
+ADDED_SETTINGS: dict[tuple[str, str], object] = {("data", "shuffle_labels"): False, ("data", "many_labels"): False,
+                                                  ("data", "val_size"): 0}
 
 
 @dataclass(frozen=True)

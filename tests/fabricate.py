@@ -22,7 +22,6 @@ import torch
 import yaml
 
 from lora_analysis.analysis.tables import SCHEMAS, AnalysisResult
-from lora_analysis.plateau import verdict
 
 DELTA_TOP, DW_TOP, SEED_ENERGY = 0.8, 0.7, 0.9
 SEED_SHARED = {"q": 6, "v": 2, "ffn_in": 3, "ffn_out": 1}
@@ -34,10 +33,10 @@ INTRUDERS = {4: 0, 8: 1, 64: 2}  # per module
 ACCURACY = {"r4-seed0": 0.771, "r8-seed0": 0.776, "r8-seed1": 0.780, "r64-seed0": 0.774, "r64-seed1": 0.770,
             "full-seed0": 0.801}
 MAJORITY = 0.575
-# The plateau probe (lora_analysis.plateau): relative fall of the probe loss from 3/4 of the steps to the end,
-# and its standard error. r64-seed0 is still falling; the others levelled off.
-PLATEAU = {"r64-seed0": (0.051, 0.006)}
-LEVELLED = (0.004, 0.003)
+# Early stopping (lora_analysis.stopping): the step of the best validation loss and why the run stopped.
+# r64-seed0 reached the ceiling still improving; the others converged.
+STOPPED = {"r64-seed0": (150, 150, "ceiling")}
+CONVERGED = (100, 150, "converged")
 DEFAULT_RUNS = ("r4-seed0", "r8-seed0", "r64-seed0", "r8-seed1", "r64-seed1", "full-seed0")
 QUICK_RUNS = ("r8-seed0", "r64-seed0", "r64-seed1")
 SUBJECTS = ("A", "A_init", "A_delta", "dW")
@@ -183,16 +182,14 @@ def sweep_rows(runs: list[str]) -> pd.DataFrame:
             "wall_seconds": 111.0, "trainable_params": 22_700_000 if method == "full" else 3000 * r,
             "lora_params": 0 if method == "full" else 2900 * r, "train_examples": 10752, "test_examples": 2000,
             "threads": 2, "device": "cpu",
-            **plateau_row(*PLATEAU.get(run, LEVELLED)),
+            **stop_row(*STOPPED.get(run, CONVERGED)), "val_accuracy": ACCURACY[run],
         })
     return pd.DataFrame(rows)
 
 
-def plateau_row(change: float, se: float) -> dict:
-    said = verdict(change, se)
-    return {"plateau_change": change, "plateau_change_se": se, "plateau_verdict": said,
-            "plateau": said == "levelled off", "plateau_loss_before": 0.45, "plateau_loss_after": 0.45 * (1 - change),
-            "plateau_from_step": 112, "plateau_probe": 1024}
+def stop_row(best_step: int, steps: int, reason: str) -> dict:
+    return {"best_step": best_step, "ceiling": 150, "stop_reason": reason, "evaluations": steps // 25,
+            "val_loss": 0.45, "val_accuracy": 0.78, "val_examples": 1000}
 
 
 def history(seed: int) -> pd.DataFrame:

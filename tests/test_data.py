@@ -11,6 +11,7 @@ from lora_analysis.train.data import (
     collate,
     eval_batches,
     load_table,
+    load_task_data,
     split_indices,
     tokenize_cached,
     train_batches,
@@ -21,16 +22,39 @@ def test_embedded_rotten_tomatoes_split_is_fixed():
     texts, labels, names, _ = load_table(DataConfig(), Task.classification)
     assert (len(texts), names) == (12_752, ["rotten", "fresh"])
     assert len(set(texts)) == len(texts)
-    train, test = split_indices(len(texts), 2000, None, split_seed=0)
-    assert (len(train), len(test)) == (10_752, 2_000) and not set(train) & set(test)
-    again, _ = split_indices(len(texts), 2000, None, split_seed=0)
-    assert np.array_equal(train, again)
-    assert 0.55 < labels[test].mean() < 0.60  # fresh is the majority class
+    split = split_indices(len(texts), 2000, 1000, None, split_seed=0)
+    assert (len(split.train), len(split.val), len(split.test)) == (9_752, 1_000, 2_000)
+    assert not set(split.train) & set(split.test) and not set(split.val) & set(split.train)
+    assert not set(split.val) & set(split.test) and not set(split.val) & set(split.train)
+    assert set(split.train) | set(split.val) | set(split.test) == set(range(len(texts)))
+    again = split_indices(len(texts), 2000, 1000, None, split_seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(split, again, strict=True))
+    without_val = split_indices(len(texts), 2000, 0, None, split_seed=0)
+    assert np.array_equal(split.test, without_val.test)  # the test split does not move with val_size
+    assert 0.55 < labels[split.test].mean() < 0.60  # fresh is the majority class
+
+
+def test_the_split_does_not_move_with_the_runs_seed(tiny, tmp_path):
+    """Train, validation and test are disjoint and the same whatever the run's seed."""
+    from lora_analysis.train.config import ModelConfig
+    from lora_analysis.train.modeling import load_tokenizer
+
+    model, csv = tiny
+    cfg = DataConfig(path=str(csv), text_column="review", label_column="sentiment", test_size=40, val_size=40)
+    tokenizer = load_tokenizer(ModelConfig(name_or_path=str(model)))
+    first, other = (load_task_data(cfg, Task.classification, tokenizer, tmp_path, seed) for seed in (0, 7))
+    for a, b in zip((first.train, first.val, first.test), (other.train, other.val, other.test), strict=True):
+        assert [x.tolist() for x in a.ids] == [x.tolist() for x in b.ids]
+    as_tuples = [{tuple(x) for x in part.ids} for part in (first.train, first.val, first.test)]
+    assert not (as_tuples[0] & as_tuples[1] or as_tuples[0] & as_tuples[2] or as_tuples[1] & as_tuples[2])
+    assert (len(first.val), len(first.test)) == (40, 40)
 
 
 def test_split_refuses_too_little_data():
-    with pytest.raises(ValueError, match="not more than data.test_size"):
-        split_indices(100, 100, None, 0)
+    with pytest.raises(ValueError, match="not more than data.test_size=100 \\+ data.val_size=0"):
+        split_indices(100, 100, 0, None, 0)
+    with pytest.raises(ValueError, match="nothing is left to train on"):
+        split_indices(100, 60, 40, None, 0)
 
 
 def test_length_grouped_batches_cover_each_epoch_once():
@@ -122,8 +146,8 @@ def _shuffled_pair(tmp_path, task, seed):
     import pandas as pd
 
     pd.DataFrame({"text": rows, "label": [i % 3 == 0 for i in range(300)]}).to_csv(path, index=False)
-    plain = DataConfig(path=str(path), test_size=50)
-    shuffled = DataConfig(path=str(path), test_size=50, shuffle_labels=True)
+    plain = DataConfig(path=str(path), test_size=50, val_size=50)
+    shuffled = DataConfig(path=str(path), test_size=50, val_size=50, shuffle_labels=True)
     return (load_task_data(plain, task, _WordTokenizer(), tmp_path, seed),
             load_task_data(shuffled, task, _WordTokenizer(), tmp_path, seed))
 
@@ -137,6 +161,7 @@ def test_shuffled_labels_permute_the_training_labels_by_the_seed_and_keep_the_te
     assert not np.array_equal(shuffled.train.labels, plain.train.labels)
     assert np.bincount(shuffled.train.labels).tolist() == np.bincount(plain.train.labels).tolist()
     assert np.array_equal(shuffled.test.labels, plain.test.labels)  # the test split is untouched
+    assert np.array_equal(shuffled.val.labels, plain.val.labels)  # and validation: stopping reads the real task
     assert all(np.array_equal(a, b) for a, b in zip(shuffled.train.ids, plain.train.ids, strict=True))
     _, other_seed = _shuffled_pair(tmp_path, Task.classification, seed=4)
     assert not np.array_equal(other_seed.train.labels, shuffled.train.labels)

@@ -95,18 +95,19 @@ def test_findings_state_the_planted_numbers(tables, shared, sweep):
 
     assert F.intruder_counts(tables.intruders).values == {f"r{r}": float(n) for r, n in INTRUDERS.items()}
 
-    acc = F.accuracy(pd.read_parquet(sweep / "runs.parquet"))
+    all_runs = pd.read_parquet(sweep / "runs.parquet")
+    acc = F.accuracy(all_runs, S.accuracy_table(all_runs))
     assert acc.values == pytest.approx({"best": 0.778, "full": 0.801})
     assert "full fine-tuning 0.801" in acc.sentences[-1] and "majority class 0.575" in acc.sentences[-1]
 
 
 def test_missing_data_gives_a_sentence_not_an_error(tables):
-    empty_phi = tables.phi.iloc[0:0]
+    empty_phi, no_runs = tables.phi.iloc[0:0], pd.DataFrame({"run": []})
     for finding in (F.top_direction(empty_phi), F.q_vs_v(S.shared_directions(empty_phi)),
                     F.init_control(empty_phi, S.shared_directions(empty_phi)), F.a_moved(tables.modules.iloc[0:0]),
                     F.amplification(tables.dw_vs_w.iloc[0:0], layer=0), F.intruder_counts(tables.intruders.iloc[0:0]),
-                    F.w_dw_overlap(tables.w_dw_phi.iloc[0:0], layer=0), F.accuracy(pd.DataFrame({"run": []})),
-                    F.loss_levelled(pd.DataFrame({"run": []}), {})):
+                    F.w_dw_overlap(tables.w_dw_phi.iloc[0:0], layer=0), F.accuracy(no_runs, S.accuracy_table(no_runs)),
+                    F.trained_enough(pd.DataFrame({"run": []}), {})):
         assert finding.table is None and len(finding.sentences) == 1 and finding.sentences[0]
     assert F.top_direction(tables.phi, r_small=4, r_large=64).values["A_delta"] == pytest.approx(DELTA_TOP)
     assert "No rank pair r=2" in F.top_direction(tables.phi, r_small=2).sentences[0]
@@ -132,19 +133,24 @@ def budget_runs(scores: dict[str, list[float]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def under_budget(runs: pd.DataFrame) -> F.Finding:
+    return F.ffn_under_budget(runs, S.accuracy_table(runs))
+
+
 def test_ffn_under_budget_states_the_difference_with_its_error():
-    clear = F.ffn_under_budget(budget_runs({"q": [0.80, 0.81], "attn": [0.80, 0.80], "ffn": [0.84, 0.85],
-                                            "all": [0.85, 0.86]}))
+    clear = under_budget(budget_runs({"q": [0.80, 0.81], "attn": [0.80, 0.80], "ffn": [0.84, 0.85],
+                                      "all": [0.85, 0.86]}))
     assert clear.values["all against attn"] == pytest.approx(0.055)
     assert "all against attn: 0.855 against 0.800, difference +0.055" in " ".join(clear.sentences)
     assert "the FFN side is clearly better" in clear.sentences[-1]
     assert clear.values["ffn against attn (the two halves of a block)"] == pytest.approx(0.045)
     assert clear.sentences[1].startswith("ffn against attn (the two halves of a block): 0.845 against 0.800")
-    unclear = F.ffn_under_budget(budget_runs({"attn": [0.80, 0.82], "all": [0.81, 0.80]}))
+    unclear = under_budget(budget_runs({"attn": [0.80, 0.82], "all": [0.81, 0.80]}))
     assert "no clear difference" in unclear.sentences[-1]
-    single = F.ffn_under_budget(budget_runs({"attn": [0.80], "all": [0.81]}))  # binomial error of 2,000 texts
+    single = under_budget(budget_runs({"attn": [0.80], "all": [0.81]}))  # binomial error of 2,000 texts
     assert "± 0.013" in single.sentences[-1] and "no clear difference" in single.sentences[-1]
-    assert F.ffn_under_budget(budget_runs({"q": [0.8]}).drop(columns="lora.budget")).sentences[0].startswith("No")
+    no_budget = budget_runs({"q": [0.8]}).drop(columns="lora.budget")
+    assert F.ffn_under_budget(no_budget, S.accuracy_table(pd.DataFrame())).sentences[0].startswith("No")
 
 
 def test_a_moved_says_which_ranks_stay_near_their_init():
@@ -161,5 +167,5 @@ def test_runs_stuck_at_the_majority_class_are_named():
     (sentence,) = F.stuck_at_majority(runs)
     assert sentence.startswith("1 of 3 LoRA runs predict the majority class (r1-seed0): LoRA scale alpha/r 8 "
                                "(the largest in the sweep); final training loss 0.690")
-    assert sentence in F.accuracy(runs).sentences
+    assert sentence in F.accuracy(runs, S.accuracy_table(runs)).sentences
     assert F.stuck_at_majority(runs.assign(test_accuracy=0.7)) == []

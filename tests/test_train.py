@@ -102,8 +102,8 @@ def test_interrupted_run_resumes_to_the_same_adapter(tiny, tmp_path, monkeypatch
 
     real_save = trainer._save_checkpoint
 
-    def save_then_stop(run_dir, params, optimizer, progress):
-        real_save(run_dir, params, optimizer, progress)
+    def save_then_stop(run_dir, params, optimizer, progress, best):
+        real_save(run_dir, params, optimizer, progress, best)
         if progress.step == 4:
             raise KeyboardInterrupt
 
@@ -115,8 +115,8 @@ def test_interrupted_run_resumes_to_the_same_adapter(tiny, tmp_path, monkeypatch
     monkeypatch.setattr(trainer, "_save_checkpoint", real_save)
     resumed, metrics = run_overrides(overrides(tiny, tmp_path, steps=6, extra=[*extra, "name=cut"]))
     assert metrics["steps"] == 6
-    assert metrics["plateau_from_step"] == 4  # the probe's scores at step 4 came back with the checkpoint
-    assert metrics["plateau_change"] == straight_metrics["plateau_change"]
+    assert metrics["best_step"] == straight_metrics["best_step"]  # the best state came back with the checkpoint
+    assert metrics["val_loss"] == straight_metrics["val_loss"]
     a = load_file(str(straight / "adapter_model.safetensors"))
     b = load_file(str(resumed / "adapter_model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -249,6 +249,7 @@ class TextSource:
     max_length: int = 64
     causal_lm: bool = False
     test_size: int | None = None
+    val_size: int = 0
     train_size: int | None = None
     split_seed: int = 0
 
@@ -257,7 +258,7 @@ class TextSource:
         texts = read_text_table(self.data_path, self.text_column, None).texts
         rows = np.arange(len(texts))
         if self.test_size is not None:
-            rows, _ = split_indices(len(texts), self.test_size, self.train_size, self.split_seed)
+            rows = split_indices(len(texts), self.test_size, self.val_size, self.train_size, self.split_seed).train
         chosen = np.sort(np.random.default_rng([seed]).choice(rows, size=min(n, len(rows)), replace=False))
         return [texts[i] for i in chosen]
 

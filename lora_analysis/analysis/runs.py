@@ -22,7 +22,8 @@ from lora_analysis.targets import targets_label
 # Config keys that may differ between two runs that are still compared (rank and seed are what varies).
 MATCH_IGNORE = [
     "lora.r", "seed", "run_name", "name", "out_dir", "device", "threads", "progress", "logger",
-    "data.cache_dir", "optim.checkpoint_every", "optim.log_every", "optim.eval_batch_size", "optim.plateau_probe",
+    "data.cache_dir", "optim.checkpoint_every", "optim.log_every", "optim.eval_batch_size",
+    "optim.steps", "optim.patience",  # a ceiling and when to stop; a matched control sets both
 ]  # fmt: skip
 
 @dataclass(frozen=True)

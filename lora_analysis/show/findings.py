@@ -17,10 +17,10 @@ from lora_analysis.analysis.kinds import Comparison, Side, Subject
 from lora_analysis.derive import controls, stats
 from lora_analysis.derive.queries import LOWER_IS_BETTER, budgeted_runs, has_majority, lora_runs, metric_column
 from lora_analysis.layout import RunDir, SweepDir
-from lora_analysis.plateau import PLATEAU_CHANGE, VERDICTS
 from lora_analysis.show import paper
 from lora_analysis.show.labels import fmt
 from lora_analysis.show.labels import label as subject_label
+from lora_analysis.stopping import VERDICTS
 
 
 @dataclass
@@ -182,20 +182,18 @@ def against_controls(per_direction: pd.DataFrame, runs: pd.DataFrame, shuffled: 
 
 
 def _still_learning(runs: pd.DataFrame, shuffled: set[str]) -> str | None:
-    """A sentence when the real LoRA runs judged here had not levelled off (``plateau_verdict``), else None."""
-    if "plateau_verdict" not in runs or "run" not in runs:
+    """A sentence when real LoRA runs judged here stopped at the ceiling still improving (``stop_reason``)."""
+    if "stop_reason" not in runs or "run" not in runs:
         return None
     real = runs[~runs["run"].astype(str).isin(shuffled)]
     if "method" in real:
         real = real[real["method"] == "lora"]
-    said = real["plateau_verdict"][real["plateau_verdict"].isin(VERDICTS[:3])]
-    if said.empty or (said == "levelled off").all():
+    said = real["stop_reason"][real["stop_reason"].isin(VERDICTS[:2])]
+    if said.empty or (said == "converged").all():
         return None
-    counts = said.value_counts()
-    parts = [f"{int(counts[v])} {v}" for v in VERDICTS[:3] if v in counts]
-    return (f"The real LoRA runs had not all levelled off (plateau probe: {', '.join(parts)} of {len(said)}; see "
-            "'Has training levelled off?'): these verdicts are for adapters still learning, and longer training "
-            "may change them either way.")
+    return (f"{int((said == 'ceiling').sum())} of {len(said)} real LoRA runs reached the step ceiling still improving "
+            "on validation (see 'Trained to the validation optimum?'): these verdicts are for adapters that more "
+            "steps might still change.")
 
 
 def a_moved(modules: pd.DataFrame, table: pd.DataFrame | None = None) -> Finding:
@@ -282,21 +280,20 @@ def intruder_counts(intruders: pd.DataFrame) -> Finding:
 # --- findings on the runs
 
 
-def accuracy(runs: pd.DataFrame, metric: str | None = None, table: pd.DataFrame | None = None) -> Finding:
-    """Test metric against rank and target set, beside full fine-tuning and the majority class.
-
-    ``table``: ``stats.accuracy_table(runs, metric)`` when already computed.
-    """
+def accuracy(runs: pd.DataFrame, table: pd.DataFrame, metric: str | None = None) -> Finding:
+    """Test metric against rank and target set, beside full fine-tuning and the majority class, from the
+    report's one accuracy table (``table``: ``stats.accuracy_table``, each cell at its tuned rate)."""
     metric = metric or metric_column(runs)
     key, title = "accuracy", "Test metric against rank and target set (Tables 5 and 6)"
-    table = stats.accuracy_table(runs, metric) if table is None else table
-    if table.empty:
+    if table.empty or table["mean"].isna().all():
         return Finding.missing(key, title, f"No finished LoRA run with a test metric in {SweepDir.TABLE}.")
     best = table.loc[table["mean"].idxmin() if metric in LOWER_IS_BETTER else table["mean"].idxmax()]
     sentences = []
     for targets, t in table.groupby("targets"):
         sentences.append(f"{metric} with targets {targets}: " + ", ".join(
-            f"r={int(row.r)} {fmt(row.mean, 3)}" + (f" ± {fmt(row.std, 3)}" if row.n > 1 else "") + f" (n={row.n})"
+            f"r={int(row.r)} " + ("collapsed (every learning rate predicted the majority class)" if row.collapsed
+                                  else fmt(row.mean, 3) + (f" [{fmt(row.ci_low, 3)}, {fmt(row.ci_high, 3)}]"
+                                                           if row.n > 1 else "")) + f" (n={row.n})"
             for row in t.itertuples()) + ".")
     full = stats.full_reference(runs, metric)
     tail = f"Best LoRA: targets {best['targets']} at r={int(best['r'])}, {fmt(best['mean'], 3)}"
@@ -336,7 +333,7 @@ def stuck_at_majority(runs: pd.DataFrame) -> list[str]:
             "accuracy says the optimisation failed, not how much rank the task needs."]
 
 
-def ffn_under_budget(runs: pd.DataFrame, metric: str | None = None, table: pd.DataFrame | None = None) -> Finding:
+def ffn_under_budget(runs: pd.DataFrame, table: pd.DataFrame, metric: str | None = None) -> Finding:
     """Does adapting FFN matrices help at one parameter budget? Differences with their standard errors.
 
     Each budget-matched target set gets its mean over seeds and a standard error: ``std / sqrt(n)``
@@ -344,14 +341,14 @@ def ffn_under_budget(runs: pd.DataFrame, metric: str | None = None, table: pd.Da
     ``sqrt(p (1 - p) / n_test)``. Sets that adapt FFN matrices are compared with sets that do not
     (mean of set means, errors combined in quadrature), and ``all`` with ``attn``; a difference counts
     as clear when it exceeds twice its standard error. ``table``: the budget-matched runs'
-    ``stats.accuracy_table`` when already computed.
+    ``stats.accuracy_table`` (the report's ``Derived.budget_accuracy``).
     """
     from lora_analysis.targets import PRESETS, expand_roles
 
     metric = metric or metric_column(runs)
     key, title = "ffn_budget", "FFN matrices under a fixed parameter budget (Table 5 analogue)"
     budgeted = budgeted_runs(lora_runs(runs))
-    table = stats.accuracy_table(budgeted, metric) if table is None else table.copy()
+    table = table.copy()
     if table.empty:
         return Finding.missing(key, title, "No budget-matched runs (lora.budget) in this sweep.")
     n_test = float(budgeted["test_examples"].iloc[0]) if "test_examples" in budgeted else math.nan
@@ -377,38 +374,30 @@ def ffn_under_budget(runs: pd.DataFrame, metric: str | None = None, table: pd.Da
     return Finding(key, title, sentences, table, values)
 
 
-def loss_levelled(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> Finding:
-    """Has the training loss levelled off? Each run's ``plateau_verdict`` (``plateau``: the loss of a
-    fixed probe of training examples at 3/4 of the steps and at the end, paired, judged against 2% at twice
-    its standard error); runs without one (trained before the probe, or with ``optim.plateau_probe=0``)
-    by their logged loss, last quarter against the quarter before, which has no such error bar."""
-    key, title = "loss", "Has training levelled off?"
-    criterion = f"{fmt(100 * PLATEAU_CHANGE, 0)}%"
-    probed = runs[runs["plateau_verdict"].isin(VERDICTS[:3])] if "plateau_verdict" in runs else runs.iloc[0:0]
-    sentences, values, tables = [], {}, []
-    if not probed.empty:
-        table = probed[["run", "plateau_from_step", "plateau_loss_before", "plateau_loss_after", "plateau_change",
-                        "plateau_change_se", "plateau_verdict", "plateau_probe"]].reset_index(drop=True)
-        counts = table["plateau_verdict"].value_counts()
-        per_run = "; ".join(f"{row.run} {fmt(100 * row.plateau_change, 1)} ± {fmt(100 * row.plateau_change_se, 1)}% "
-                            f"({row.plateau_verdict})" for row in table.sort_values("run").itertuples())
-        sentences.append(
-            f"Loss of {int(table['plateau_probe'].max()):,} fixed training examples (eval mode) from 3/4 of the steps "
-            f"to the end, relative fall ± standard error: {per_run}. Criterion: a fall under {criterion} beyond twice "
-            f"the standard error; {int(counts.get('levelled off', 0))} of {len(table)} runs levelled off, "
-            f"{int(counts.get('still falling', 0))} still falling, {int(counts.get('cannot tell', 0))} cannot tell.")
-        values.update({v: float(counts.get(v, 0)) for v in VERDICTS[:3]})
-        tables.append(table.assign(measure="probe"))
-    logged = stats.loss_change({run: h for run, h in histories.items() if run not in set(probed["run"])})
-    if not logged.empty:
-        fell = -logged["relative_change"]
-        sentences.append(
-            "Without a probe, by the logged per-batch loss (last quarter of the steps against the quarter before, "
-            "no error bar: batch-to-batch noise alone is a few percent): "
-            + "; ".join(f"{row.run} fell {fmt(100 * f, 1)}%" for row, f in zip(logged.itertuples(), fell, strict=True))
-            + f"; {int((fell < PLATEAU_CHANGE).sum())} of {len(logged)} under {criterion}.")
-        tables.append(logged.assign(measure="logged loss"))
-    if not tables:
-        return Finding.missing(key, title, "No run has a plateau probe or a history with at least 8 logged steps.")
-    values["runs"] = float(sum(len(t) for t in tables))
-    return Finding(key, title, sentences, pd.concat(tables, ignore_index=True), values)
+def trained_enough(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> Finding:
+    """Was each run trained to its validation optimum? Its ``stop_reason`` (``lora_analysis.stopping``):
+    ``converged`` when the validation loss did not improve for ``optim.patience`` evaluations after its best,
+    ``ceiling`` when the run reached ``optim.steps`` still improving. Runs saved before the validation split
+    (no ``stop_reason``) are counted as not measured."""
+    key, title = "loss", "Trained to the validation optimum?"
+    said = runs["stop_reason"].fillna(VERDICTS[2]) if "stop_reason" in runs else pd.Series(VERDICTS[2], runs.index)
+    if runs.empty or (said == VERDICTS[2]).all():
+        return Finding.missing(key, title, "No run has a validation split (data.val_size): whether training went "
+                               "far enough is not measured.")
+    columns = [c for c in ("run", "best_step", "steps", "ceiling", "val_loss", "val_accuracy", "stop_reason")
+               if c in runs]
+    table = runs.assign(stop_reason=said)[columns].sort_values("run").reset_index(drop=True)
+    counts = said.value_counts()
+    per_run = "; ".join(f"{row.run} best at step {int(row.best_step):,} of {int(row.steps):,} ({row.stop_reason})"
+                        for row in table.itertuples() if row.stop_reason != VERDICTS[2])
+    sentences = [
+        f"Each run scores its validation split every optim.eval_every steps and stops after optim.patience "
+        f"evaluations without a lower validation loss; the adapter kept, and every test number, is the state at "
+        f"the best one. {per_run}.",
+        f"{int(counts.get('converged', 0))} of {len(table)} runs converged, {int(counts.get('ceiling', 0))} reached "
+        f"the step ceiling still improving" + (f", {int(counts.get(VERDICTS[2], 0))} not measured" if
+                                               counts.get(VERDICTS[2], 0) else "") + ".",
+    ]
+    values = {v: float(counts.get(v, 0)) for v in VERDICTS}
+    values["runs"] = float(len(table))
+    return Finding(key, title, sentences, table, values)

@@ -54,8 +54,11 @@ class Precision(str, Enum):
 
 
 class Schedule(str, Enum):
-    linear = "linear"  # linear warm-up, then linear decay to 0
+    # Constant is the default: a run stops at its validation optimum, and with a constant rate the path to
+    # it does not depend on the ceiling (optim.steps), so raising the ceiling changes nothing before it.
+    # A decay over the ceiling would make the step a run stops at, and its state there, depend on the ceiling.
     constant = "constant"  # linear warm-up, then constant
+    linear = "linear"  # linear warm-up, then linear decay to 0 at the ceiling
 
 
 @dataclass
@@ -71,7 +74,10 @@ class DataConfig:
     text_column: str = "text"
     label_column: str | None = "label"  # None for causal_lm
     test_size: int = 2000
-    train_size: int | None = None  # None: every row not in the test split
+    # Held out of the training rows for every choice a run or an ablation makes (when to stop, which
+    # learning rate): the test split is scored once per run, for the reported numbers only.
+    val_size: int = 1000
+    train_size: int | None = None  # None: every row not in the test or validation split
     split_seed: int = 0  # the split never depends on the run's seed
     max_length: int = 64  # tokens, including special tokens
     cache_dir: str | None = None  # tokenised data; None: <out_dir>/.cache
@@ -84,6 +90,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.test_size < 1:
             raise LoraAnalysisError(f"data.test_size must be >= 1, got {self.test_size}")
+        if self.val_size < 0:
+            raise LoraAnalysisError(f"data.val_size must be >= 0 (0: no validation split), got {self.val_size}")
         if self.train_size is not None and self.train_size < 1:
             raise LoraAnalysisError(f"data.train_size must be >= 1 or null, got {self.train_size}")
         if self.max_length < 4:
@@ -158,22 +166,23 @@ class LoraSettings:
 class OptimConfig:
     lr: float | None = None  # None: 1e-3 for LoRA, 5e-5 for full fine-tuning
     weight_decay: float = 0.0
-    steps: int = 300
+    steps: int = 2000  # the ceiling: a run stops earlier at its validation optimum (lora_analysis.stopping)
+    eval_every: int = 100  # steps between evaluations of the validation split
+    patience: int = 3  # evaluations without a lower validation loss before the run stops; 0: train to the ceiling
     batch_size: int = 32
-    warmup_ratio: float = 0.06
-    schedule: Schedule = Schedule.linear
+    warmup_ratio: float = 0.06  # of the ceiling
+    schedule: Schedule = Schedule.constant
     max_grad_norm: float = 1.0  # 0 disables clipping
     precision: Precision = Precision.auto  # resolved once per run; config.yaml records the result
     fast_dropout: bool = True  # the model's dropout masks from 15-bit random integers on the CPU (train.dropout)
     eval_batch_size: int = 256
     checkpoint_every: int = 100  # steps between resumable checkpoints; 0: never
     log_every: int = 10  # steps between history rows
-    plateau_probe: int = 1024  # training examples whose loss at 3/4 and at the end says if it levelled off; 0: none
 
     def __post_init__(self) -> None:
-        if self.plateau_probe < 0:
-            raise LoraAnalysisError(f"optim.plateau_probe must be >= 0 (0: no probe), got {self.plateau_probe}")
-        for name in ("steps", "batch_size", "eval_batch_size"):
+        if self.patience < 0:
+            raise LoraAnalysisError(f"optim.patience must be >= 0 (0: train to the ceiling), got {self.patience}")
+        for name in ("steps", "batch_size", "eval_batch_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise LoraAnalysisError(f"optim.{name} must be >= 1, got {getattr(self, name)}")
         # Written as "not in range", so NaN is refused too (NaN <= 0 is false: it reached AdamW, a traceback).
@@ -223,6 +232,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.optim.lr is None:
             self.optim.lr = DEFAULT_LR[self.method]
+        if self.optim.patience > 0 and self.data.val_size == 0:
+            raise LoraAnalysisError(f"optim.patience={self.optim.patience} stops a run at its validation optimum, "
+                                    "but data.val_size=0 holds no validation split: give data.val_size > 0, or "
+                                    "optim.patience=0 to train to the ceiling")
         if self.model.task == Task.classification and not self.data.label_column:
             raise LoraAnalysisError("data.label_column is required for model.task=classification")
         if isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:

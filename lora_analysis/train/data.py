@@ -43,6 +43,7 @@ class Examples:
 @dataclass
 class TaskData:
     train: Examples
+    val: Examples
     test: Examples
     label_names: list[str]  # empty for causal_lm
     dropped_rows: dict[str, int] = field(default_factory=dict)  # texts.TextTable.dropped
@@ -65,15 +66,15 @@ def load_task_data(cfg: DataConfig, task: Task, tokenizer, cache_dir: Path, seed
     """
     texts, labels, names, dropped = load_table(cfg, task)
     ids = tokenize_cached(tokenizer, texts, cfg.max_length, task, cache_dir)
-    train, test = split_indices(len(texts), cfg.test_size, cfg.train_size, cfg.split_seed)
+    split = split_indices(len(texts), cfg.test_size, cfg.val_size, cfg.train_size, cfg.split_seed)
 
     def subset(rows: np.ndarray) -> Examples:
         return Examples([ids[i] for i in rows], None if labels is None else labels[rows])
 
-    train_examples = subset(train)
-    if cfg.shuffle_labels:
+    train_examples = subset(split.train)
+    if cfg.shuffle_labels:  # validation and test keep their labels: the control is scored on the real task
         train_examples = shuffle_labels(train_examples, seed)
-    return TaskData(train_examples, subset(test), names, dropped)
+    return TaskData(train_examples, subset(split.val), subset(split.test), names, dropped)
 
 
 def label_permutation(n: int, seed: int) -> np.ndarray:

@@ -2,9 +2,11 @@
 
 The run folder ends up holding, each file written atomically:
 ``config.yaml`` (resolved config), ``adapter_init.safetensors`` (A and B at step 0),
-``adapter_config.json`` + ``adapter_model.safetensors`` (the final adapter in PEFT's format; none for
-full fine-tuning), ``history.csv`` (step, loss, learning rate), ``metrics.json``, and ``DONE`` last.
-While it runs, ``checkpoint.safetensors`` lets an interrupted run continue where it stopped.
+``adapter_config.json`` + ``adapter_model.safetensors`` (the adapter at the validation optimum, in PEFT's
+format; none for full fine-tuning), ``history.csv`` (step, loss, learning rate, and the validation loss
+and accuracy where evaluated), ``metrics.json``, and ``DONE`` last. The run stops at its validation
+optimum (``lora_analysis.stopping``). While it runs, ``checkpoint.safetensors`` (the best state
+included) lets an interrupted run continue where it stopped, to the same tensors.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from lora_analysis import plateau
+from lora_analysis import stopping
 from lora_analysis.atomic import write_atomic, write_text
 from lora_analysis.layout import RunDir
 from lora_analysis.machine import resolve_device
@@ -47,7 +49,8 @@ class Progress:
     examples: int = 0
     tokens: int = 0
     history: list[dict] = field(default_factory=list)
-    probe: dict = field(default_factory=dict)  # the plateau probe's losses at its earlier step: step, losses
+    evals: list[dict] = field(default_factory=list)  # step, val_loss, val_accuracy at each evaluation
+    stopping: dict = field(default_factory=dict)  # stopping.EarlyStopping.state()
 
 
 def train(cfg: TrainConfig, run_dir: Path, on_log=None) -> dict:
@@ -78,28 +81,37 @@ def train(cfg: TrainConfig, run_dir: Path, on_log=None) -> dict:
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     optimizer = make_optimizer(cfg, params)
     # 4) continue from a checkpoint of this very run, if one exists
-    progress = _load_checkpoint(run_dir, model, params, optimizer) or Progress()
-    # 5) train, scoring the plateau probe (fixed training examples) at 3/4 of the steps and at the end
-    probe = data.train.subset(plateau.probe_rows(len(data.train), cfg.optim.plateau_probe, cfg.data.split_seed))
-    _train_loop(cfg, model, params, optimizer, data, tokenizer.pad_token_id, device, run_dir, progress, on_log,
-                probe)
-    probe_start = time.perf_counter()
-    probe_after = example_losses(model, probe, cfg, tokenizer.pad_token_id, device) if progress.probe else None
-    probe_seconds = progress.probe.get("seconds", 0.0) + time.perf_counter() - probe_start
-    # 6) evaluate on the test split
+    progress, best = _load_checkpoint(run_dir, model, params, optimizer) or (Progress(), _copy(params))
+    # 5) train to the validation optimum (or the ceiling), keeping the best state
+    stopper = stopping.EarlyStopping(**(progress.stopping or {"patience": cfg.optim.patience}))
+    _train_loop(cfg, model, params, optimizer, data, tokenizer.pad_token_id, device, run_dir, progress, stopper,
+                best, on_log)
+    if stopper.evaluations:
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(best[name])
+    # 6) evaluate the kept state on the test split, once
     eval_start = time.perf_counter()
     metrics = evaluate(model, data.test, cfg, tokenizer.pad_token_id, device)
     eval_seconds = time.perf_counter() - eval_start
+    at_best = next((e for e in progress.evals if e["step"] == stopper.best_step), {})
     # 7) save the adapter, then the numbers
     if cfg.method == Method.lora:
         _save_adapter(model, run_dir)
         metrics["a_moved"] = _a_moved(init_state, lora_state(model))
         metrics["a_moved_mean"] = float(np.mean(list(metrics["a_moved"].values())))
-    _write_history(run_dir, progress.history)
+    _write_history(run_dir, progress.history, progress.evals)
     tail = [row["loss"] for row in progress.history[-max(1, len(progress.history) // 10) :]]
     metrics.update(
         final_train_loss=float(np.mean(tail)) if tail else float("nan"),
         steps=progress.step,
+        ceiling=cfg.optim.steps,
+        best_step=stopper.best_step if stopper.evaluations else progress.step,
+        stop_reason=stopper.verdict(),
+        evaluations=stopper.evaluations,
+        val_loss=at_best.get("val_loss", float("nan")),
+        val_accuracy=at_best.get("val_accuracy", float("nan")),
+        val_examples=len(data.val),
         examples_per_s=progress.examples / progress.train_seconds,
         tokens_per_s=progress.tokens / progress.train_seconds,
         train_seconds=progress.train_seconds,
@@ -114,24 +126,23 @@ def train(cfg: TrainConfig, run_dir: Path, on_log=None) -> dict:
         threads=torch.get_num_threads(),
         device=str(device),
         **resolved.metrics(),
-        **plateau.plateau_metrics(np.asarray(progress.probe["losses"]) if progress.probe else None, probe_after,
-                                  progress.probe.get("step"), len(probe)),
-        plateau_seconds=probe_seconds,
+        val_seconds=sum(e["seconds"] for e in progress.evals),
     )
     (RunDir(run_dir).checkpoint_path).unlink(missing_ok=True)
     return metrics
 
 
 def _train_loop(cfg, model, params, optimizer, data, pad_id, device, run_dir, progress: Progress,
-                on_log=None, probe: task_data.Examples | None = None) -> None:
-    probe_at = plateau.probe_step(cfg.optim.steps) if probe is not None and len(probe) >= 2 else None
+                stopper: stopping.EarlyStopping, best: dict[str, torch.Tensor], on_log=None) -> None:
+    """Train until ``stopper`` says stop or the ceiling ``optim.steps``; ``best`` holds the best state."""
+    validate = len(data.val) > 0
     model.train()
     batches: Iterator[np.ndarray] = task_data.train_batches(data.train.lengths, cfg.optim.batch_size, cfg.seed)
     batches = islice(batches, progress.step, None)  # a resumed run skips the batches it has done
     bar = tqdm(total=cfg.optim.steps, initial=progress.step, desc=cfg.run_name, disable=not cfg.progress,
                dynamic_ncols=True, leave=False)
     losses: list[float] = []
-    while progress.step < cfg.optim.steps:
+    while progress.step < cfg.optim.steps and not stopper.should_stop():
         rows = next(batches)
         batch = {k: v.to(device) for k, v in task_data.collate(data.train, rows, pad_id, cfg.model.task).items()}
         lr = learning_rate(cfg, progress.step)
@@ -153,7 +164,9 @@ def _train_loop(cfg, model, params, optimizer, data, pad_id, device, run_dir, pr
         progress.examples += len(rows)
         progress.tokens += int(batch["attention_mask"].sum())
         progress.step += 1
-        if progress.step % cfg.optim.log_every == 0 or progress.step == cfg.optim.steps:
+        last = progress.step == cfg.optim.steps
+        evaluate_now = validate and (progress.step % cfg.optim.eval_every == 0 or last)
+        if progress.step % cfg.optim.log_every == 0 or last or evaluate_now:
             progress.history.append({"step": progress.step, "loss": float(np.mean(losses)), "lr": lr,
                                      "seconds": progress.train_seconds})
             if on_log is not None:
@@ -162,14 +175,33 @@ def _train_loop(cfg, model, params, optimizer, data, pad_id, device, run_dir, pr
             bar.set_postfix(loss=f"{progress.history[-1]['loss']:.4f}",
                             ex_s=f"{progress.examples / progress.train_seconds:.0f}")
         bar.update(1)
-        if progress.step == probe_at:  # eval mode draws no random numbers: the run goes on as without it
-            start = time.perf_counter()
-            losses_now = example_losses(model, probe, cfg, pad_id, device).tolist()
-            progress.probe = {"step": probe_at, "losses": losses_now, "seconds": time.perf_counter() - start}
+        if evaluate_now:  # eval mode draws no random numbers: the run goes on as without it
+            _validate(cfg, model, data.val, pad_id, device, progress, stopper, params, best, on_log)
         every = cfg.optim.checkpoint_every
-        if every and progress.step % every == 0 and progress.step < cfg.optim.steps:
-            _save_checkpoint(run_dir, params, optimizer, progress)
+        if every and progress.step % every == 0 and not last and not stopper.should_stop():
+            _save_checkpoint(run_dir, params, optimizer, progress, best)
     bar.close()
+
+
+def _validate(cfg, model, val, pad_id, device, progress: Progress, stopper: stopping.EarlyStopping, params, best,
+              on_log=None) -> None:
+    """Score the validation split now; keep the state in ``best`` when it is the best so far."""
+    start = time.perf_counter()
+    scores = evaluate(model, val, cfg, pad_id, device, prefix="val")
+    row = {"step": progress.step, **{k: scores[k] for k in ("val_loss", "val_accuracy") if k in scores},
+           "seconds": time.perf_counter() - start}
+    progress.evals.append(row)
+    if stopper.update(progress.step, scores["val_loss"]):
+        with torch.no_grad():
+            for name, p in params.items():
+                best[name].copy_(p)
+    progress.stopping = stopper.state()
+    if on_log is not None:
+        on_log(progress.step, {k: v for k, v in row.items() if k.startswith("val_")})
+
+
+def _copy(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in params.items()}
 
 
 def settle_precision(cfg: TrainConfig, model, device: torch.device, run_dir: Path) -> precision.Resolved:
@@ -216,8 +248,9 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 
 
 @torch.inference_mode()
-def evaluate(model, examples: task_data.Examples, cfg: TrainConfig, pad_id: int, device) -> dict:
-    """Test metrics: accuracy and loss (classification), or mean token loss and perplexity (causal LM)."""
+def evaluate(model, examples: task_data.Examples, cfg: TrainConfig, pad_id: int, device, prefix: str = "test") -> dict:
+    """``<prefix>_accuracy``, ``<prefix>_loss`` and the majority class's accuracy (classification), or mean
+    token loss and perplexity (causal LM), of ``examples`` (the test split, or ``prefix="val"``)."""
     model.eval()
     total_loss, correct, weight = 0.0, 0, 0
     for rows in task_data.eval_batches(examples.lengths, cfg.optim.eval_batch_size):
@@ -236,30 +269,9 @@ def evaluate(model, examples: task_data.Examples, cfg: TrainConfig, pad_id: int,
     loss = total_loss / weight
     if cfg.model.task == Task.classification:
         majority = np.bincount(examples.labels).max() / len(examples)
-        return {"test_accuracy": correct / weight, "test_loss": loss, "majority_accuracy": float(majority)}
-    return {"test_loss": loss, "test_perplexity": float(np.exp(loss))}
-
-
-@torch.inference_mode()
-def example_losses(model, examples: task_data.Examples, cfg: TrainConfig, pad_id: int, device) -> np.ndarray:
-    """The loss of each example (mean over its predicted tokens for a causal LM), in eval mode: (n,) float64."""
-    model.eval()
-    losses = np.empty(len(examples))
-    for rows in task_data.eval_batches(examples.lengths, cfg.optim.eval_batch_size):
-        batch = {k: v.to(device) for k, v in task_data.collate(examples, rows, pad_id, cfg.model.task).items()}
-        labels = batch.pop("labels")
-        with autocast(cfg, device):
-            logits = model(**batch).logits
-        logits = logits.float()
-        if cfg.model.task == Task.classification:
-            loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-        else:  # HF shifts labels by one: token t predicts t + 1
-            labels = labels[:, 1:]
-            tokens = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, reduction="none")
-            loss = tokens.sum(1) / (labels != -100).sum(1).clamp(min=1)
-        losses[rows] = loss.double().cpu().numpy()
-    model.train()
-    return losses
+        scores = {f"{prefix}_accuracy": correct / weight, f"{prefix}_loss": loss}
+        return scores | ({"majority_accuracy": float(majority)} if prefix == "test" else {})
+    return {f"{prefix}_loss": loss, f"{prefix}_perplexity": float(np.exp(loss))}
 
 
 def _a_moved(init: dict[str, torch.Tensor], final: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -281,15 +293,24 @@ def _save_adapter(model, run_dir: Path) -> None:
                 item.replace(run_dir / item.name)
 
 
-def _write_history(run_dir: Path, history: list[dict]) -> None:
-    rows = [f"{h['step']},{h['loss']:.6f},{h['lr']:.6g},{h['seconds']:.3f}" for h in history]
-    lines = ["step,loss,lr,seconds", *rows]
+def _write_history(run_dir: Path, history: list[dict], evals: list[dict]) -> None:
+    """One row per logged step; the validation loss and accuracy where the run evaluated (else empty)."""
+    scored = {e["step"]: e for e in evals}
+
+    def val(step: int, key: str) -> str:
+        value = scored.get(step, {}).get(key)
+        return "" if value is None else f"{value:.6f}"
+
+    rows = [f"{h['step']},{h['loss']:.6f},{h['lr']:.6g},{h['seconds']:.3f},{val(h['step'], 'val_loss')},"
+            f"{val(h['step'], 'val_accuracy')}" for h in history]
+    lines = ["step,loss,lr,seconds,val_loss,val_accuracy", *rows]
     write_text(RunDir(run_dir).history_path, "\n".join(lines) + "\n")
 
 
-def _save_checkpoint(run_dir: Path, params: dict, optimizer, progress: Progress) -> None:
-    """Trainable tensors, optimizer moments and RNG state in one safetensors file (no pickle)."""
+def _save_checkpoint(run_dir: Path, params: dict, optimizer, progress: Progress, best: dict) -> None:
+    """Trainable tensors, the best state so far, optimizer moments and RNG state in one safetensors file."""
     tensors = {f"param.{n}": p.detach().cpu().contiguous() for n, p in params.items()}
+    tensors.update({f"best.{n}": t.detach().cpu().contiguous() for n, t in best.items()})
     index = {id(p): n for n, p in params.items()}
     for group in optimizer.param_groups:
         for p in group["params"]:
@@ -303,7 +324,8 @@ def _save_checkpoint(run_dir: Path, params: dict, optimizer, progress: Progress)
     write_atomic(RunDir(run_dir).checkpoint_path, lambda p: save_file(tensors, str(p), metadata=meta))
 
 
-def _load_checkpoint(run_dir: Path, model, params: dict, optimizer) -> Progress | None:
+def _load_checkpoint(run_dir: Path, model, params: dict, optimizer) -> tuple[Progress, dict] | None:
+    """The progress and the best state of this run's checkpoint, with the tensors restored; None without one."""
     path = RunDir(run_dir).checkpoint_path
     if not path.is_file():
         return None
@@ -312,8 +334,8 @@ def _load_checkpoint(run_dir: Path, model, params: dict, optimizer) -> Progress 
     with safe_open(str(path), "pt") as handle:
         meta = handle.metadata()
     tensors = load_file(str(path))
-    wrong = next((n for n, p in params.items() if tuple(tensors.get(f"param.{n}", torch.empty(0)).shape) != p.shape),
-                 None)
+    wrong = next((n for n, p in params.items() for kind in ("param", "best")
+                  if tuple(tensors.get(f"{kind}.{n}", torch.empty(0)).shape) != p.shape), None)
     if wrong is not None:  # written by another run's config (the folder reused by hand): not this run's state
         log.warning("%s: discarded %s, written for another config (parameter %s does not match); starting the run "
                     "again", run_dir, RunDir.CHECKPOINT, wrong)
@@ -333,6 +355,7 @@ def _load_checkpoint(run_dir: Path, model, params: dict, optimizer) -> Progress 
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
     progress = Progress(**json.loads(meta["progress"]))
+    best = {name: tensors[f"best.{name}"].to(p.device) for name, p in params.items()}
     log.info("resuming %s from step %d", run_dir.name, progress.step)
-    return progress
+    return progress, best
 
