@@ -29,13 +29,14 @@ def conf_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` with Hydra overrides (``key=value``)."""
+def compose(config_name: str, overrides: Sequence[str] = (), hydra: bool = False) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with Hydra overrides (``key=value``); ``hydra``: with the ``hydra``
+    node (an experiment's sweep parameters, ``hydra.sweeper.params``)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=list(overrides))
+        return hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=hydra)
 
 
 def to_settings(cfg: DictConfig):

@@ -106,7 +106,8 @@ def planted_run(sweep, r, seed, accuracy):
               "lora": {"r": r, "alpha": 8.0, "rslora": False, "targets": "q+ffn_in", "init": "gaussian",
                        "init_stream": "per_module"}}
     (run / "config.yaml").write_text(yaml.safe_dump(config))
-    (run / "metrics.json").write_text(json.dumps({"test_accuracy": accuracy}))
+    # validation says where accuracy stops improving; test (never read for it) would say r=16
+    (run / "metrics.json").write_text(json.dumps({"val_accuracy": accuracy, "test_accuracy": 0.6 + 0.01 * r}))
     (run / "DONE").write_text("{}")
 
 
@@ -134,7 +135,7 @@ def test_rank_pattern_is_what_peft_accepts(planted_sweep, tmp_path, capsys):
     out = tmp_path / "ranks.json"
     assert cli.main(["recommend", str(planted_sweep), f"rank_pattern={out}"]) == 0
     printed = capsys.readouterr().out
-    assert "Accuracy stops improving at r=4; the largest recommended rank (4) is in agreement" in printed
+    assert "Validation accuracy stops improving at r=4; the largest recommended rank (4) is in agreement" in printed
     pattern = json.loads(out.read_text())
     config = LoraConfig(r=8, target_modules=["query", "intermediate.dense", "output.dense"], rank_pattern=pattern)
     from peft.utils.other import get_pattern_key

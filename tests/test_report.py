@@ -22,8 +22,8 @@ from lora_analysis.show.report import Findings, build_report, side_by_side
 from lora_analysis.show.sections import ablation_section, experiment_table
 from lora_analysis.show.sweep import SweepData
 
-SECTIONS = ["The experiment", "The paper's numbers and ours", "Our figures, beside the paper's",
-            "Controls the paper lacks", "Findings", "Accuracy against rank and target set (Tables 5 and 6)",
+SECTIONS = ["Findings", "The experiment", "The paper's numbers and ours", "Our figures, beside the paper's",
+            "Controls the paper lacks", "Accuracy against rank and target set (Tables 5 and 6)",
             "Rank recommendation", "Runs",
             "Environment"]
 FIGURES = {"fig3_rank_A", "fig3_rank_A_delta", "fig4_seed_A", "fig4_seed_A_delta", "fig6_rank_layers_A",
@@ -63,7 +63,7 @@ def test_recommendation_section_says_how_each_rank_was_reached(report):
     section = markdown[markdown.index("## Rank recommendation"):markdown.index("## Runs")]
     assert "Rank per role from the A_delta subspaces of target set all" in section
     assert "q: rank 1, the median over 2 layers of min(seed-shared, rank-shared) (medians 6 and 1" in section
-    assert "Accuracy stops improving at r=8; the largest recommended rank (1) is below it" in section
+    assert "Validation accuracy stops improving at r=8; the largest recommended rank (1) is below it" in section
     assert r"`layer\.\d+\.ffn_out`: 1" in section  # fabricated paths: the key generalises the layer index
 
 
@@ -74,14 +74,15 @@ def test_findings_are_the_planted_numbers_beside_the_papers(report):
                      "q shows a higher intrinsic rank than v", "is 20.0 at r=4 against 2.0 at r=64",
                      "A moved ||A − A_init||_F / ||A_init||_F = 5% at r=4", "shared directions 0.0 on average",
                      "1.00 per module at r=8", "full fine-tuning 0.801 (n=1)",
-                     "5 of 6 runs levelled off, 1 still falling, 0 cannot tell",
-                     "r64-seed0 5.1 ± 0.6% (still falling)",
-                     "had not all levelled off (plateau probe: 4 levelled off, 1 still falling of 5"):
+                     "5 of 6 runs converged, 1 reached the step ceiling still improving",
+                     "r64-seed0 best at step 150 of 150 (ceiling)",
+                     "1 of 5 real LoRA runs reached the step ceiling still improving on validation"):
         assert sentence in markdown, sentence
     table7 = next(line for line in markdown.splitlines() if "ours r=4): amplification" in line)
     assert "| 21.5 | 20.0 |" in table7
     assert "| 0.30 / 20.00 / 0.02 |" in markdown and "0.32 / 21.67 / 0.02" in markdown and "61.95" in markdown
-    assert "| all | 0.771 (1) | 0.778 ± 0.003 (2) | 0.772 ± 0.003 (2) |" in markdown
+    # 95% t-intervals over 2 seeds; Markdown shows the escaped brackets as [ and ]
+    assert r"| all | 0.771 (1) | 0.778 \[0.753, 0.803\] (2) | 0.772 \[0.747, 0.797\] (2) |" in markdown
     assert "| full-seed0 | full | — | — |" in markdown  # no LoRA settings for the full fine-tuning run
 
 
@@ -168,7 +169,7 @@ def test_ablation_section_for_several_target_sets(tmp_path):
     html, markdown = write_report("Rank ablation", [ablation_section(runs)], tmp_path)
     text = markdown.read_text()
     assert "| targets | r=1 | r=4 | r=16 |" in text and "Full fine-tuning reference: 0.900 (n=1)." in text
-    assert "0.712 ± 0.002 (3)" in text  # q at r=1: 0.71 + 0.002 * seed over seeds 0, 1, 2
+    assert r"0.712 \[0.707, 0.717\] (3)" in text  # q at r=1: 0.71 + 0.002 * seed over seeds 0, 1, 2; t-interval
     assert (tmp_path / "figures" / "accuracy_rank.png").is_file() and "base64" in html.read_text()
     assert experiment_table(runs).set_index("setting").loc["rank r", "value"] == "1, 4, 16"
 
@@ -176,7 +177,8 @@ def test_ablation_section_for_several_target_sets(tmp_path):
 def test_accuracy_table_is_saved_as_parquet(report):
     sweep, _, _ = report
     table = pd.read_parquet(sweep / "report" / "accuracy.parquet")
-    assert list(table.columns) == ["targets", "r", "n", "mean", "std", "lora_params"]
+    assert list(table.columns) == ["targets", "r", "lr", "lrs", "n", "mean", "std", "ci_low", "ci_high", "at_edge",
+                                   "collapsed", "lora_params"]
     runs = pd.read_parquet(sweep / "runs.parquet")
     lora = runs[runs["method"] == "lora"]
     assert table["n"].sum() == len(lora)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from lora_analysis.atomic import write_atomic, write_json
 from lora_analysis.cli.schemas import ReproduceConfig
+from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.hydra_compose import compose, help_text, to_settings
 from lora_analysis.layout import ReportDir, is_done
 from lora_analysis.machine import resolve_device, usable_cores
@@ -51,7 +52,8 @@ def reproduce(cfg: ReproduceConfig, train_overrides: Sequence[str] = ()) -> Path
     if cfg.figures:  # refused before hours of training, not after
         check_ours(cfg.figures, "figures", ReportDir.owns, "choose another figures=")
     sweep = Path(cfg.out_dir) / (cfg.name or cfg.preset.name)
-    plan = [(run_name(run), [*cfg.preset.common, *train_overrides, *run]) for run in cfg.preset.runs]
+    plan = [(run_name([o for o in run if not matched(o)]), [*cfg.preset.common, *train_overrides, *run])
+            for run in cfg.preset.runs]
     workers = cfg.workers or default_workers(train_overrides, sum(not is_done(sweep / n) for n, _ in plan))
     timings = train_all(plan, sweep, cfg.out_dir, workers)
     print(f"analysing {sweep} ...", file=sys.stderr)
@@ -68,15 +70,45 @@ def reproduce(cfg: ReproduceConfig, train_overrides: Sequence[str] = ()) -> Path
     return html
 
 
+MATCHED = "optim.steps=@"  # optim.steps=@<run>: as many steps as that run's best_step (a matched control)
+
+
+def matched(override: str) -> bool:
+    return override.startswith(MATCHED)
+
+
 def train_all(plan: list[tuple[str, list[str]]], sweep: Path, out_dir: str, workers: int) -> dict[str, float]:
     """Train each (run name, overrides) into the sweep, skipping finished runs; show i of N and time left.
 
     With ``workers > 1`` runs train in parallel processes, the cores divided among them (see
-    ``default_workers`` for when that pays).
+    ``default_workers`` for when that pays). A run with ``optim.steps=@<run>`` (a shuffled-label control)
+    trains after that run, for as many steps as it kept (its ``best_step``), without early stopping
+    (``optim.patience=0``).
     """
+    first = [(n, o) for n, o in plan if not any(map(matched, o))]
+    timings = _train_plan(first, plan, sweep, out_dir, workers)
+    later = [(n, [x for o in overrides for x in _matched_steps(o, sweep)]) for n, overrides in plan
+             if any(map(matched, overrides))]
+    return timings | _train_plan(later, plan, sweep, out_dir, workers) if later else timings
+
+
+def _matched_steps(override: str, sweep: Path) -> list[str]:
+    """``optim.steps=@<run>`` as that run's ``best_step`` and no early stopping; any other override as it is."""
+    if not matched(override):
+        return [override]
+    from lora_analysis.layout import RunDir
+
+    source = RunDir(sweep / override.removeprefix(MATCHED))
+    if not source.is_done():
+        raise LoraAnalysisError(f"{override}: run {source.name} has not finished in {sweep}, so there is no step "
+                                "count to match")
+    return [f"optim.steps={int(source.load_metrics()['best_step'])}", "optim.patience=0"]
+
+
+def _train_plan(part, plan, sweep: Path, out_dir: str, workers: int) -> dict[str, float]:
     todo = [(name, [*overrides, f"name={sweep.name}", f"out_dir={out_dir}"])
-            for name, overrides in plan if not is_done(sweep / name)]
-    print(f"{sweep}: {len(plan)} runs, {len(plan) - len(todo)} finished already", file=sys.stderr)
+            for name, overrides in part if not is_done(sweep / name)]
+    print(f"{sweep}: {len(part)} runs, {len(part) - len(todo)} finished already", file=sys.stderr)
     started, timings = time.perf_counter(), {}
     if workers <= 1:
         for name, overrides in todo:

@@ -61,6 +61,30 @@ class ReproduceConfig:
             raise LoraAnalysisError(f"preset {self.preset.name!r} names no runs")
 
 
+@dataclass
+class AblateConfig:
+    experiment: str = "rank_ablation"  # conf/experiment/<name>.yaml (experiment=...): its target sets and ranks
+    targets: list[str] | None = None  # target sets; None: the experiment's
+    ranks: list[int] | None = None  # ranks; None: the experiment's (none for a budget experiment: its rank is derived)
+    # Learning rates tried per cell on seed 0 (half-decade steps); the best on validation is each cell's rate.
+    lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])
+    full_lrs: list[float] = field(default_factory=list)  # full fine-tuning's own grid; empty: no full reference
+    seeds: int = 3  # seeds per cell at its chosen rate (seed 0 from the search, 1.. trained after it)
+    out_dir: str = "runs"
+    name: str | None = None  # the sweep folder; None: the experiment's name
+    figures: str | None = None  # copy the report here
+    workers: int | None = None  # runs trained at once; None: as reproduce
+
+    def __post_init__(self) -> None:
+        rates = [*self.lrs, *self.full_lrs]
+        if not self.lrs or any(not (isinstance(r, int | float) and 0 < r < float("inf")) for r in rates):
+            raise LoraAnalysisError(f"lrs and full_lrs must be learning rates > 0 (lrs non-empty), got {rates}")
+        if self.seeds < 1 or (self.workers is not None and self.workers < 1):
+            raise LoraAnalysisError(f"seeds and workers must be >= 1, got {self.seeds} and {self.workers}")
+        if self.ranks is not None and any(r < 1 for r in self.ranks):
+            raise LoraAnalysisError(f"ranks must be >= 1, got {self.ranks}")
+
+
 def register_schemas() -> None:
     """Store every command's schema in Hydra's ConfigStore (idempotent); ``compose`` needs them."""
     from lora_analysis.analysis.settings import AnalyzeConfig, CompareConfig
@@ -73,3 +97,4 @@ def register_schemas() -> None:
     store.store(name="report_schema", node=ReportConfig)
     store.store(name="recommend_schema", node=RecommendConfig)
     store.store(name="reproduce_schema", node=ReproduceConfig)
+    store.store(name="ablate_schema", node=AblateConfig)

@@ -39,6 +39,7 @@ import pandas as pd
 
 from lora_analysis.analysis.kinds import Comparison, Subject
 from lora_analysis.derive import controls, queries
+from lora_analysis.derive.tuned import tuned_table, validation_metric
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.layout import SweepDir
 from lora_analysis.targets import FAMILIES, ROLES
@@ -77,7 +78,8 @@ class Recommendation:
                 f"{row.layers_max})."
             )
         if self.accuracy_plateau is None:
-            lines.append("Accuracy cross-check: the sweep has no accuracy for two or more ranks of this target set.")
+            lines.append("Accuracy cross-check: the sweep has no validation metric for two or more ranks of this "
+                         "target set (runs trained before data.val_size are not read for it).")
             return lines
         top = int(self.roles["rank"].max()) if not self.roles.empty else 0
         plateau = self.accuracy_plateau
@@ -90,7 +92,8 @@ class Recommendation:
                        f"r={plateau} where accuracy matters most")
         else:
             verdict = "in agreement with it (within a factor of 2)"
-        lines.append(f"Accuracy stops improving at r={plateau}; the largest recommended rank ({top}) is {verdict}.")
+        lines.append(f"Validation accuracy stops improving at r={plateau}; the largest recommended rank ({top}) is "
+                     f"{verdict}.")
         return lines
 
 
@@ -149,17 +152,18 @@ def role_ranks(layers: pd.DataFrame) -> pd.DataFrame:
 
 
 def accuracy_plateau(runs: pd.DataFrame, targets: str) -> int | None:
-    """The smallest rank whose mean metric is within one std over seeds (at least 0.5 point) of the best."""
-    metric = queries.metric_column(runs)
+    """The smallest rank whose validation metric is within one std over seeds (at least 0.5 point) of the best,
+    each rank at its learning rate chosen on validation (``tuned``); the test split is not read. None without a
+    validation metric (runs trained before ``data.val_size``) or with fewer than two ranks."""
+    metric, higher = validation_metric(runs)
     lora = queries.lora_runs(runs)
-    if metric is None or lora.empty:
+    if lora.empty or metric not in lora or lora[metric].isna().all():
         return None
-    lora = lora[lora["lora.targets"].astype(str) == targets]
-    by_rank = lora.groupby("lora.r")[metric].agg(["mean", "std"]).sort_index()
+    lora = lora[lora["lora.targets"].astype(str) == targets].dropna(subset=["lora.r"])
+    by_rank = tuned_table(lora.assign(r=lora["lora.r"].astype(int)), ["r"], metric).set_index("r").sort_index()
     if len(by_rank) < 2:
         return None
-    sign = -1.0 if metric in queries.LOWER_IS_BETTER else 1.0
-    scores = sign * by_rank["mean"]
+    scores = (1.0 if higher else -1.0) * by_rank["mean"]
     best = scores.idxmax()
     tolerance = max(float(np.nan_to_num(by_rank.loc[best, "std"])), 0.005)
     return int(scores[scores >= scores[best] - tolerance].index.min())

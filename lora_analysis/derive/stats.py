@@ -19,6 +19,7 @@ from lora_analysis.analysis.delta import lora_scale
 from lora_analysis.analysis.kinds import Comparison, Subject
 from lora_analysis.derive.controls import direction_controls, increments, task_directions
 from lora_analysis.derive.queries import PAIR_KEYS, budgeted_runs, empty_phi, lora_runs, metric_column
+from lora_analysis.derive.tuned import lr_choices, tuned_table
 
 
 def direction_energies(phi: pd.DataFrame) -> pd.DataFrame:
@@ -168,19 +169,34 @@ def intruder_table(intruders: pd.DataFrame) -> pd.DataFrame:
 # --- the sweep table
 
 
+ACCURACY_COLUMNS = ["targets", "r", "lr", "lrs", "n", "mean", "std", "ci_low", "ci_high", "at_edge", "collapsed",
+                    "lora_params"]
+
+
 def accuracy_table(runs: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
-    """Tables 5/6 analogue: ``targets, r, n, mean, std, lora_params`` of the test metric over seeds."""
+    """Tables 5/6 analogue, the one accuracy table every table, figure and sentence of a report reads: per
+    (target set, rank), the test metric at the learning rate chosen on validation (``derive.tuned``), over the
+    seeds run at it: ``targets, r, lr, lrs, n, mean, std, ci_low, ci_high, at_edge, collapsed, lora_params``."""
     metric = metric or metric_column(runs)
     lora = lora_runs(runs)
-    columns = ["targets", "r", "n", "mean", "std", "lora_params"]
     if metric is None or lora.empty or "lora.r" not in lora:
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=ACCURACY_COLUMNS)
     lora = lora.dropna(subset=["lora.r"])
     lora = lora.assign(targets=lora.get("lora.targets", "n/a"), r=lora["lora.r"].astype(int),
                        lora_params=lora.get("lora_params", np.nan))
-    out = lora.groupby(["targets", "r"]).agg(n=(metric, "count"), mean=(metric, "mean"), std=(metric, "std"),
-                                             lora_params=("lora_params", "mean"))
-    return out.reset_index()[columns]
+    table = tuned_table(lora, ["targets", "r"], metric)
+    params = lora.groupby(["targets", "r"], as_index=False)["lora_params"].mean()
+    return table.merge(params, on=["targets", "r"], how="left")[ACCURACY_COLUMNS]
+
+
+def rate_choices(runs: pd.DataFrame) -> pd.DataFrame:
+    """``tuned.lr_choices`` of the LoRA runs per (target set, rank): what ``accuracy_table`` chose from."""
+    lora = lora_runs(runs)
+    if lora.empty or "lora.r" not in lora:
+        return pd.DataFrame(columns=["targets", "r", "lr", "val_mean", "val_n", "chosen", "at_edge", "collapsed"])
+    lora = lora.dropna(subset=["lora.r"])
+    return lr_choices(lora.assign(targets=lora.get("lora.targets", "n/a"), r=lora["lora.r"].astype(int)),
+                      ["targets", "r"])
 
 
 def full_reference(runs: pd.DataFrame, metric: str | None = None) -> dict[str, float] | None:
@@ -227,19 +243,6 @@ def difference(a: pd.DataFrame, b: pd.DataFrame) -> tuple[float, float]:
     return diff, se
 
 
-def loss_change(histories: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Mean loss of the last quarter of training against the quarter before, per run with 8+ logged steps."""
-    rows = []
-    for run, h in histories.items():
-        h = h.dropna(subset=["loss"])
-        if len(h) < 8:
-            continue
-        q = len(h) // 4
-        last, before = h["loss"].iloc[-q:].mean(), h["loss"].iloc[-2 * q:-q].mean()
-        rows.append((run, before, last, (last - before) / before if before else math.nan))
-    return pd.DataFrame(rows, columns=["run", "loss_before", "loss_last", "relative_change"])
-
-
 # --- computed once per report
 
 
@@ -248,7 +251,9 @@ class Derived:
     """The derived tables of one report, computed once: findings, figures and the recommendation read them.
 
     ``shared``: ``shared_directions`` of the focus phi table; ``accuracy``: ``accuracy_table`` of every
-    run; ``budget_accuracy``: of the budget-matched runs; ``a_moved``: ``a_moved_table``; ``controls``:
+    run (each cell at its learning rate chosen on validation); ``lr_choices``: the validation metric of every
+    (target set, rank, learning rate), what the choice read; ``budget_accuracy``: of the budget-matched runs;
+    ``a_moved``: ``a_moved_table``; ``controls``:
     ``controls.direction_controls`` (every direction of every real pair against the strongest control;
     the shuffled-label pairs are its controls), ``task``: ``controls.task_directions`` of it.
     """
@@ -257,6 +262,7 @@ class Derived:
     metric: str | None
     shared: pd.DataFrame
     accuracy: pd.DataFrame
+    lr_choices: pd.DataFrame
     budget_accuracy: pd.DataFrame
     a_moved: pd.DataFrame
     controls: pd.DataFrame
@@ -272,7 +278,7 @@ class Derived:
         """
         metric = metric or metric_column(runs)
         per_direction = direction_controls(phi if control_phi is None else control_phi, shuffled)
-        return cls(targets, metric, shared_directions(phi), accuracy_table(runs, metric),
+        return cls(targets, metric, shared_directions(phi), accuracy_table(runs, metric), rate_choices(runs),
                    accuracy_table(budgeted_runs(runs), metric), a_moved_table(modules), per_direction,
                    task_directions(per_direction))
 

@@ -76,8 +76,8 @@ def compute_findings(data: SweepData, focus: Focus, tables: dict[str, pd.DataFra
         w_dw_overlap=_or_missing(tables["w_dw_phi"], "w_dw_overlap", "Figure 8",
                                  lambda t: F.w_dw_overlap(t, layer=layer, module=role)),
         intruders=_or_missing(tables["intruders"], "intruders", "Intruder dimensions", F.intruder_counts),
-        accuracy=F.accuracy(data.runs, derived.metric, table=derived.accuracy),
-        loss=F.loss_levelled(data.runs if all_runs is None else all_runs, data.histories),
+        accuracy=F.accuracy(data.runs, derived.accuracy, derived.metric),
+        loss=F.trained_enough(data.runs if all_runs is None else all_runs, data.histories),
     )
 
 
@@ -258,8 +258,8 @@ def controls_section(tables: dict[str, pd.DataFrame], focus: Focus, control_phi:
 
 def findings_section(found: Findings) -> Section:
     section = Section("Findings")
-    section.text(f"Every sentence is computed from this sweep's tables; 'shared' directions are those whose "
-                 f"{SHARED_RULE}.")
+    section.text(f"Every sentence is computed from this sweep's tables (the sections below show them); 'shared' "
+                 f"directions are those whose {SHARED_RULE}.")
     for finding in found:
         section.text(f"**{finding.title}**")
         section.bullets(finding.sentences)
@@ -288,12 +288,12 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, la
     derived = Derived.compute(tables["phi"], tables["modules"], data.runs, focus.targets,
                               control_phi=control_phi if not control_phi.empty else empty_phi(), shuffled=shuffled)
     found = compute_findings(data, focus, tables, derived, shuffled, loaded.runs)
-    sections = [
+    sections = [  # the findings first, as an abstract; then the settings and the detail they rest on
+        findings_section(found),
         experiment_section(data, focus),
         paper_section(data, focus, found, derived),
         figures_section(tables, focus, found),
         controls_section(tables, focus, control_phi, shuffled),
-        findings_section(found),
         ablation_section(data.runs, sentences=False, derived=derived),
         recommendation_section(data, derived),
         runs_section(loaded.runs, loaded.histories),

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 
 from lora_analysis.derive.queries import has_majority, lora_runs, metric_column
-from lora_analysis.derive.stats import accuracy_table, full_reference
+from lora_analysis.derive.stats import full_reference
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.layout import RunDir, SweepDir
 from lora_analysis.show.plots import new_figure, styled
@@ -35,19 +35,22 @@ def draws_majority(runs: pd.DataFrame, metric: str | None) -> bool:
 
 
 @styled
-def accuracy_vs_rank(runs: pd.DataFrame, *, metric: str | None = None, table: pd.DataFrame | None = None) -> Figure:
-    """Tables 5/6 analogue: test metric against rank (log2), one line per target set, error bars = std over seeds.
-
-    ``table``: ``stats.accuracy_table(runs, metric)`` when already computed.
-    """
+def accuracy_vs_rank(runs: pd.DataFrame, table: pd.DataFrame, *, metric: str | None = None) -> Figure:
+    """Tables 5/6 analogue: test metric against rank (log2), one line per target set, each cell at its tuned
+    learning rate with its 95% interval over seeds (``table``: ``stats.accuracy_table``); a collapsed cell
+    (every rate at the majority class) is a cross at the majority class, not a point of the line."""
     metric = metric or metric_column(runs)
-    table = accuracy_table(runs, metric) if table is None else table
     if table.empty:
         raise LoraAnalysisError("no finished LoRA run with a test metric")
     fig = new_figure(6.4, 4.0)
     ax = fig.subplots()
-    for targets, t in table.groupby("targets"):
-        ax.errorbar(t["r"], t["mean"], yerr=t["std"].fillna(0.0), marker="o", capsize=3, lw=1.4, label=targets)
+    for index, (targets, t) in enumerate(table.groupby("targets")):
+        ax.errorbar(t["r"], t["mean"], yerr=_half_interval(t), marker="o", capsize=3, lw=1.4, label=targets,
+                    color=f"C{index}")
+        collapsed = t[t["collapsed"].astype(bool)]
+        if not collapsed.empty and "majority_accuracy" in runs:
+            ax.scatter(collapsed["r"], [runs["majority_accuracy"].max()] * len(collapsed), marker="x", s=40,
+                       color=f"C{index}", zorder=3)
     _reference_lines(ax, runs, metric)
     ranks = sorted(int(r) for r in table["r"].unique())
     ax.set_xscale("log", base=2)
@@ -57,27 +60,31 @@ def accuracy_vs_rank(runs: pd.DataFrame, *, metric: str | None = None, table: pd
     ax.set(xlabel="LoRA rank r", ylabel=metric)
     ax.legend(title="target set", frameon=False, fontsize=7.5)
     seeds = int(table["n"].max())
-    fig.suptitle(f"{metric} against rank and target set (mean ± std over up to {seeds} seeds)")
+    fig.suptitle(f"{metric} against rank and target set, each at its tuned learning rate (mean, 95% interval, "
+                 f"up to {seeds} seeds; x: collapsed)")
     return fig
 
 
-@styled
-def accuracy_by_targets(runs: pd.DataFrame, *, metric: str | None = None, table: pd.DataFrame | None = None
-                        ) -> Figure:
-    """Table 5 analogue: test metric per target set at one trainable-parameter budget (``lora.budget``).
+def _half_interval(table: pd.DataFrame) -> np.ndarray:
+    """Error bars from the 95% interval (none where it is undefined: one seed, or a collapsed cell)."""
+    return np.nan_to_num(np.vstack([table["mean"] - table["ci_low"], table["ci_high"] - table["mean"]]), nan=0.0)
 
-    ``table``: ``stats.accuracy_table`` of the budget-matched runs when already computed.
+
+@styled
+def accuracy_by_targets(runs: pd.DataFrame, table: pd.DataFrame, *, metric: str | None = None) -> Figure:
+    """Table 5 analogue: test metric per target set at one trainable-parameter budget (``lora.budget``), each at
+    its tuned learning rate with its 95% interval (``table``: ``stats.accuracy_table`` of the budget-matched runs).
     """
     metric = metric or metric_column(runs)
     lora = lora_runs(runs)
     if "lora.budget" not in lora or lora["lora.budget"].isna().all():
         raise LoraAnalysisError(f"no budget-matched runs (lora.budget is not set in {SweepDir.TABLE})")
     lora = lora[lora["lora.budget"].notna()]
-    table = (accuracy_table(lora, metric) if table is None else table).sort_values("mean")
+    table = table.sort_values("mean")
     fig = new_figure(max(6.8, 0.75 * len(table) + 2.5), 4.2)
     ax = fig.subplots()
     x = np.arange(len(table))
-    ax.errorbar(x, table["mean"], yerr=table["std"].fillna(0.0), fmt="o", capsize=3, color="C0")
+    ax.errorbar(x, table["mean"], yerr=_half_interval(table), fmt="o", capsize=3, color="C0")
     _reference_lines(ax, runs, metric)
     ax.set_xticks(x, [f"{t}\nr={int(r)}\n{p / 1e3:.0f}k" for t, r, p in
                       zip(table["targets"], table["r"], table["lora_params"], strict=True)])
@@ -85,7 +92,31 @@ def accuracy_by_targets(runs: pd.DataFrame, *, metric: str | None = None, table:
     ax.legend(frameon=False, fontsize=7.5)
     budgets = ", ".join(sorted({str(b) for b in lora["lora.budget"]}))
     ax.margins(x=0.08)
-    fig.suptitle(f"{metric} per target set at budget {budgets} (mean ± std over seeds)")
+    fig.suptitle(f"{metric} per target set at budget {budgets}, each at its tuned learning rate (mean, 95% interval)")
+    return fig
+
+
+@styled
+def lr_curves(choices: pd.DataFrame) -> Figure:
+    """Validation metric against learning rate (log), one line per rank, one panel per target set: the U-curves
+    each cell's rate was chosen from (``stats.rate_choices``); the chosen rate ringed."""
+    if choices.empty or choices.groupby(["targets", "r"])["lr"].nunique().max() < 2:
+        raise LoraAnalysisError("no cell was trained at more than one learning rate")
+    sets = sorted(choices["targets"].astype(str).unique())
+    fig = new_figure(min(3.2 * len(sets), 13.0), 3.4)
+    axes = np.atleast_1d(fig.subplots(1, len(sets), sharey=True, squeeze=False)[0])
+    for ax, targets in zip(axes, sets, strict=True):
+        cell = choices[choices["targets"].astype(str) == targets]
+        for index, (r, t) in enumerate(cell.groupby("r")):
+            t = t.sort_values("lr")
+            ax.plot(t["lr"], t["val_mean"], marker="o", lw=1.2, color=f"C{index}", label=f"r={int(r)}")
+            best = t[t["chosen"]]
+            ax.scatter(best["lr"], best["val_mean"], s=90, facecolors="none", edgecolors=f"C{index}", zorder=3)
+        ax.set_xscale("log")
+        ax.set(title=targets, xlabel="learning rate")
+    axes[0].set_ylabel("validation metric (mean over seeds)")
+    axes[-1].legend(frameon=False, fontsize=7)
+    fig.suptitle("Validation metric against learning rate per cell; ringed: the rate chosen")
     return fig
 
 

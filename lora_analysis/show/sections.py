@@ -27,7 +27,9 @@ SETTINGS = [
     ("max length (tokens)", "data.max_length"), ("method", "method"), ("LoRA targets", "lora.targets"),
     ("rank r", "lora.r"), ("alpha (scale = alpha / r)", "lora.alpha"), ("rsLoRA", "lora.rslora"),
     ("budget", "lora.budget"), ("A init", "lora.init"), ("init stream", "lora.init_stream"),
-    ("dropout", "lora.dropout"), ("seeds", "seed"), ("steps", "optim.steps"), ("batch size", "optim.batch_size"),
+    ("dropout", "lora.dropout"), ("seeds", "seed"), ("step ceiling", "optim.steps"),
+    ("validation every (steps)", "optim.eval_every"), ("patience (evaluations)", "optim.patience"),
+    ("validation rows", "data.val_size"), ("batch size", "optim.batch_size"),
     ("learning rate", "optim.lr"), ("schedule", "optim.schedule"), ("device", "device"), ("threads", "threads"),
     ("precision (auto's choice)", "precision"), ("CPU / GPU", "provenance.device_name"),
     ("torch", "provenance.torch"), ("transformers", "provenance.transformers"), ("peft", "provenance.peft"),
@@ -35,8 +37,8 @@ SETTINGS = [
     ("data sha256 (first 12)", "provenance.data_sha256"),
 ]  # fmt: skip
 RUN_COLUMNS = ["run", "method", "lora.targets", "lora.r", "seed", "optim.steps", "optim.lr", "test_accuracy",
-               "test_loss", "test_perplexity", "majority_accuracy", "final_train_loss", "plateau_change",
-               "plateau_verdict", "a_moved_mean", "lora_params",
+               "test_loss", "test_perplexity", "majority_accuracy", "val_accuracy", "best_step", "steps",
+               "stop_reason", "final_train_loss", "a_moved_mean", "lora_params",
                "trainable_params", "examples_per_s", "tokens_per_s", "train_seconds", "wall_seconds", "device"]
 PACKAGES = ("torch", "transformers", "peft", "numpy", "scipy", "pandas", "pyarrow", "matplotlib", "hydra-core",
             "lora-analysis")
@@ -78,14 +80,22 @@ def _plain(value) -> str:
 
 
 def accuracy_pivot(table: pd.DataFrame) -> pd.DataFrame:
-    """``accuracy_table`` as target sets by ranks, cells ``mean ± std (n)``, for display."""
+    """``accuracy_table`` as target sets by ranks, cells ``mean [95% interval] (n, lr)``, for display; a
+    collapsed cell says so, a rate at the edge of its grid is marked ``edge``."""
     if table.empty:
         return pd.DataFrame()
-    cells = table.assign(cell=[f"{m:.3f}" + (f" ± {s:.3f}" if n > 1 else "") + f" ({n})"
-                               for m, s, n in zip(table["mean"], table["std"], table["n"], strict=True)])
+    cells = table.assign(cell=[_cell(row) for row in table.itertuples()])
     wide = cells.pivot(index="targets", columns="r", values="cell").fillna("—")
     wide.columns = [f"r={c}" for c in wide.columns]
     return wide.reset_index()
+
+
+def _cell(row) -> str:
+    rate = f", lr {row.lr:.2g}" + (" edge" if row.at_edge else "") if row.lrs > 1 else ""
+    if row.collapsed:
+        return f"collapsed ({row.n}{rate})"
+    spread = f" [{row.ci_low:.3f}, {row.ci_high:.3f}]" if row.n > 1 else ""
+    return f"{row.mean:.3f}{spread} ({row.n}{rate})"
 
 
 def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str | None = None,
@@ -103,24 +113,30 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str |
     if table.empty:
         section.text(f"No finished LoRA run with a test metric in {SweepDir.TABLE}.")
         return section
-    section.table(accuracy_pivot(table), f"{metric}: mean ± std over seeds (number of seeds)")
+    section.table(accuracy_pivot(table), f"{metric} at each cell's learning rate chosen on validation: mean [95% "
+                  "t-interval] over seeds (number of seeds, the rate where several were tried; edge: the rate is at "
+                  "an end of the grid; collapsed: every rate predicted the majority class on validation)")
     full = full_reference(runs, metric)
     section.text(f"Full fine-tuning reference: {fmt(full['mean'], 3)} (n={full['n']})." if full else
                  "No full fine-tuning run in this sweep: no reference line.")
     lines = (["black: full fine-tuning"] if full else []) + (
         ["dotted: majority class"] if run_plots.draws_majority(runs, metric) else [])
-    section.plot("accuracy_rank", lambda: run_plots.accuracy_vs_rank(runs, metric=metric, table=table),
+    if derived.lr_choices.groupby(["targets", "r"])["lr"].nunique().max() > 1:
+        section.plot("lr_curves", lambda: run_plots.lr_curves(derived.lr_choices),
+                     "Validation metric against learning rate for every cell: each cell's rate is the best on "
+                     "validation; the test split is scored only at it.")
+    section.plot("accuracy_rank", lambda: run_plots.accuracy_vs_rank(runs, table, metric=metric),
                  f"{metric} against rank, one line per target set" + "".join(f"; {x}" for x in lines) + ".")
     budgeted = budgeted_runs(runs)
     if not budgeted.empty:
         budget = derived.budget_accuracy
         section.table(budget.rename(columns={"lora_params": "trainable LoRA parameters"}),
                       f"Budget-matched runs ({', '.join(sorted(map(str, budgeted['lora.budget'].unique())))})")
-        section.plot("accuracy_budget", lambda: run_plots.accuracy_by_targets(runs, metric=metric, table=budget),
+        section.plot("accuracy_budget", lambda: run_plots.accuracy_by_targets(runs, budget, metric=metric),
                      "Test metric per target set at one parameter budget, with each set's rank and parameter count.")
-        section.bullets(F.ffn_under_budget(runs, metric, table=budget).sentences)
+        section.bullets(F.ffn_under_budget(runs, budget, metric).sentences)
     if sentences:
-        section.bullets(F.accuracy(runs, metric, table=table).sentences)
+        section.bullets(F.accuracy(runs, table, metric).sentences)
     return section
 
 

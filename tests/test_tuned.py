@@ -1,0 +1,101 @@
+"""Each cell at its own tuned learning rate (issue 25): chosen on validation only, intervals as scipy's."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as scipy_stats
+
+from lora_analysis.derive import stats
+from lora_analysis.derive.tuned import interval, lr_choices, tuned_table
+from lora_analysis.errors import LoraAnalysisError
+
+
+def sweep(cells: dict[tuple[str, int], dict[float, tuple[list[float], list[float]]]]) -> pd.DataFrame:
+    """Runs from ``{(targets, r): {lr: ([val accuracies by seed], [test accuracies by seed])}}``."""
+    rows = []
+    for (targets, r), rates in cells.items():
+        for lr, (val, test) in rates.items():
+            for seed, (v, t) in enumerate(zip(val, test, strict=True)):
+                rows.append({"run": f"{targets}-r{r}-lr{lr}-s{seed}", "method": "lora", "lora.targets": targets,
+                             "lora.r": r, "optim.lr": lr, "seed": seed, "val_accuracy": v, "test_accuracy": t,
+                             "majority_accuracy": 0.575, "lora_params": 100 * r})
+    return pd.DataFrame(rows)
+
+
+def test_the_rate_is_chosen_on_validation_never_on_test():
+    runs = sweep({("all", 8): {1e-4: ([0.70], [0.83]), 3e-4: ([0.80, 0.79, 0.81], [0.78, 0.77, 0.79]),
+                               1e-3: ([0.75], [0.84])}})
+    table = stats.accuracy_table(runs)
+    (row,) = table.itertuples()
+    assert row.lr == 3e-4 and row.n == 3 and row.lrs == 3 and not row.at_edge  # test prefers 1e-3 and 1e-4
+    assert row.mean == pytest.approx(0.78)
+
+
+def test_the_interval_is_scipys_t_interval():
+    values = pd.Series([0.78, 0.77, 0.80, 0.79])
+    low, high = interval(values)
+    expected = scipy_stats.t.interval(0.95, 3, loc=values.mean(), scale=scipy_stats.sem(values))
+    assert (low, high) == pytest.approx(expected)
+    assert all(math.isnan(x) for x in interval(pd.Series([0.8])))
+    runs = sweep({("attn", 4): {1e-3: ([0.8, 0.8, 0.8, 0.8], list(values))}})
+    (row,) = stats.accuracy_table(runs).itertuples()
+    assert (row.ci_low, row.ci_high) == pytest.approx(expected)
+
+
+def test_a_rate_at_the_end_of_the_grid_is_flagged_and_a_collapsed_cell_never_averaged():
+    runs = sweep({("q", 1): {1e-4: ([0.575], [0.575]), 1e-3: ([0.576], [0.60])},
+                  ("q", 8): {1e-4: ([0.70], [0.70]), 1e-3: ([0.80], [0.79])}})
+    table = stats.accuracy_table(runs).set_index("r")
+    assert bool(table.loc[1, "collapsed"]) and math.isnan(table.loc[1, "mean"])
+    assert bool(table.loc[8, "at_edge"]) and not bool(table.loc[8, "collapsed"]) and table.loc[8, "lr"] == 1e-3
+    choices = lr_choices(runs.assign(targets=runs["lora.targets"], r=runs["lora.r"]), ["targets", "r"])
+    assert choices.groupby("r")["chosen"].sum().tolist() == [1, 1]
+
+
+def test_choosing_between_rates_without_a_validation_metric_is_one_line():
+    runs = sweep({("all", 8): {1e-4: ([0.7], [0.8]), 1e-3: ([0.8], [0.8])}}).assign(val_accuracy=np.nan)
+    with pytest.raises(LoraAnalysisError, match="needs every run's validation metric") as caught:
+        stats.accuracy_table(runs)
+    assert "\n" not in str(caught.value)
+    one_rate = sweep({("all", 8): {1e-3: ([0.8, 0.8], [0.79, 0.81])}}).drop(columns="val_accuracy")
+    (row,) = tuned_table(one_rate, ["lora.targets", "lora.r"], "test_accuracy").itertuples()
+    assert row.n == 2 and row.mean == pytest.approx(0.80)  # one rate: nothing to choose, older sweeps still read
+
+
+def test_the_u_curves_and_the_table_show_the_choice():
+    from lora_analysis.show import run_plots
+    from lora_analysis.show.sections import accuracy_pivot
+
+    runs = sweep({("attn", 4): {1e-4: ([0.70], [0.7]), 3e-4: ([0.80], [0.8]), 1e-3: ([0.75], [0.7])},
+                  ("ffn", 4): {1e-4: ([0.575], [0.575]), 1e-3: ([0.575], [0.575])}})
+    fig = run_plots.lr_curves(stats.rate_choices(runs))
+    assert [ax.get_title() for ax in fig.axes] == ["attn", "ffn"] and fig.axes[0].get_xscale() == "log"
+    cells = accuracy_pivot(stats.accuracy_table(runs)).set_index("targets")["r=4"]
+    assert cells["attn"] == "0.800 (1, lr 0.0003)" and cells["ffn"].startswith("collapsed (1, lr 0.0001 edge")
+    with pytest.raises(LoraAnalysisError, match="more than one learning rate"):
+        run_plots.lr_curves(stats.rate_choices(sweep({("q", 2): {1e-3: ([0.8], [0.8])}})))
+
+
+@pytest.mark.slow  # 6 tiny runs, an analysis and a report: about a minute
+def test_the_ablation_command_searches_on_seed_0_then_trains_the_seeds_at_the_chosen_rate(tiny, tmp_path):
+    from tiny import tiny_overrides
+
+    from lora_analysis import cli
+    from lora_analysis.layout import SweepDir
+
+    model, csv = tiny
+    train = [o for o in tiny_overrides(model, csv, tmp_path / "runs", 6) if not o.startswith(("lora.r=", "out_dir="))]
+    code = cli.main(["ablate", "experiment=rank_ablation", "targets=[q]", "ranks=[2]", "lrs=[1e-3,1e-2]", "seeds=3",
+                     f"out_dir={tmp_path / 'runs'}", "workers=1", "name=abl", *train])
+    assert code == 0
+    runs = SweepDir(tmp_path / "runs" / "abl").read_table()
+    search = runs[runs["seed"] == 0].set_index("optim.lr")
+    assert sorted(search.index) == [1e-3, 1e-2]
+    best = search["val_accuracy"].idxmax()
+    assert set(runs.loc[runs["seed"] > 0, "optim.lr"]) == {best} and len(runs) == 4
+    report = (tmp_path / "runs" / "abl" / "report" / "report.md").read_text()
+    assert "chosen on validation" in report
