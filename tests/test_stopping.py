@@ -6,7 +6,7 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from tiny import build_tiny_model, tiny_overrides, write_tiny_csv
+from tiny import build_tiny_model, interrupted_at, tiny_overrides, write_tiny_csv
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from lora_analysis import cli
@@ -102,12 +102,7 @@ def test_the_saved_adapter_scores_the_recorded_best_on_validation(tiny, tmp_path
 def test_an_interrupted_early_stopping_run_resumes_to_identical_tensors(tiny, tmp_path, monkeypatch):
     extra = ("optim.eval_every=2", "optim.patience=2", "optim.lr=3e-3", "lora.dropout=0.1")
     straight, straight_metrics = run_overrides([*overrides(tiny, tmp_path, 24, *extra), "name=straight"])
-    real_save = trainer._save_checkpoint
-
-    def save_then_stop(run_dir, params, optimizer, progress, best):
-        real_save(run_dir, params, optimizer, progress, best)
-        if progress.step == 4:
-            raise KeyboardInterrupt
+    real_save, save_then_stop = interrupted_at(4)
 
     monkeypatch.setattr(trainer, "_save_checkpoint", save_then_stop)
     cut = [*overrides(tiny, tmp_path, 24, *extra), "optim.checkpoint_every=2", "name=cut"]

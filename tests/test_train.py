@@ -10,7 +10,7 @@ import torch
 import yaml
 from peft import PeftModel
 from safetensors.torch import load_file
-from tiny import build_tiny_model, tiny_overrides, write_tiny_csv
+from tiny import build_tiny_model, interrupted_at, tiny_overrides, write_tiny_csv
 from transformers import AutoModelForSequenceClassification
 
 from lora_analysis.layout import RunDir
@@ -100,12 +100,7 @@ def test_interrupted_run_resumes_to_the_same_adapter(tiny, tmp_path, monkeypatch
     extra = ["optim.checkpoint_every=2", "lora.dropout=0.1"]  # dropout: the RNG state must resume too
     straight, straight_metrics = run_overrides(overrides(tiny, tmp_path, steps=6, extra=[*extra, "name=straight"]))
 
-    real_save = trainer._save_checkpoint
-
-    def save_then_stop(run_dir, params, optimizer, progress, best):
-        real_save(run_dir, params, optimizer, progress, best)
-        if progress.step == 4:
-            raise KeyboardInterrupt
+    real_save, save_then_stop = interrupted_at(4)
 
     monkeypatch.setattr(trainer, "_save_checkpoint", save_then_stop)
     with pytest.raises(KeyboardInterrupt):

@@ -97,3 +97,18 @@ def tiny_overrides(model_dir: Path, csv: Path, out_dir: Path, steps: int = 4) ->
         "progress=false",
         "threads=1",
     ]
+
+
+def interrupted_at(step: int):
+    """``(the real trainer._save_checkpoint, one that saves and then raises KeyboardInterrupt at step)``:
+    monkeypatch the second in to cut a run short right after its checkpoint at ``step``."""
+    from lora_analysis.train import trainer
+
+    real = trainer._save_checkpoint
+
+    def save_then_stop(run_dir, params, optimizer, progress, best):
+        real(run_dir, params, optimizer, progress, best)
+        if progress.step == step:
+            raise KeyboardInterrupt
+
+    return real, save_then_stop
