@@ -19,6 +19,7 @@ from fabricate import (
 from lora_analysis.derive import queries as Q
 from lora_analysis.derive import stats as S
 from lora_analysis.show import findings as F
+from lora_analysis.show import run_findings as R
 
 IDS = dict(comparison="seed", run_a="a", run_b="b", r_a=16, r_b=16, seed_a=0, seed_b=1, targets="all", layer=0,
            module="q", subject="A_delta")
@@ -96,7 +97,7 @@ def test_findings_state_the_planted_numbers(tables, shared, sweep):
     assert F.intruder_counts(tables.intruders).values == {f"r{r}": float(n) for r, n in INTRUDERS.items()}
 
     all_runs = pd.read_parquet(sweep / "runs.parquet")
-    acc = F.accuracy(all_runs, S.accuracy_table(all_runs))
+    acc = R.accuracy(all_runs, S.accuracy_table(all_runs))
     assert acc.values == pytest.approx({"best": 0.778, "full": 0.801})
     assert "full fine-tuning 0.801" in acc.sentences[-1] and "majority class 0.575" in acc.sentences[-1]
 
@@ -106,8 +107,8 @@ def test_missing_data_gives_a_sentence_not_an_error(tables):
     for finding in (F.top_direction(empty_phi), F.q_vs_v(S.shared_directions(empty_phi)),
                     F.init_control(empty_phi, S.shared_directions(empty_phi)), F.a_moved(tables.modules.iloc[0:0]),
                     F.amplification(tables.dw_vs_w.iloc[0:0], layer=0), F.intruder_counts(tables.intruders.iloc[0:0]),
-                    F.w_dw_overlap(tables.w_dw_phi.iloc[0:0], layer=0), F.accuracy(no_runs, S.accuracy_table(no_runs)),
-                    F.trained_enough(pd.DataFrame({"run": []}), {})):
+                    F.w_dw_overlap(tables.w_dw_phi.iloc[0:0], layer=0), R.accuracy(no_runs, S.accuracy_table(no_runs)),
+                    R.trained_enough(pd.DataFrame({"run": []}), {})):
         assert finding.table is None and len(finding.sentences) == 1 and finding.sentences[0]
     assert F.top_direction(tables.phi, r_small=4, r_large=64).values["A_delta"] == pytest.approx(DELTA_TOP)
     assert "No rank pair r=2" in F.top_direction(tables.phi, r_small=2).sentences[0]
@@ -134,7 +135,7 @@ def budget_runs(scores: dict[str, list[float]]) -> pd.DataFrame:
 
 
 def under_budget(runs: pd.DataFrame) -> F.Finding:
-    return F.ffn_under_budget(runs, S.accuracy_table(runs))
+    return R.ffn_under_budget(runs, S.accuracy_table(runs))
 
 
 def test_ffn_under_budget_states_the_difference_with_its_error():
@@ -150,7 +151,7 @@ def test_ffn_under_budget_states_the_difference_with_its_error():
     single = under_budget(budget_runs({"attn": [0.80], "all": [0.81]}))  # binomial error of 2,000 texts
     assert "± 0.013" in single.sentences[-1] and "no clear difference" in single.sentences[-1]
     no_budget = budget_runs({"q": [0.8]}).drop(columns="lora.budget")
-    assert F.ffn_under_budget(no_budget, S.accuracy_table(pd.DataFrame())).sentences[0].startswith("No")
+    assert R.ffn_under_budget(no_budget, S.accuracy_table(pd.DataFrame())).sentences[0].startswith("No")
 
 
 def test_a_moved_says_which_ranks_stay_near_their_init():
@@ -164,8 +165,8 @@ def test_runs_stuck_at_the_majority_class_are_named():
                          "lora.r": [1, 1, 8, None], "lora.alpha": [8.0, 8.0, 8.0, None],
                          "test_accuracy": [0.575, 0.70, 0.79, 0.575], "majority_accuracy": [0.575] * 4,
                          "final_train_loss": [0.69, 0.6, 0.4, 0.69]})
-    (sentence,) = F.stuck_at_majority(runs)
+    (sentence,) = R.stuck_at_majority(runs)
     assert sentence.startswith("1 of 3 LoRA runs predict the majority class (r1-seed0): LoRA scale alpha/r 8 "
                                "(the largest in the sweep); final training loss 0.690")
-    assert sentence in F.accuracy(runs, S.accuracy_table(runs)).sentences
-    assert F.stuck_at_majority(runs.assign(test_accuracy=0.7)) == []
+    assert sentence in R.accuracy(runs, S.accuracy_table(runs)).sentences
+    assert R.stuck_at_majority(runs.assign(test_accuracy=0.7)) == []

@@ -22,6 +22,7 @@ from lora_analysis.derive.stats import SHARED_RULE, Derived
 from lora_analysis.layout import AnalysisDir, SweepDir
 from lora_analysis.show import findings as F
 from lora_analysis.show import paper, plots
+from lora_analysis.show import run_findings as R
 from lora_analysis.show.document import Section, report_folder, write_report
 from lora_analysis.show.focus import Focus, choose_focus, focus_tables
 from lora_analysis.show.labels import SUBJECT_LABELS, fmt
@@ -76,8 +77,8 @@ def compute_findings(data: SweepData, focus: Focus, tables: dict[str, pd.DataFra
         w_dw_overlap=_or_missing(tables["w_dw_phi"], "w_dw_overlap", "Figure 8",
                                  lambda t: F.w_dw_overlap(t, layer=layer, module=role)),
         intruders=_or_missing(tables["intruders"], "intruders", "Intruder dimensions", F.intruder_counts),
-        accuracy=F.accuracy(data.runs, derived.accuracy, derived.metric),
-        loss=F.trained_enough(data.runs if all_runs is None else all_runs, data.histories),
+        accuracy=R.accuracy(data.runs, derived.accuracy, derived.metric),
+        loss=R.trained_enough(data.runs if all_runs is None else all_runs, data.histories),
     )
 
 

@@ -14,7 +14,7 @@ from lora_analysis.derive.queries import budgeted_runs, full_runs, lora_runs, ma
 from lora_analysis.derive.stats import Derived, full_reference
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.layout import RunDir, SweepDir
-from lora_analysis.show import findings as F
+from lora_analysis.show import run_findings as R
 from lora_analysis.show import run_plots
 from lora_analysis.show.document import Section, code
 from lora_analysis.show.focus import Focus
@@ -134,9 +134,9 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str |
                       f"Budget-matched runs ({', '.join(sorted(map(str, budgeted['lora.budget'].unique())))})")
         section.plot("accuracy_budget", lambda: run_plots.accuracy_by_targets(runs, budget, metric=metric),
                      "Test metric per target set at one parameter budget, with each set's rank and parameter count.")
-        section.bullets(F.ffn_under_budget(runs, budget, metric).sentences)
+        section.bullets(R.ffn_under_budget(runs, budget, metric).sentences)
     if sentences:
-        section.bullets(F.accuracy(runs, table, metric).sentences)
+        section.bullets(R.accuracy(runs, table, metric).sentences)
     return section
 
 

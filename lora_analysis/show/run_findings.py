@@ -1,0 +1,142 @@
+"""Findings on the runs: accuracy at each cell's tuned rate, runs stuck at the majority class, FFN against
+attention at one budget, and whether each run was trained to its validation optimum.
+
+As ``show.findings``: sentences quoting the numbers of ``derive.stats``, a table holding them, and a
+sentence instead of an exception where data is missing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from lora_analysis.derive import stats
+from lora_analysis.derive.queries import LOWER_IS_BETTER, budgeted_runs, has_majority, lora_runs, metric_column
+from lora_analysis.layout import SweepDir
+from lora_analysis.show.findings import Finding
+from lora_analysis.show.labels import fmt
+from lora_analysis.stopping import VERDICTS
+
+
+def accuracy(runs: pd.DataFrame, table: pd.DataFrame, metric: str | None = None) -> Finding:
+    """Test metric against rank and target set, beside full fine-tuning and the majority class, from the
+    report's one accuracy table (``table``: ``stats.accuracy_table``, each cell at its tuned rate)."""
+    metric = metric or metric_column(runs)
+    key, title = "accuracy", "Test metric against rank and target set (Tables 5 and 6)"
+    if table.empty or table["mean"].isna().all():
+        return Finding.missing(key, title, f"No finished LoRA run with a test metric in {SweepDir.TABLE}.")
+    best = table.loc[table["mean"].idxmin() if metric in LOWER_IS_BETTER else table["mean"].idxmax()]
+    sentences = []
+    for targets, t in table.groupby("targets"):
+        sentences.append(f"{metric} with targets {targets}: " + ", ".join(
+            f"r={int(row.r)} " + ("collapsed (every learning rate predicted the majority class)" if row.collapsed
+                                  else fmt(row.mean, 3) + (f" [{fmt(row.ci_low, 3)}, {fmt(row.ci_high, 3)}]"
+                                                           if row.n > 1 else "")) + f" (n={row.n})"
+            for row in t.itertuples()) + ".")
+    full = stats.full_reference(runs, metric)
+    tail = f"Best LoRA: targets {best['targets']} at r={int(best['r'])}, {fmt(best['mean'], 3)}"
+    if full:
+        gap = best["mean"] - full["mean"]
+        tail += f"; full fine-tuning {fmt(full['mean'], 3)} (n={full['n']}), difference {fmt(gap, 3)}"
+    else:
+        tail += "; no full fine-tuning run in the sweep to compare with"
+    if has_majority(runs) and metric == "test_accuracy":
+        tail += f"; majority class {fmt(runs['majority_accuracy'].dropna().iloc[0], 3)}"
+    sentences.append(tail + ".")
+    sentences += stuck_at_majority(runs) if metric == "test_accuracy" else []
+    values = {"best": float(best["mean"])} | ({"full": float(full["mean"])} if full else {})
+    return Finding(key, title, sentences, table, values)
+
+
+def stuck_at_majority(runs: pd.DataFrame) -> list[str]:
+    """A sentence naming the LoRA runs whose test accuracy is the majority class's (within 0.5 point).
+
+    Such a run predicts one class: its rank tells nothing about the task. Their LoRA scale is given,
+    since with alpha held fixed the smallest ranks get the largest ``alpha / r`` (``stats.lora_scales``).
+    """
+    lora, stuck = lora_runs(runs), stats.stuck_runs(runs)
+    if stuck.empty:
+        return []
+    names = ", ".join(sorted(stuck["run"].astype(str))) if "run" in stuck else f"{len(stuck)} runs"
+    detail = ""
+    if {"lora.alpha", "lora.r"} <= set(stuck.columns):
+        scales = sorted(set(stats.lora_scales(stuck)))
+        largest = stats.lora_scales(lora).max()
+        rule = "alpha/sqrt(r)" if stats.uses_rslora(lora) else "alpha/r"
+        detail += f" LoRA scale {rule} {', '.join(f'{x:.3g}' for x in scales)}"
+        detail += " (the largest in the sweep);" if min(scales) >= largest else ";"
+    if "final_train_loss" in stuck:
+        detail += f" final training loss {fmt(stuck['final_train_loss'].mean(), 3)} on average"
+    return [f"{len(stuck)} of {len(lora)} LoRA runs predict the majority class ({names}):{detail}. Their test "
+            "accuracy says the optimisation failed, not how much rank the task needs."]
+
+
+def ffn_under_budget(runs: pd.DataFrame, table: pd.DataFrame, metric: str | None = None) -> Finding:
+    """Does adapting FFN matrices help at one parameter budget? Differences with their standard errors.
+
+    Each budget-matched target set gets its mean over seeds and a standard error: ``std / sqrt(n)``
+    over seeds, or with a single seed the binomial error of an accuracy on the test set,
+    ``sqrt(p (1 - p) / n_test)``. Sets that adapt FFN matrices are compared with sets that do not
+    (mean of set means, errors combined in quadrature), and ``all`` with ``attn``; a difference counts
+    as clear when it exceeds twice its standard error. ``table``: the budget-matched runs'
+    ``stats.accuracy_table`` (the report's ``Derived.budget_accuracy``).
+    """
+    from lora_analysis.targets import PRESETS, expand_roles
+
+    metric = metric or metric_column(runs)
+    key, title = "ffn_budget", "FFN matrices under a fixed parameter budget (Table 5 analogue)"
+    budgeted = budgeted_runs(lora_runs(runs))
+    table = table.copy()
+    if table.empty:
+        return Finding.missing(key, title, "No budget-matched runs (lora.budget) in this sweep.")
+    n_test = float(budgeted["test_examples"].iloc[0]) if "test_examples" in budgeted else math.nan
+    table["se"] = stats.standard_errors(table, metric, n_test)
+    table["ffn"] = [bool(set(PRESETS["ffn"]) & set(expand_roles(str(t)))) for t in table["targets"]]
+    better = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    sentences = [f"Budget {', '.join(sorted(map(str, budgeted['lora.budget'].unique())))}: " + ", ".join(
+        f"{row.targets} (r={row.r}, {int(row.lora_params):,} parameters) {fmt(row.mean, 3)} ± {fmt(row.se, 3)}"
+        for row in table.sort_values("mean", ascending=better < 0).itertuples()) + " (mean ± standard error)."]
+    values = {}
+    named = {targets: table[table["targets"] == targets] for targets in ("ffn", "attn", "all")}
+    for label, a, b in (("ffn against attn (the two halves of a block)", named["ffn"], named["attn"]),
+                        ("FFN sets against attention-only sets", table[table["ffn"]], table[~table["ffn"]]),
+                        ("all against attn", named["all"], named["attn"])):
+        if a.empty or b.empty:
+            continue
+        diff, se = stats.difference(a, b)
+        verdict = ("no clear difference" if not abs(diff) > 2 * se else
+                   "the FFN side is clearly better" if better * diff > 0 else "the FFN side is clearly worse")
+        values[label] = float(diff)
+        sentences.append(f"{label}: {fmt(a['mean'].mean(), 3)} against {fmt(b['mean'].mean(), 3)}, difference "
+                         f"{diff:+.3f} ± {fmt(se, 3)}: {verdict} (clear means beyond twice the standard error).")
+    return Finding(key, title, sentences, table, values)
+
+
+def trained_enough(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> Finding:
+    """Was each run trained to its validation optimum? Its ``stop_reason`` (``lora_analysis.stopping``):
+    ``converged`` when the validation loss did not improve for ``optim.patience`` evaluations after its best,
+    ``ceiling`` when the run reached ``optim.steps`` still improving. Runs saved before the validation split
+    (no ``stop_reason``) are counted as not measured."""
+    key, title = "loss", "Trained to the validation optimum?"
+    said = runs["stop_reason"].fillna(VERDICTS[2]) if "stop_reason" in runs else pd.Series(VERDICTS[2], runs.index)
+    if runs.empty or (said == VERDICTS[2]).all():
+        return Finding.missing(key, title, "No run has a validation split (data.val_size): whether training went "
+                               "far enough is not measured.")
+    columns = [c for c in ("run", "best_step", "steps", "ceiling", "val_loss", "val_accuracy", "stop_reason")
+               if c in runs]
+    table = runs.assign(stop_reason=said)[columns].sort_values("run").reset_index(drop=True)
+    counts = said.value_counts()
+    per_run = "; ".join(f"{row.run} best at step {int(row.best_step):,} of {int(row.steps):,} ({row.stop_reason})"
+                        for row in table.itertuples() if row.stop_reason != VERDICTS[2])
+    sentences = [
+        f"Each run scores its validation split every optim.eval_every steps and stops after optim.patience "
+        f"evaluations without a lower validation loss; the adapter kept, and every test number, is the state at "
+        f"the best one. {per_run}.",
+        f"{int(counts.get('converged', 0))} of {len(table)} runs converged, {int(counts.get('ceiling', 0))} reached "
+        f"the step ceiling still improving" + (f", {int(counts.get(VERDICTS[2], 0))} not measured" if
+                                               counts.get(VERDICTS[2], 0) else "") + ".",
+    ]
+    values = {v: float(counts.get(v, 0)) for v in VERDICTS}
+    values["runs"] = float(len(table))
+    return Finding(key, title, sentences, table, values)
