@@ -14,6 +14,7 @@ is shown as such and its mean is left empty, never averaged in.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -48,53 +49,69 @@ def lr_choices(runs: pd.DataFrame, cell: list[str]) -> pd.DataFrame:
     """One row per (cell, learning rate): the validation metric's mean over its seeds (``val_mean``, ``val_n``),
     and ``chosen``, ``at_edge``, ``collapsed`` for the cell. Raises when rates must be chosen between and a
     run has no validation metric (trained before ``data.val_size``): the test split is never used instead."""
-    metric, higher = validation_metric(runs)
-    runs = runs.assign(**{LR: runs[LR].astype(float)}) if LR in runs else runs.assign(**{LR: math.nan})
     rows = []
-    for key, group in runs.groupby(cell, dropna=False, sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        rates = sorted(group[LR].dropna().unique())
-        if len(rates) > 1 and (metric not in group or group[metric].isna().any()):
-            raise LoraAnalysisError(
-                f"choosing a learning rate for {dict(zip(cell, key, strict=True))} needs every run's validation "
-                f"metric ({metric}), and some runs have none (trained before data.val_size): retrain them, or "
-                "give each cell one learning rate")
-        means = group.groupby(LR)[metric].agg(["mean", "count"]) if metric in group else None
-        if means is None or means.empty:
-            means = pd.DataFrame({"mean": [math.nan], "count": [0]}, index=pd.Index(rates[:1] or [math.nan]))
-        scores = means["mean"]
-        best = scores.idxmax() if higher and scores.notna().any() else (
-            scores.idxmin() if scores.notna().any() else scores.index[0])
-        majority = group["majority_accuracy"].max() if "majority_accuracy" in group else math.nan
-        collapsed = bool(metric == "val_accuracy" and math.isfinite(majority) and scores.notna().any()
-                         and (scores.dropna() <= majority + COLLAPSE_TOLERANCE).all())
-        for rate, row in means.iterrows():
-            rows.append({**dict(zip(cell, key, strict=True)), "lr": rate, "val_mean": row["mean"],
-                         "val_n": int(row["count"]), "chosen": rate == best or (pd.isna(rate) and pd.isna(best)),
-                         "at_edge": len(rates) > 1 and best in (rates[0], rates[-1]), "collapsed": collapsed})
+    for key, group in _cells(runs, cell):
+        choice = _choose(group, key)
+        for rate, row in choice.means.iterrows():
+            rows.append({**key, "lr": rate, "val_mean": row["mean"], "val_n": int(row["count"]),
+                         "chosen": _same(rate, choice.rate), "at_edge": choice.at_edge, "collapsed": choice.collapsed})
     return pd.DataFrame(rows, columns=[*cell, "lr", "val_mean", "val_n", "chosen", "at_edge", "collapsed"])
 
 
 def tuned_table(runs: pd.DataFrame, cell: list[str], metric: str) -> pd.DataFrame:
     """Per cell, the test ``metric`` at its chosen rate: ``lr``, ``lrs`` (rates tried), ``n``, ``mean``,
-    ``std``, ``ci_low``, ``ci_high`` (95% t-interval), ``at_edge``, ``collapsed`` (mean left empty)."""
+    ``std``, ``ci_low``, ``ci_high`` (95% t-interval), ``at_edge``, ``collapsed`` (mean and interval empty)."""
     columns = [*cell, "lr", "lrs", "n", "mean", "std", "ci_low", "ci_high", "at_edge", "collapsed"]
     if runs.empty or metric not in runs:
         return pd.DataFrame(columns=columns)
-    choices = lr_choices(runs, cell)
     rows = []
-    for _, choice in choices[choices["chosen"]].iterrows():
-        here = runs
-        for name in cell:
-            here = here[here[name].isna()] if pd.isna(choice[name]) else here[here[name] == choice[name]]
-        tried = int((choices[cell].astype(str) == choice[cell].astype(str)).all(axis=1).sum())
-        at_rate = here[here[LR].astype(float) == choice["lr"]] if math.isfinite(choice["lr"]) else here
-        values = at_rate[metric].dropna()
-        low, high = interval(values)
-        collapsed = bool(choice["collapsed"])
-        rows.append({**{name: choice[name] for name in cell}, "lr": choice["lr"], "lrs": tried, "n": len(values),
-                     "mean": math.nan if collapsed else values.mean(), "std": values.std(ddof=1),
-                     "ci_low": math.nan if collapsed else low, "ci_high": math.nan if collapsed else high,
-                     "at_edge": bool(choice["at_edge"]), "collapsed": collapsed})
+    for key, group in _cells(runs, cell):
+        choice = _choose(group, key)
+        values = group[[_same(rate, choice.rate) for rate in group[LR]]][metric].dropna()
+        low, high = (math.nan, math.nan) if choice.collapsed else interval(values)
+        rows.append({**key, "lr": choice.rate, "lrs": len(choice.means), "n": len(values),
+                     "mean": math.nan if choice.collapsed else values.mean(), "std": values.std(ddof=1),
+                     "ci_low": low, "ci_high": high, "at_edge": choice.at_edge, "collapsed": choice.collapsed})
     return pd.DataFrame(rows, columns=columns).astype({"n": int, "lrs": int})
 
+
+class _Choice(NamedTuple):
+    means: pd.DataFrame  # per rate: mean and count of the validation metric
+    rate: float  # the chosen one (NaN: the runs record no rate)
+    at_edge: bool
+    collapsed: bool
+
+
+def _cells(runs: pd.DataFrame, cell: list[str]):
+    """(the cell's values by key, its runs) per cell, with the rate as a float column."""
+    runs = runs.assign(**{LR: runs[LR].astype(float) if LR in runs else math.nan})
+    for key, group in runs.groupby(cell, dropna=False, sort=True):
+        yield dict(zip(cell, key if isinstance(key, tuple) else (key,), strict=True)), group
+
+
+def _choose(group: pd.DataFrame, key: dict) -> _Choice:
+    """The rate of the best validation metric among one cell's runs."""
+    metric, higher = validation_metric(group)
+    rates = sorted(group[LR].dropna().unique())
+    known = metric in group and group[metric].notna().all()
+    if len(rates) > 1 and not known:
+        raise LoraAnalysisError(
+            f"choosing a learning rate for {key} needs every run's validation metric ({metric}), and some runs have "
+            "none (trained before data.val_size): retrain them, or give each cell one learning rate")
+    if metric in group and group[LR].notna().any():
+        means = group.groupby(LR)[metric].agg(["mean", "count"])
+    else:  # one rate, or none recorded: nothing to choose
+        means = pd.DataFrame({"mean": [math.nan], "count": [0]}, index=pd.Index([rates[0] if rates else math.nan]))
+    scores = means["mean"]
+    if scores.notna().any():
+        rate = scores.idxmax() if higher else scores.idxmin()
+    else:
+        rate = scores.index[0]
+    majority = group["majority_accuracy"].max() if "majority_accuracy" in group else math.nan
+    collapsed = bool(metric == "val_accuracy" and math.isfinite(majority) and scores.notna().any()
+                     and (scores.dropna() <= majority + COLLAPSE_TOLERANCE).all())
+    return _Choice(means, rate, len(rates) > 1 and rate in (rates[0], rates[-1]), collapsed)
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (pd.isna(a) and pd.isna(b))
