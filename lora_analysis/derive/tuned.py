@@ -107,7 +107,9 @@ def _choose(group: pd.DataFrame, key: dict) -> _Choice:
         rate = scores.idxmax() if higher else scores.idxmin()
     else:
         rate = scores.index[0]
-    majority = group["majority_accuracy"].max() if "majority_accuracy" in group else math.nan
+    # the validation split's own majority class; runs saved before it was recorded: the test split's
+    column = "val_majority" if "val_majority" in group and group["val_majority"].notna().any() else "majority_accuracy"
+    majority = group[column].max() if column in group else math.nan
     collapsed = bool(metric == "val_accuracy" and math.isfinite(majority) and scores.notna().any()
                      and (scores.dropna() <= majority + COLLAPSE_TOLERANCE).all())
     return _Choice(means, rate, len(rates) > 1 and rate in (rates[0], rates[-1]), collapsed)

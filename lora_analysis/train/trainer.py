@@ -112,6 +112,7 @@ def train(cfg: TrainConfig, run_dir: Path, on_log=None) -> dict:
         val_loss=at_best.get("val_loss", float("nan")),
         val_accuracy=at_best.get("val_accuracy", float("nan")),
         val_examples=len(data.val),
+        val_majority=_majority(data.val),
         examples_per_s=progress.examples / progress.train_seconds,
         tokens_per_s=progress.tokens / progress.train_seconds,
         train_seconds=progress.train_seconds,
@@ -200,6 +201,13 @@ def _validate(cfg, model, val, pad_id, device, progress: Progress, stopper: stop
         on_log(progress.step, {k: v for k, v in row.items() if k.startswith("val_")})
 
 
+def _majority(examples: task_data.Examples) -> float:
+    """The accuracy of always predicting the most frequent class (NaN without labels or examples)."""
+    if examples.labels is None or len(examples) == 0:
+        return float("nan")
+    return float(np.bincount(examples.labels).max() / len(examples))
+
+
 def _copy(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in params.items()}
 
@@ -268,9 +276,8 @@ def evaluate(model, examples: task_data.Examples, cfg: TrainConfig, pad_id: int,
     model.train()
     loss = total_loss / weight
     if cfg.model.task == Task.classification:
-        majority = np.bincount(examples.labels).max() / len(examples)
         scores = {f"{prefix}_accuracy": correct / weight, f"{prefix}_loss": loss}
-        return scores | ({"majority_accuracy": float(majority)} if prefix == "test" else {})
+        return scores | ({"majority_accuracy": _majority(examples)} if prefix == "test" else {})
     return {f"{prefix}_loss": loss, f"{prefix}_perplexity": float(np.exp(loss))}
 
 
