@@ -272,3 +272,38 @@ def test_sharded_base(root, tmp_path):
         key = base.key_for(path)
         m = tensors[key]
         np.testing.assert_array_equal(base.weight(path, *m.shape), m.double().numpy())
+
+
+def test_a_module_under_two_keys_and_rank_zero_tensors_are_one_line(root):
+    twice = copy_adapter(peft_adapter("bert", root / "bert"), root / "twice")
+    edit_tensors(twice, lambda t: t.__setitem__(QUERY_A.removeprefix("base_model.model."), t[QUERY_A].clone()))
+    with pytest.raises(LoraAnalysisError, match=r"module bert\.encoder\.layer\.0\.attention\.self\.query has two "
+                                                r"lora_A tensors"):
+        Adapter(twice)
+    empty = copy_adapter(peft_adapter("bert", root / "bert"), root / "rank0")
+    b_key = QUERY_A.replace("lora_A", "lora_B")
+    edit_tensors(empty, lambda t: t.update({QUERY_A: t[QUERY_A][:0].contiguous(), b_key: t[b_key][:, :0].contiguous()}))
+    with pytest.raises(LoraAnalysisError, match="have an empty dimension"):
+        Adapter(empty)
+
+
+def test_a_large_folder_of_adapters_is_compared_in_neighbour_pairs_and_other_bases_are_noted(root, tmp_path):
+    from lora_analysis.analysis.pairs import MAX_OTHER_PAIRS, plan_pairs
+
+    source = peft_adapter("bert", root / "bert")
+    for k in range(22):  # 231 'other' pairs of plain adapters, more than the bound
+        copy_adapter(source, tmp_path / "many" / f"a{k:02d}")
+    runs, _ = find_runs([tmp_path / "many"])
+    notes: list[str] = []
+    pairs = plan_pairs(runs, notes=notes)
+    assert len(pairs) == 21 < MAX_OTHER_PAIRS and all(abs(p.a - p.b) == 1 for p in pairs)
+    assert "22 runs give 231 'other' pairs, more than 190" in notes[0]
+    other = copy_adapter(source, tmp_path / "two" / "b")
+    config = json.loads((other / "adapter_config.json").read_text())
+    (other / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "org/another"}))
+    first = copy_adapter(source, tmp_path / "two" / "a")
+    config = json.loads((first / "adapter_config.json").read_text())
+    (first / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "org/one"}))
+    notes = []
+    plan_pairs(find_runs([tmp_path / "two"])[0], notes=notes)
+    assert any("record different base models (org/one and org/another)" in n for n in notes)
