@@ -99,3 +99,24 @@ def test_the_ablation_command_searches_on_seed_0_then_trains_the_seeds_at_the_ch
     assert set(runs.loc[runs["seed"] > 0, "optim.lr"]) == {best} and len(runs) == 4
     report = (tmp_path / "runs" / "abl" / "report" / "report.md").read_text()
     assert "chosen on validation" in report
+
+
+def test_the_rates_finding_states_each_choice_and_where_accuracy_stops_improving():
+    from lora_analysis.show import run_findings as R
+
+    runs = sweep({("all", 1): {1e-4: ([0.70] * 3, [0.70, 0.71, 0.72]), 1e-3: ([0.65], [0.66])},
+                  ("all", 8): {1e-4: ([0.70], [0.7]), 1e-3: ([0.79] * 3, [0.79, 0.80, 0.81])},
+                  ("all", 64): {1e-4: ([0.70], [0.7]), 1e-3: ([0.80] * 3, [0.80, 0.80, 0.81])}})
+    runs = pd.concat([runs, pd.DataFrame([{"run": f"full-lr{lr}", "method": "full", "optim.lr": lr, "seed": 0,
+                                           "val_accuracy": v, "test_accuracy": v}
+                                          for lr, v in ((1e-5, 0.79), (1e-4, 0.81))])], ignore_index=True)
+    lora = runs[runs["method"] == "lora"]
+    found = R.tuned_rates(stats.rate_choices(lora), stats.accuracy_table(lora), runs)
+    text = " ".join(found.sentences)
+    assert "all: r=1 1e-04 (edge), r=8 1e-03 (edge), r=64 1e-03 (edge); 2 different rates over 3 ranks" in text
+    assert "3 of 3 cells chose a rate at an end of the grid" in text
+    assert "chose 1e-03, full fine-tuning 1e-04: a ratio of 10x" in text
+    assert "all: accuracy stops improving at r=8" in text and ": supported." in text
+    one_rate = sweep({("all", 8): {1e-3: ([0.8], [0.8])}})
+    assert "one learning rate" in R.tuned_rates(stats.rate_choices(one_rate), stats.accuracy_table(one_rate),
+                                                one_rate).sentences[0]

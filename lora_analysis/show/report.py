@@ -51,6 +51,7 @@ class Findings:
     w_dw_overlap: F.Finding
     intruders: F.Finding
     accuracy: F.Finding
+    rates: F.Finding
     loss: F.Finding
 
     def __iter__(self):
@@ -78,6 +79,7 @@ def compute_findings(data: SweepData, focus: Focus, tables: dict[str, pd.DataFra
                                  lambda t: F.w_dw_overlap(t, layer=layer, module=role)),
         intruders=_or_missing(tables["intruders"], "intruders", "Intruder dimensions", F.intruder_counts),
         accuracy=R.accuracy(data.runs, derived.accuracy, derived.metric),
+        rates=R.tuned_rates(derived.lr_choices, derived.accuracy, data.runs),
         loss=R.trained_enough(data.runs if all_runs is None else all_runs, data.histories),
     )
 

@@ -140,3 +140,62 @@ def trained_enough(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> Fi
     values = {v: float(counts.get(v, 0)) for v in VERDICTS}
     values["runs"] = float(len(table))
     return Finding(key, title, sentences, table, values)
+
+
+def tuned_rates(choices: pd.DataFrame, table: pd.DataFrame, runs: pd.DataFrame) -> Finding:
+    """The learning rates chosen on validation, against the anchors (LoRA Without Regret, 2025: the optimal
+    rate roughly independent of rank under alpha/r, LoRA's about 10x full fine-tuning's), and from which
+    rank accuracy stops improving, judged on the test intervals of each rank at its own rate.
+
+    ``choices``: ``stats.rate_choices``; ``table``: ``stats.accuracy_table`` (the report's ``Derived``)."""
+    key, title = "rates", "Learning rates tuned on validation, against the anchors"
+    tuned = choices.groupby(["targets", "r"])["lr"].nunique() if not choices.empty else pd.Series(dtype=int)
+    if tuned.empty or tuned.max() < 2:
+        return Finding.missing(key, title, "Every cell was trained at one learning rate: whether the best rate "
+                               "depends on rank is not measured here (lora-analysis ablate tunes one per cell).")
+    chosen = choices[choices["chosen"]]
+    sentences = []
+    for targets, t in chosen.groupby("targets"):
+        rates = ", ".join(f"r={int(row.r)} {row.lr:.0e}" + (" (edge)" if row.at_edge else "")
+                          for row in t.sort_values("r").itertuples())
+        same = t["lr"].nunique() == 1
+        sentences.append(f"{targets}: {rates}; " + ("the same rate at every rank." if same else
+                         f"{t['lr'].nunique()} different rates over {len(t)} ranks (anchor: about one rate for "
+                         "every rank under alpha/r)."))
+    edge = int(chosen["at_edge"].sum())
+    if edge:
+        sentences.append(f"{edge} of {len(chosen)} cells chose a rate at an end of the grid: their optimum may lie "
+                         "outside it, so their accuracy is a lower bound (extend lrs there).")
+    full = runs[runs["method"] == "full"] if "method" in runs else runs.iloc[0:0]
+    if "optim.lr" in full and full["optim.lr"].nunique() > 1 and "val_accuracy" in full:
+        full_rate = float(full.groupby("optim.lr")["val_accuracy"].mean().idxmax())
+        best = table.loc[table["mean"].idxmax()] if table["mean"].notna().any() else None
+        if best is not None:
+            sentences.append(f"LoRA's best cell ({best['targets']}, r={int(best['r'])}) chose {best['lr']:.0e}, "
+                             f"full fine-tuning {full_rate:.0e}: a ratio of {best['lr'] / full_rate:.0f}x (anchor: "
+                             "about 10x).")
+    sentences += _levels_off(table)
+    return Finding(key, title, sentences, chosen.reset_index(drop=True), {"cells": float(len(chosen)),
+                                                                        "at_edge": float(edge)})
+
+
+def _levels_off(table: pd.DataFrame) -> list[str]:
+    """Per target set: the smallest rank whose 95% interval holds the best rank's mean (supported), or none
+    (not supported), or cannot tell without intervals (fewer than two seeds)."""
+    out = []
+    for targets, t in table[~table["collapsed"].astype(bool)].groupby("targets"):
+        t = t.dropna(subset=["mean"]).sort_values("r")
+        if len(t) < 2:
+            continue
+        best = t.loc[t["mean"].idxmax()]
+        if t["n"].min() < 2:
+            out.append(f"{targets}: where accuracy stops improving cannot tell (fewer than two seeds per rank, so no "
+                       f"interval); the best mean is at r={int(best['r'])}.")
+            continue
+        within = t[(t["ci_low"] <= best["mean"]) & (best["mean"] <= t["ci_high"])]
+        first = within.iloc[0]
+        verdict = "supported" if first["r"] < best["r"] else "not supported: only the best rank reaches it"
+        out.append(f"{targets}: accuracy stops improving at r={int(first['r'])} (its 95% interval "
+                   f"[{fmt(first['ci_low'], 3)}, {fmt(first['ci_high'], 3)}] holds the best mean "
+                   f"{fmt(best['mean'], 3)} at r={int(best['r'])}): {verdict}.")
+    return out
