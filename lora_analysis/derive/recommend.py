@@ -161,6 +161,7 @@ def accuracy_plateau(runs: pd.DataFrame, targets: str) -> int | None:
         return None
     lora = lora[lora["lora.targets"].astype(str) == targets].dropna(subset=["lora.r"])
     by_rank = tuned_table(lora.assign(r=lora["lora.r"].astype(int)), ["r"], metric).set_index("r").sort_index()
+    by_rank = by_rank.dropna(subset=["mean"])  # collapsed ranks say nothing about where accuracy stops improving
     if len(by_rank) < 2:
         return None
     scores = (1.0 if higher else -1.0) * by_rank["mean"]

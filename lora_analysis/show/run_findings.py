@@ -167,8 +167,10 @@ def tuned_rates(choices: pd.DataFrame, table: pd.DataFrame, runs: pd.DataFrame) 
         sentences.append(f"{edge} of {len(chosen)} cells chose a rate at an end of the grid: their optimum may lie "
                          "outside it, so their accuracy is a lower bound (extend lrs there).")
     full = runs[runs["method"] == "full"] if "method" in runs else runs.iloc[0:0]
-    if "optim.lr" in full and full["optim.lr"].nunique() > 1 and "val_accuracy" in full:
-        full_rate = float(full.groupby("optim.lr")["val_accuracy"].mean().idxmax())
+    full_scores = full.groupby("optim.lr")["val_accuracy"].mean().dropna() if {"optim.lr", "val_accuracy"} <= set(
+        full) else pd.Series(dtype=float)
+    if len(full_scores) > 1:
+        full_rate = float(full_scores.idxmax())
         best = table.loc[table["mean"].idxmax()] if table["mean"].notna().any() else None
         if best is not None:
             sentences.append(f"LoRA's best cell ({best['targets']}, r={int(best['r'])}) chose {best['lr']:.0e}, "
