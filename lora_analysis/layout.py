@@ -227,6 +227,7 @@ class SweepDir:
     REPORT = "report"
     REPRODUCE = "reproduce.json"
     MULTIRUN = "multirun.yaml"  # Hydra's record of a -m sweep
+    SUBMITIT = ".submitit"  # the submitit launchers' job logs (hydra/launcher=submitit_local, slurm)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -237,6 +238,8 @@ class SweepDir:
         run folder (a folder of run files only, or an empty one)."""
         if entry.name in (cls.TABLE, cls.LOCK, cls.REPRODUCE, cls.MULTIRUN):
             return plain_file(entry)
+        if entry.name == cls.SUBMITIT:
+            return entry.is_dir() and not entry.is_symlink()
         if entry.name == cls.ANALYSIS:
             return all_ours(entry, AnalysisDir.owns)
         if entry.name == cls.REPORT:
