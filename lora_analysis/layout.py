@@ -47,7 +47,7 @@ MODEL_CARD = "README.md"  # PEFT's model card, recognised by its front matter
 # Settings added after runs were saved, with the value such a run had without naming it: a run's saved
 # config is read with them filled in, so an older run is skipped, paired and tabled like a new one.
 ADDED_SETTINGS: dict[tuple[str, str], object] = {("data", "shuffle_labels"): False, ("data", "many_labels"): False,
-                                                  ("data", "val_size"): 0}
+                                                  ("data", "val_size"): 0, ("optim", "keep"): "best"}
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ Verdict (``stop_reason``), one criterion for "trained enough?":
   stopped there, or reached the ceiling just then);
 - ``ceiling``: the run reached ``optim.steps`` still improving (its best evaluation among the last
   ``patience``): more steps might have found a better state;
-- ``not measured``: no validation split (``data.val_size=0``).
+- ``not measured``: no validation split (``data.val_size=0``);
+- ``fixed steps``: ``optim.keep=last``, a control trained for a matched number of steps, its last state kept.
 
 With ``patience=0`` the run always trains to the ceiling and keeps its best state; it has ``converged``
 when its best evaluation is not the last one.
@@ -24,6 +25,7 @@ import math
 from dataclasses import asdict, dataclass
 
 VERDICTS = ("converged", "ceiling", "not measured")
+FIXED = "fixed steps"
 
 
 @dataclass

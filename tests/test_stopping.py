@@ -126,3 +126,25 @@ def test_bad_stopping_settings_are_one_line(tiny, tmp_path, capsys, extra, messa
     assert cli.main(["train", *overrides(tiny, tmp_path, 4), *extra]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and message in err[0], err
+
+
+def test_a_matched_control_keeps_its_last_state(tiny, tmp_path, monkeypatch):
+    """optim.keep=last (a control trained a matched number of steps): no early stop, the last state saved."""
+    script = iter([0.5, 0.9, 0.9, 0.9])
+    snapshots = {}
+    real = trainer.evaluate
+
+    def scripted(model, examples, cfg, pad_id, device, prefix="test"):
+        if prefix != "val":
+            return real(model, examples, cfg, pad_id, device, prefix)
+        snapshots[len(snapshots) + 1] = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        return {"val_loss": next(script), "val_accuracy": 0.5}
+
+    monkeypatch.setattr(trainer, "evaluate", scripted)
+    run_dir, metrics = run_overrides(overrides(tiny, tmp_path, 4, "optim.eval_every=1", "optim.patience=0",
+                                               "optim.keep=last"))
+    assert (metrics["best_step"], metrics["kept_step"], metrics["steps"], metrics["stop_reason"]) == (
+        1, 4, 4, "fixed steps")
+    saved = load_file(str(run_dir / ADAPTER_WEIGHTS))
+    key = next(k for k in saved if ".lora_A." in k)
+    assert torch.equal(saved[key], snapshots[4][key.replace(".weight", ".default.weight")])

@@ -23,7 +23,7 @@ from lora_analysis.targets import targets_label
 MATCH_IGNORE = [
     "lora.r", "seed", "run_name", "name", "out_dir", "device", "threads", "progress", "logger",
     "data.cache_dir", "optim.checkpoint_every", "optim.log_every", "optim.eval_batch_size",
-    "optim.steps", "optim.patience",  # a ceiling and when to stop; a matched control sets both
+    "optim.steps", "optim.patience", "optim.keep",  # a ceiling and when to stop; a matched control sets them
 ]  # fmt: skip
 
 @dataclass(frozen=True)

@@ -82,8 +82,8 @@ def train_all(plan: list[tuple[str, list[str]]], sweep: Path, out_dir: str, work
 
     With ``workers > 1`` runs train in parallel processes, the cores divided among them (see
     ``default_workers`` for when that pays). A run with ``optim.steps=@<run>`` (a shuffled-label control)
-    trains after that run, for as many steps as it kept (its ``best_step``), without early stopping
-    (``optim.patience=0``).
+    trains after that run, for as many steps as it kept (its ``best_step``), without early stopping, and
+    keeps its last state (``optim.patience=0 optim.keep=last``).
     """
     first = [(n, o) for n, o in plan if not any(map(matched, o))]
     timings = _train_plan(first, plan, sweep, out_dir, workers)
@@ -93,7 +93,8 @@ def train_all(plan: list[tuple[str, list[str]]], sweep: Path, out_dir: str, work
 
 
 def _matched_steps(override: str, sweep: Path) -> list[str]:
-    """``optim.steps=@<run>`` as that run's ``best_step`` and no early stopping; any other override as it is."""
+    """``optim.steps=@<run>`` as that run's ``best_step``, no early stopping, the last state kept; any other
+    override as it is."""
     if not matched(override):
         return [override]
     from lora_analysis.layout import RunDir
@@ -102,7 +103,7 @@ def _matched_steps(override: str, sweep: Path) -> list[str]:
     if not source.is_done():
         raise LoraAnalysisError(f"{override}: run {source.name} has not finished in {sweep}, so there is no step "
                                 "count to match")
-    return [f"optim.steps={int(source.load_metrics()['best_step'])}", "optim.patience=0"]
+    return [f"optim.steps={int(source.load_metrics()['best_step'])}", "optim.patience=0", "optim.keep=last"]
 
 
 def _train_plan(part, plan, sweep: Path, out_dir: str, workers: int) -> dict[str, float]:

@@ -16,7 +16,7 @@ from lora_analysis.derive.queries import LOWER_IS_BETTER, budgeted_runs, has_maj
 from lora_analysis.layout import SweepDir
 from lora_analysis.show.findings import Finding
 from lora_analysis.show.labels import fmt
-from lora_analysis.stopping import VERDICTS
+from lora_analysis.stopping import FIXED, VERDICTS
 
 
 def accuracy(runs: pd.DataFrame, table: pd.DataFrame, metric: str | None = None) -> Finding:
@@ -128,15 +128,20 @@ def trained_enough(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> Fi
     table = runs.assign(stop_reason=said)[columns].sort_values("run").reset_index(drop=True)
     counts = said.value_counts()
     per_run = "; ".join(f"{row.run} best at step {int(row.best_step):,} of {int(row.steps):,} ({row.stop_reason})"
-                        for row in table.itertuples() if row.stop_reason != VERDICTS[2])
+                        for row in table.itertuples() if row.stop_reason not in (VERDICTS[2], FIXED))
+    fixed = table[table["stop_reason"] == FIXED]
     sentences = [
         f"Each run scores its validation split every optim.eval_every steps and stops after optim.patience "
         f"evaluations without a lower validation loss; the adapter kept, and every test number, is the state at "
         f"the best one. {per_run}.",
-        f"{int(counts.get('converged', 0))} of {len(table)} runs converged, {int(counts.get('ceiling', 0))} reached "
-        f"the step ceiling still improving" + (f", {int(counts.get(VERDICTS[2], 0))} not measured" if
-                                               counts.get(VERDICTS[2], 0) else "") + ".",
+        f"{int(counts.get('converged', 0))} of {len(table) - len(fixed)} runs converged, "
+        f"{int(counts.get('ceiling', 0))} reached the step ceiling still improving"
+        + (f", {int(counts.get(VERDICTS[2], 0))} not measured" if counts.get(VERDICTS[2], 0) else "") + ".",
     ]
+    if not fixed.empty:
+        sentences.append("Trained for a fixed number of steps, their last state kept (controls matched to the runs "
+                         "they control, optim.keep=last): " + ", ".join(
+                             f"{row.run} {int(row.steps):,} steps" for row in fixed.itertuples()) + ".")
     values = {v: float(counts.get(v, 0)) for v in VERDICTS}
     values["runs"] = float(len(table))
     return Finding(key, title, sentences, table, values)

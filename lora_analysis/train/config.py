@@ -47,6 +47,11 @@ class InitStream(str, Enum):
     shared = "shared"  # one stream per (seed, module): A_init of rank r = first r rows of any larger rank (a control)
 
 
+class Keep(str, Enum):
+    best = "best"  # the state at the best validation evaluation (what every real run keeps)
+    last = "last"  # the state at the last step: a control trained a matched number of steps (optim.steps=@run)
+
+
 class Precision(str, Enum):
     auto = "auto"  # bf16 where the device multiplies bfloat16 fast (a probe, cached: train.precision), else fp32
     fp32 = "fp32"
@@ -169,6 +174,7 @@ class OptimConfig:
     steps: int = 2000  # the ceiling: a run stops earlier at its validation optimum (lora_analysis.stopping)
     eval_every: int = 100  # steps between evaluations of the validation split
     patience: int = 3  # evaluations without a lower validation loss before the run stops; 0: train to the ceiling
+    keep: Keep = Keep.best  # the state saved and tested: best (validation optimum) or last (a matched control)
     batch_size: int = 32
     warmup_ratio: float = 0.06  # of the ceiling
     schedule: Schedule = Schedule.constant

@@ -32,7 +32,7 @@ from lora_analysis.layout import RunDir
 from lora_analysis.machine import resolve_device
 from lora_analysis.train import data as task_data
 from lora_analysis.train import divergence, precision
-from lora_analysis.train.config import Method, Precision, Schedule, Task, TrainConfig
+from lora_analysis.train.config import Keep, Method, Precision, Schedule, Task, TrainConfig
 from lora_analysis.train.dropout import use_fast_dropout
 from lora_analysis.train.modeling import add_lora, load_model, load_tokenizer, lora_layers, lora_state
 
@@ -86,7 +86,7 @@ def train(cfg: TrainConfig, run_dir: Path, on_log=None) -> dict:
     stopper = stopping.EarlyStopping(**(progress.stopping or {"patience": cfg.optim.patience}))
     _train_loop(cfg, model, params, optimizer, data, tokenizer.pad_token_id, device, run_dir, progress, stopper,
                 best, on_log)
-    if stopper.evaluations:
+    if stopper.evaluations and cfg.optim.keep == Keep.best:
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(best[name])
@@ -94,7 +94,8 @@ def train(cfg: TrainConfig, run_dir: Path, on_log=None) -> dict:
     eval_start = time.perf_counter()
     metrics = evaluate(model, data.test, cfg, tokenizer.pad_token_id, device)
     eval_seconds = time.perf_counter() - eval_start
-    at_best = next((e for e in progress.evals if e["step"] == stopper.best_step), {})
+    kept = stopper.best_step if cfg.optim.keep == Keep.best else progress.step
+    at_kept = next((e for e in progress.evals if e["step"] == kept), {})
     # 7) save the adapter, then the numbers
     if cfg.method == Method.lora:
         _save_adapter(model, run_dir)
@@ -107,10 +108,11 @@ def train(cfg: TrainConfig, run_dir: Path, on_log=None) -> dict:
         steps=progress.step,
         ceiling=cfg.optim.steps,
         best_step=stopper.best_step if stopper.evaluations else progress.step,
-        stop_reason=stopper.verdict(),
+        kept_step=kept,
+        stop_reason=stopper.verdict() if cfg.optim.keep == Keep.best else stopping.FIXED,
         evaluations=stopper.evaluations,
-        val_loss=at_best.get("val_loss", float("nan")),
-        val_accuracy=at_best.get("val_accuracy", float("nan")),
+        val_loss=at_kept.get("val_loss", float("nan")),
+        val_accuracy=at_kept.get("val_accuracy", float("nan")),
         val_examples=len(data.val),
         val_majority=_majority(data.val),
         examples_per_s=progress.examples / progress.train_seconds,
