@@ -255,7 +255,7 @@ def controls_section(tables: dict[str, pd.DataFrame], focus: Focus, control_phi:
             "on shuffled labels (where the sweep has it), the input-geometry expectation, and the real map minus "
             "the strongest control cell by cell (red: above the control).")
     section.text("The numbers behind these maps (A_init against the baseline, the excess over the strongest "
-                 "control, how far A moved, intruder dimensions) are in the Findings below.")
+                 "control, how far A moved, intruder dimensions) are in the Findings at the top.")
     return section
 
 
