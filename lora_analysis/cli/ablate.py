@@ -95,8 +95,7 @@ def _plan(common: list[str], cells: list[list[str]] | list[tuple[str, ...]], see
 def _train(cfg: AblateConfig, plan: list[tuple[str, list[str]]], sweep: Path, train_overrides) -> None:
     if not plan:
         return
-    if SweepDir(sweep).path.exists():
-        check_ours(sweep, "sweep", SweepDir.owns, "choose another name= or out_dir=")
+    check_ours(sweep, "sweep", SweepDir.owns, "choose another name= or out_dir=")  # at once, not in each worker
     workers = cfg.workers or default_workers(train_overrides, sum(not is_done(sweep / n) for n, _ in plan))
     train_all(plan, sweep, cfg.out_dir, workers)
 

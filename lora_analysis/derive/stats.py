@@ -178,12 +178,9 @@ def accuracy_table(runs: pd.DataFrame, metric: str | None = None) -> pd.DataFram
     (target set, rank), the test metric at the learning rate chosen on validation (``derive.tuned``), over the
     seeds run at it: ``targets, r, lr, lrs, n, mean, std, ci_low, ci_high, at_edge, collapsed, lora_params``."""
     metric = metric or metric_column(runs)
-    lora = lora_runs(runs)
-    if metric is None or lora.empty or "lora.r" not in lora:
+    lora = _rank_cells(runs)
+    if metric is None or lora is None:
         return pd.DataFrame(columns=ACCURACY_COLUMNS)
-    lora = lora.dropna(subset=["lora.r"])
-    lora = lora.assign(targets=lora.get("lora.targets", "n/a"), r=lora["lora.r"].astype(int),
-                       lora_params=lora.get("lora_params", np.nan))
     table = tuned_table(lora, ["targets", "r"], metric)
     params = lora.groupby(["targets", "r"], as_index=False)["lora_params"].mean()
     return table.merge(params, on=["targets", "r"], how="left")[ACCURACY_COLUMNS]
@@ -191,12 +188,20 @@ def accuracy_table(runs: pd.DataFrame, metric: str | None = None) -> pd.DataFram
 
 def rate_choices(runs: pd.DataFrame) -> pd.DataFrame:
     """``tuned.lr_choices`` of the LoRA runs per (target set, rank): what ``accuracy_table`` chose from."""
+    lora = _rank_cells(runs)
+    if lora is None:
+        return pd.DataFrame(columns=["targets", "r", "lr", "val_mean", "val_n", "chosen", "at_edge", "collapsed"])
+    return lr_choices(lora, ["targets", "r"])
+
+
+def _rank_cells(runs: pd.DataFrame) -> pd.DataFrame | None:
+    """The LoRA runs with a rank, as cells: ``targets``, ``r`` (int) and ``lora_params`` columns; None if none."""
     lora = lora_runs(runs)
     if lora.empty or "lora.r" not in lora:
-        return pd.DataFrame(columns=["targets", "r", "lr", "val_mean", "val_n", "chosen", "at_edge", "collapsed"])
+        return None
     lora = lora.dropna(subset=["lora.r"])
-    return lr_choices(lora.assign(targets=lora.get("lora.targets", "n/a"), r=lora["lora.r"].astype(int)),
-                      ["targets", "r"])
+    return lora.assign(targets=lora.get("lora.targets", "n/a"), r=lora["lora.r"].astype(int),
+                       lora_params=lora.get("lora_params", np.nan))
 
 
 def full_reference(runs: pd.DataFrame, metric: str | None = None) -> dict[str, float] | None:
