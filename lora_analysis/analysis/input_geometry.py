@@ -43,7 +43,7 @@ def run_source(run: Run, cfg) -> tuple[TextSource | None, str | None]:
             text_column=str(data.get("text_column", "text")), max_length=int(data.get("max_length", 64)),
             causal_lm=model.get("task", "classification") == "causal_lm", test_size=int(data.get("test_size", 2000)),
             val_size=int(data.get("val_size") or 0), train_size=data.get("train_size"),
-            split_seed=int(data.get("split_seed", 0)),
+            split_seed=int(data.get("split_seed", 0)), encoding=str(data.get("encoding") or "utf-8"),
         ), None  # fmt: skip
     if cfg.data_path is None:
         return None, "no training texts known (give data_path=<CSV/TSV/JSONL> and text_column=)"

@@ -252,10 +252,11 @@ class TextSource:
     val_size: int = 0
     train_size: int | None = None
     split_seed: int = 0
+    encoding: str = "utf-8"
 
     def texts(self, n: int, seed: int) -> list[str]:
         """A fixed sample of ``n`` training texts: seeded by ``seed`` alone, sorted by row."""
-        texts = read_text_table(self.data_path, self.text_column, None).texts
+        texts = read_text_table(self.data_path, self.text_column, None, encoding=self.encoding).texts
         rows = np.arange(len(texts))
         if self.test_size is not None:
             rows = split_indices(len(texts), self.test_size, self.val_size, self.train_size, self.split_seed).train

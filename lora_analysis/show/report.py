@@ -19,6 +19,7 @@ from lora_analysis.atomic import write_parquet, write_text
 from lora_analysis.derive.controls import shuffled_run_labels
 from lora_analysis.derive.queries import empty_phi
 from lora_analysis.derive.stats import SHARED_RULE, Derived
+from lora_analysis.embedded import describe
 from lora_analysis.layout import AnalysisDir, SweepDir
 from lora_analysis.show import findings as F
 from lora_analysis.show import paper, plots
@@ -97,7 +98,8 @@ def _or_missing(table: pd.DataFrame, key: str, what: str, compute) -> F.Finding:
 def paper_section(data: SweepData, focus: Focus, found: Findings, derived: Derived) -> Section:
     """The paper's numbers beside ours, quantity by quantity, then Tables 5 and 6 beside our accuracies."""
     section = Section("The paper's numbers and ours")
-    model = ", ".join(sorted(data.runs.get("model.name_or_path", pd.Series(["?"])).astype(str).unique()))
+    names = data.runs.get("model.name_or_path", pd.Series(["?"])).astype(str).unique()
+    model = ", ".join(describe(name) for name in sorted(names))
     section.text(f"{paper.CONTEXT} Ours: {model}, layer {focus.layer}, this sweep's task. Random baselines are "
                  "the expectation max(i, j)/k for independent random subspaces.")
     section.table(side_by_side(focus, found), "Quantity by quantity")

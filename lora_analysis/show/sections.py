@@ -12,6 +12,7 @@ import pandas as pd
 
 from lora_analysis.derive.queries import budgeted_runs, full_runs, lora_runs, main_targets
 from lora_analysis.derive.stats import Derived, full_reference
+from lora_analysis.embedded import describe
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.layout import RunDir, SweepDir
 from lora_analysis.show import run_findings as R
@@ -71,6 +72,8 @@ def experiment_table(runs: pd.DataFrame) -> pd.DataFrame:
     for label, column in SETTINGS:
         if column in runs and runs[column].notna().any():
             values = sorted({v for v in runs[column].dropna()}, key=lambda v: (str(type(v)), v))
+            if column in ("model.name_or_path", "data.path"):
+                values = [describe(str(v)) for v in values]
             rows.append((label, ", ".join(_plain(v) for v in values)))
     return pd.DataFrame(rows, columns=["setting", "value"])
 

@@ -7,6 +7,7 @@ OmegaConf cannot (ranges, choices that depend on each other). Each field is docu
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
@@ -75,8 +76,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    path: str = DATA_NAME  # a CSV or JSONL file; embedded:rotten_tomatoes is the default
+    path: str = DATA_NAME  # a CSV or JSONL file; embedded:rotten_tomatoes (the default) or embedded:tweets
     text_column: str = "text"
+    encoding: str = "utf-8"  # of a data file (a byte-order mark is read past); e.g. cp1252, latin-1
     label_column: str | None = "label"  # None for causal_lm
     test_size: int = 2000
     # Held out of the training rows for every choice a run or an ablation makes (when to stop, which
@@ -101,6 +103,11 @@ class DataConfig:
             raise LoraAnalysisError(f"data.train_size must be >= 1 or null, got {self.train_size}")
         if self.max_length < 4:
             raise LoraAnalysisError(f"data.max_length must be >= 4, got {self.max_length}")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise LoraAnalysisError(f"data.encoding={self.encoding!r} is not an encoding Python knows (e.g. utf-8, "
+                                    f"cp1252, latin-1)") from None
         if self.split_seed < 0:  # numpy seeds are non-negative
             raise LoraAnalysisError(f"data.split_seed must be >= 0, got {self.split_seed}")
 

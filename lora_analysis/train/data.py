@@ -56,7 +56,7 @@ class TaskData:
 def load_table(cfg: DataConfig, task: Task) -> tuple[list[str], np.ndarray | None, list[str]]:
     """Texts, integer labels (None for causal_lm), label names and dropped-row counts (``texts.TextTable``)."""
     return read_text_table(cfg.path, cfg.text_column, cfg.label_column if task == Task.classification else None,
-                           cfg.many_labels)
+                           cfg.many_labels, cfg.encoding)
 
 
 def load_task_data(cfg: DataConfig, task: Task, tokenizer, cache_dir: Path, seed: int = 0) -> TaskData:

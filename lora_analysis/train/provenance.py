@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from lora_analysis.atomic import write_json
-from lora_analysis.embedded import DATA_NAME, rotten_tomatoes_csv
+from lora_analysis.embedded import EMBEDDED_DATA, data_file
 from lora_analysis.layout import RunDir
 from lora_analysis.paths import user_path
 
@@ -47,8 +47,8 @@ def device_name(device: str) -> str:
 
 
 def data_hash(path: str) -> str:
-    """sha256 of the data file's bytes (the embedded Rotten Tomatoes file for ``embedded:rotten_tomatoes``)."""
-    file = rotten_tomatoes_csv() if path == DATA_NAME else user_path(path)
+    """sha256 of the data file's bytes (the embedded file for ``embedded:rotten_tomatoes`` or ``embedded:tweets``)."""
+    file = data_file(path) if path in EMBEDDED_DATA else user_path(path)
     if not file.is_file():
         return "missing"  # the data loader says so in its own words
     digest = hashlib.sha256()
