@@ -21,6 +21,7 @@ COMMANDS = {
     "analyze": ("lora_analysis.cli.analyze", "subspace analysis of a sweep or of adapter folders"),
     "report": ("lora_analysis.cli.report", "figures and a report of a sweep, an analysis or a folder of adapters"),
     "compare": ("lora_analysis.cli.compare", "analyse two adapters and report on the pair"),
+    "across": ("lora_analysis.cli.across", "the findings of several sweeps side by side (model x task)"),
     "reproduce": ("lora_analysis.cli.reproduce", "train, analyse and report the paper's Section 7"),
     "ablate": ("lora_analysis.cli.ablate", "a rank or target ablation: rates tuned on validation, seeds, report"),
     "recommend": ("lora_analysis.cli.recommend", "recommend a rank per module role from a sweep"),

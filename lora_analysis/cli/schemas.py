@@ -26,6 +26,19 @@ class ReportConfig:
 
 
 @dataclass
+class AcrossConfig:
+    sweeps: list[str] = field(default_factory=list)  # two or more sweep folders; also the positional arguments
+    out: str | None = None  # a Markdown file for the table (and its .csv twin); None: printed only
+    layer: int | None = None  # layer of Table 7's amplification; None: each sweep's middle adapted layer
+
+    def __post_init__(self) -> None:
+        if len(self.sweeps) < 2:
+            raise LoraAnalysisError("name two or more sweeps: lora-analysis across runs/paper runs/tweets ...")
+        if self.out is not None and not self.out.endswith(".md"):
+            raise LoraAnalysisError(f"out= names a Markdown file (.md), got {self.out!r}")
+
+
+@dataclass
 class RecommendConfig:
     sweep: str | None = None  # a sweep folder with finished runs (and runs.parquet)
     subject: str = "A_delta"  # the subspace counted: A_delta (A - A_init, the learned part), dW, A or B
@@ -95,6 +108,7 @@ def register_schemas() -> None:
     store.store(name="analyze_schema", node=AnalyzeConfig)
     store.store(name="compare_schema", node=CompareConfig)
     store.store(name="report_schema", node=ReportConfig)
+    store.store(name="across_schema", node=AcrossConfig)
     store.store(name="recommend_schema", node=RecommendConfig)
     store.store(name="reproduce_schema", node=ReproduceConfig)
     store.store(name="ablate_schema", node=AblateConfig)

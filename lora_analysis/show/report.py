@@ -274,14 +274,22 @@ def findings_section(found: Findings) -> Section:
 # --- the whole report
 
 
-def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, layer: int | None = None
-                 ) -> tuple[Path, Path]:
-    """Write ``report.html`` (self-contained) and ``report.md`` with ``figures/`` into ``out_dir``.
+@dataclass
+class Study:
+    """A sweep read and judged once: what the report (and ``across``, several sweeps side by side) states."""
 
-    ``out_dir`` defaults to ``<sweep>/report``; ``layer`` to the middle adapted layer. Returns the paths
-    of the HTML and the Markdown file.
-    """
-    out = report_folder(Path(out_dir) if out_dir is not None else SweepDir(Path(sweep_dir)).report_path)
+    loaded: SweepData  # every run, the controls included
+    data: SweepData  # the real runs only
+    shuffled: set[str]  # the shuffled-label controls' run names
+    focus: Focus
+    tables: dict[str, pd.DataFrame]
+    control_phi: pd.DataFrame
+    derived: Derived
+    found: Findings
+
+
+def study(sweep_dir: str | Path, layer: int | None = None) -> Study:
+    """Load a sweep, choose its focus, derive its numbers and findings (``layer``: None, the middle one)."""
     loaded = load_sweep(sweep_dir)
     shuffled = shuffled_run_labels(loaded.runs)
     data = without_runs(loaded, shuffled)  # the controls are shown as controls, never as results
@@ -293,6 +301,21 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, la
     derived = Derived.compute(tables["phi"], tables["modules"], data.runs, focus.targets,
                               control_phi=control_phi if not control_phi.empty else empty_phi(), shuffled=shuffled)
     found = compute_findings(data, focus, tables, derived, shuffled, loaded.runs)
+    return Study(loaded, data, shuffled, focus, tables, control_phi, derived, found)
+
+
+def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, layer: int | None = None
+                 ) -> tuple[Path, Path]:
+    """Write ``report.html`` (self-contained) and ``report.md`` with ``figures/`` into ``out_dir``.
+
+    ``out_dir`` defaults to ``<sweep>/report``; ``layer`` to the middle adapted layer. Returns the paths
+    of the HTML and the Markdown file.
+    """
+    out = report_folder(Path(out_dir) if out_dir is not None else SweepDir(Path(sweep_dir)).report_path)
+    studied = study(sweep_dir, layer)
+    loaded, data, focus, tables, derived, found = (studied.loaded, studied.data, studied.focus, studied.tables,
+                                                   studied.derived, studied.found)
+    control_phi, shuffled = studied.control_phi, studied.shuffled
     sections = [  # the findings first, as an abstract; then the settings and the detail they rest on
         findings_section(found),
         experiment_section(data, focus),
