@@ -15,7 +15,8 @@ from lora_analysis.show.report import study
 def sweeps(tmp_path_factory):
     root = tmp_path_factory.mktemp("across")
     return (fabricate_sweep(root / "minilm-rt", layers=(0, 1), modules=("q", "v")),
-            fabricate_sweep(root / "minilm-tweets", ("r8-seed0", "r64-seed0"), layers=(0, 1), modules=("q", "v"), seed=1))
+            fabricate_sweep(root / "minilm-tweets", ("r8-seed0", "r64-seed0"), layers=(0, 1), modules=("q", "v"),
+                            seed=1))
 
 
 def test_a_column_per_sweep_with_the_numbers_its_report_states(sweeps):
@@ -28,7 +29,8 @@ def test_a_column_per_sweep_with_the_numbers_its_report_states(sweeps):
         assert f"{found['A_delta']:.2f} vs " in delta[name].iloc[0]  # the same number as the sweep's own report
         assert abs(found["A_delta"] - DELTA_TOP) < 0.05  # the planted energy
     qv = table.set_index("quantity").loc["q vs v: directions of A - A_init two seeds share, per layer"]
-    assert qv["minilm-rt"] == f"q {SEED_SHARED['q']:.2f}, v {SEED_SHARED['v']:.2f} (r=64)" and qv["minilm-tweets"] == "not measured (no seed pair)"
+    assert qv["minilm-rt"] == f"q {SEED_SHARED['q']:.2f}, v {SEED_SHARED['v']:.2f} (r=64)"
+    assert qv["minilm-tweets"] == "not measured (no seed pair)"
 
 
 def test_verdicts_that_differ_are_named():

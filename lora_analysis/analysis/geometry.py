@@ -36,6 +36,13 @@ p_{rb,j}(l) / min(i, j)``. The energies ``p`` are sampled from single draws (``d
 for ``r = 1`` they are analytic (``rank_one_energies``): with ``1/S = int_0^inf exp(-tS) dt``,
 ``p(l) = E[lambda_l z_l^2 / sum_m lambda_m z_m^2] = int_0^inf lambda_l / (1 + 2 t lambda_l)
 prod_m (1 + 2 t lambda_m)^(-1/2) dt``. Isotropic M gives ``p = i / k`` and ``g = max(i, j) / k``.
+
+**Two runs on different inputs** (two tasks through one base, ``sampled_cross_geometry``): the null pair is
+``Za`` with rows ``N(0, M_a)`` and ``Zb`` with rows ``N(0, M_b)``, each run drawn from its own inputs, so
+``g`` measures what the two input distributions share. The eigenbases differ, so the rows are drawn in the
+``k`` input coordinates, ``z = V diag(sqrt(lambda)) g + sqrt(s2) (I - V V^T) h`` with ``g, h`` standard
+normal (cost ``k`` per row, not ``r_a + r_b``; k is at most a few thousand). With ``M_a = M_b`` it is the
+same null as ``sampled_geometry``'s.
 """
 
 from __future__ import annotations
@@ -103,6 +110,36 @@ def sampled_geometry(
     ra, rb = min(r_a, k), min(r_b, k)
     Z = null_rows(values, s2, k, r_a + r_b, draws, rng)
     grids = _phi_grids(_top_right(Z[:, :r_a], ra), _top_right(Z[:, r_a:], rb))
+    std = grids.std(dim=0) if draws > 1 else torch.zeros(ra, rb, dtype=torch.float64)
+    return grids.mean(dim=0).numpy(), std.numpy()
+
+
+def full_null_rows(values: np.ndarray, vectors: np.ndarray, s2: float, n: int, draws: int,
+                   rng: np.random.Generator) -> torch.Tensor:
+    """``draws`` sets of ``n`` rows ``z ~ N(0, M)`` in the ``k`` input coordinates, ``(draws, n, k)``, for
+    ``M = V diag(values) V^T + s2 (I - V V^T)`` with ``vectors = V: (k, m)`` orthonormal."""
+    k = vectors.shape[0]
+    values = _check(values, s2, k)
+    rows = (rng.standard_normal((draws, n, len(values))) * np.sqrt(values)) @ vectors.T
+    if s2 > 0 and len(values) < k:
+        tail = rng.standard_normal((draws, n, k))
+        rows += np.sqrt(s2) * (tail - (tail @ vectors) @ vectors.T)
+    return torch.from_numpy(rows)
+
+
+def sampled_cross_geometry(
+    a: tuple[np.ndarray, np.ndarray, float], b: tuple[np.ndarray, np.ndarray, float], r_a: int, r_b: int,
+    draws: int, rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std over ``draws`` of phi between a null update of rank ``r_a`` drawn from inputs ``a`` and
+    one of rank ``r_b`` from inputs ``b``; each of ``a``, ``b`` is ``(values (m,), vectors (k, m), s2)``."""
+    k = a[1].shape[0]
+    if b[1].shape[0] != k or min(r_a, r_b, draws) < 1:
+        raise ValueError(f"need one input dimension and r_a, r_b, draws >= 1, got k={k}, {b[1].shape[0]}, "
+                         f"{r_a}, {r_b}, {draws}")
+    ra, rb = min(r_a, k), min(r_b, k)
+    Za, Zb = full_null_rows(*a, r_a, draws, rng), full_null_rows(*b, r_b, draws, rng)
+    grids = _phi_grids(_top_right(Za, ra), _top_right(Zb, rb))
     std = grids.std(dim=0) if draws > 1 else torch.zeros(ra, rb, dtype=torch.float64)
     return grids.mean(dim=0).numpy(), std.numpy()
 

@@ -114,10 +114,13 @@ class GeometryBaselines:
         return subject in INPUT_SPACE or (subject == "dW" and self.cfg.dw_side == "right")
 
     def grid(self, a: int, b: int | None, path: str, subject: str, shape: tuple[int, int]):
-        """(mean, std) arrays of ``shape`` for runs ``a`` and ``b`` (None: a against Gaussians), or NaN."""
+        """(mean, std) arrays of ``shape`` for runs ``a`` and ``b`` (None: a against Gaussians), or NaN.
+
+        Runs on different texts (two tasks) get the null pair drawn each from its own inputs."""
         source = self.members[a]
-        if b is not None and self.members[b] != source:
-            source = None
+        other = source if b is None else self.members[b]
+        if other != source:
+            return self._cross(source, other, path, subject, shape)
         stats = None if self.inputs is None or source is None else self.inputs.stats.get((source, path))
         if stats is None or not self.input_space(subject):
             return np.nan, np.nan
@@ -131,4 +134,21 @@ class GeometryBaselines:
                 self.cache[key] = sampled_geometry(
                     values, tail_level(values, trace, stats.k), stats.k, *shape, self.cfg.geometry_draws, rng
                 )
+        return self.cache[key]
+
+    def _cross(self, source: int | None, other: int | None, path: str, subject: str, shape: tuple[int, int]):
+        both = [None if self.inputs is None or s is None else self.inputs.stats.get((s, path)) for s in (source, other)]
+        if any(s is None for s in both) or not self.input_space(subject) or both[0].k != both[1].k:
+            return np.nan, np.nan
+        key = (source, other, path, *shape)
+        if key not in self.cache:
+            from lora_analysis.analysis.geometry import sampled_cross_geometry, tail_level
+
+            moments = []
+            for stats in both:
+                values, vectors, trace = stats.moment(self.cfg.geometry_moment)
+                moments.append((values, vectors, tail_level(values, trace, stats.k)))
+            rng = np.random.default_rng([self.cfg.random_seed, zlib.crc32(path.encode()), *shape, 1])
+            with _one_thread():
+                self.cache[key] = sampled_cross_geometry(*moments, *shape, self.cfg.geometry_draws, rng)
         return self.cache[key]
