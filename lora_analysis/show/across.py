@@ -66,8 +66,9 @@ def column(studied: Study) -> dict[str, str]:
         f"q {fmt(qv.values['A_delta.q'])}, v {fmt(qv.values['A_delta.v'])} (r={focus.seed_rank})"
         if qv.measured and {"A_delta.q", "A_delta.v"} <= set(qv.values) else "not measured (no seed pair)")
     amp = found.amplification
-    cells[f"Table 7 amplification ||ΔW|| / ||UᵀWVᵀ|| (layer {focus.layer}, {focus.role or 'q'})"] = (
-        "; ".join(f"r={int(r.r)}: {fmt(r.amplification, 1)}" for r in amp.table.itertuples())
+    cells["Table 7 amplification ||ΔW|| / ||UᵀWVᵀ||, at the focus layer and role"] = (
+        f"layer {focus.layer}, {focus.role or 'q'}: "
+        + "; ".join(f"r={int(r.r)}: {fmt(r.amplification, 2)}" for r in amp.table.itertuples())
         if amp.measured and amp.table is not None else "not measured")
     return cells
 
