@@ -35,10 +35,12 @@ _DAMAGED = re.compile(r"[_\x80-\xff]*[\x80-\xff][_\x80-\xff]*")  # high bytes, w
 _SPACES = re.compile(r"[ \t]+")
 
 
-def read_rotten_tomatoes(path: Path) -> tuple[pd.Series, np.ndarray, list[str]]:
+def read_rotten_tomatoes(path: Path) -> tuple[pd.Series, np.ndarray, list[str], dict[str, int]]:
+    """Texts, labels (rotten 0, fresh 1), names and dropped-row counts (none counted: the file is fixed)."""
     frame = pd.read_csv(path)
     frame = frame[frame["category"] != "plot"].drop_duplicates("text")
-    return frame["text"], (frame["category"] == "fresh").to_numpy(np.int64), ["rotten", "fresh"]
+    labels = (frame["category"] == "fresh").to_numpy(np.int64)
+    return frame["text"], labels, ["rotten", "fresh"], {"empty": 0, "repeated": 0}
 
 
 def clean_tweet(text: str) -> str:

@@ -92,8 +92,8 @@ def converted_dir(gguf_path: Path, cache: Path | None = None) -> Path:
               file=sys.stderr, flush=True)
         with replaced_folder(folder, "model cache", owns) as tmp:
             _convert(gguf_path, tmp)
-    if not _valid(folder, gguf_path):  # pragma: no cover - a file system that lost what it was just given
-        raise LoraAnalysisError(f"{folder}: the converted model does not match its manifest after writing it")
+        # its files were hashed into the manifest as they were written: not hashed again in this process
+        _verified[(str(folder.resolve()), (folder / MANIFEST).stat().st_mtime_ns)] = True
     return folder
 
 

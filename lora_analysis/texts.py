@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from lora_analysis import corpora
-from lora_analysis.embedded import EMBEDDED_DATA, TWEETS_NAME, data_file
+from lora_analysis.embedded import TWEETS_NAME, data_file
 from lora_analysis.errors import LoraAnalysisError, first_line
 
 MANY_CLASSES = 50  # more distinct labels than this, and more than a fifth of the rows: looks continuous
@@ -47,12 +47,9 @@ def read_text_table(
     (``dropped_rows``). Labels that look continuous (numbers with a fractional part, or more than
     ``MANY_CLASSES`` distinct values and more than a fifth of the rows) are refused unless ``many_labels``.
     """
-    if path in EMBEDDED_DATA or path.startswith("embedded:"):
-        file = data_file(path)
-        if path == TWEETS_NAME:
-            texts, labels, names, dropped = corpora.read_tweets(file)
-        else:
-            (texts, labels, names), dropped = corpora.read_rotten_tomatoes(file), {"empty": 0, "repeated": 0}
+    if path.startswith("embedded:"):  # data_file refuses a name that is not one of EMBEDDED_DATA
+        read = corpora.read_tweets if path == TWEETS_NAME else corpora.read_rotten_tomatoes
+        texts, labels, names, dropped = read(data_file(path))
         return TextTable(texts.tolist(), labels if label_column is not None else None, names, dropped)
     frame = read_file(Path(path), encoding)
     columns = [text_column] + ([label_column] if label_column is not None else [])
