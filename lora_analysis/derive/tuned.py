@@ -2,7 +2,8 @@
 
 A *cell* is one configuration of an ablation (a target set and a rank, say: every swept setting but the
 learning rate and the seed). For each cell and learning rate, the validation metric is averaged over the
-seeds run at that rate, and the cell's rate is the best of them: the highest validation accuracy (the
+seeds every rate of the cell was run with (seed 0 of the search, when only the chosen rate has more: the
+choice stays the search's), and the cell's rate is the best of them: the highest validation accuracy (the
 lowest validation loss for a causal LM). The test metric is reported over the seeds run at that rate:
 mean, standard deviation, n and a 95% t-interval. The test split never enters the choice.
 
@@ -99,7 +100,7 @@ def _choose(group: pd.DataFrame, key: dict) -> _Choice:
             f"choosing a learning rate for {key} needs every run's validation metric ({metric}), and some runs have "
             "none (trained before data.val_size): retrain them, or give each cell one learning rate")
     if metric in group and group[LR].notna().any():
-        means = group.groupby(LR)[metric].agg(["mean", "count"])
+        means = _on_common_seeds(group).groupby(LR)[metric].agg(["mean", "count"])
     else:  # one rate, or none recorded: nothing to choose
         means = pd.DataFrame({"mean": [math.nan], "count": [0]}, index=pd.Index([rates[0] if rates else math.nan]))
     scores = means["mean"]
@@ -115,5 +116,35 @@ def _choose(group: pd.DataFrame, key: dict) -> _Choice:
     return _Choice(means, rate, len(rates) > 1 and rate in (rates[0], rates[-1]), collapsed)
 
 
+def _on_common_seeds(group: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the seeds every rate of the cell was trained with (the search's seed 0, when the grid ran on
+    one seed and the chosen rate on more): rates are compared on equal footing, and the choice made on the
+    search does not move when the seeds at the chosen rate come in (their mean regresses; the others' cannot)."""
+    if "seed" not in group or group["seed"].isna().any():
+        return group
+    seeds = [set(g["seed"]) for _, g in group.groupby(LR)]
+    common = set.intersection(*seeds) if seeds else set()
+    return group[group["seed"].isin(common)] if common else group
+
+
 def _same(a: float, b: float) -> bool:
     return a == b or (pd.isna(a) and pd.isna(b))
+
+
+def joint_rate(choices: pd.DataFrame, higher: bool = True) -> float | None:
+    """One learning rate for several cells compared with each other (the ranks of one target set): the rate
+    with the best validation metric averaged over the cells, among the rates every cell was trained at.
+
+    ``choices``: ``lr_choices`` rows of those cells (a cell per distinct value of every column but ``lr``,
+    ``val_mean``, ``val_n``, ``chosen``, ``at_edge``, ``collapsed``). Where the cells chose the same rate,
+    it is that rate. None when fewer than two rates were tried (nothing to choose).
+    """
+    if choices.empty or choices["lr"].nunique() < 2:
+        return None
+    keys = [c for c in choices if c not in ("lr", "val_mean", "val_n", "chosen", "at_edge", "collapsed")]
+    table = choices.pivot_table(index="lr", columns=keys, values="val_mean", aggfunc="mean", dropna=False)
+    complete = table.dropna(how="any")
+    if complete.empty:
+        return None
+    means = complete.mean(axis=1)
+    return float(means.idxmax() if higher else means.idxmin())

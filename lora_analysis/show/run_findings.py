@@ -13,6 +13,7 @@ import pandas as pd
 
 from lora_analysis.derive import stats
 from lora_analysis.derive.queries import LOWER_IS_BETTER, budgeted_runs, has_majority, lora_runs, metric_column
+from lora_analysis.derive.tuned import validation_metric
 from lora_analysis.layout import SweepDir
 from lora_analysis.show.findings import Finding
 from lora_analysis.show.labels import fmt
@@ -174,35 +175,45 @@ def tuned_rates(choices: pd.DataFrame, table: pd.DataFrame, runs: pd.DataFrame) 
     full = runs[runs["method"] == "full"] if "method" in runs else runs.iloc[0:0]
     full_scores = full.groupby("optim.lr")["val_accuracy"].mean().dropna() if {"optim.lr", "val_accuracy"} <= set(
         full) else pd.Series(dtype=float)
+    val = validation_table(runs)
+    higher = validation_metric(runs)[1]
     if len(full_scores) > 1:
         full_rate = float(full_scores.idxmax())
-        best = table.loc[table["mean"].idxmax()] if table["mean"].notna().any() else None
+        scores = val["mean"] if higher else -val["mean"]
+        best = val.loc[scores.idxmax()] if scores.notna().any() else None  # the best cell on validation
         if best is not None:
             sentences.append(f"LoRA's best cell ({best['targets']}, r={int(best['r'])}) chose {best['lr']:.0e}, "
                              f"full fine-tuning {full_rate:.0e}: a ratio of {best['lr'] / full_rate:.0f}x (anchor: "
                              "about 10x).")
-    sentences += _levels_off(table)
+    sentences += _levels_off(val, higher)
     return Finding(key, title, sentences, chosen.reset_index(drop=True), {"cells": float(len(chosen)),
                                                                         "at_edge": float(edge)})
 
 
-def _levels_off(table: pd.DataFrame) -> list[str]:
-    """Per target set: the smallest rank whose 95% interval holds the best rank's mean (supported), or none
-    (not supported), or cannot tell without intervals (fewer than two seeds)."""
+def validation_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """``stats.accuracy_table`` of the validation metric: each cell at its chosen rate, over its seeds. Where
+    accuracy stops improving is a choice, so it is read here, never on the test split."""
+    metric, _ = validation_metric(runs)
+    return stats.accuracy_table(runs, metric) if metric in runs else pd.DataFrame(columns=stats.ACCURACY_COLUMNS)
+
+
+def _levels_off(table: pd.DataFrame, higher: bool = True) -> list[str]:
+    """Per target set, on the validation ``table``: the smallest rank whose 95% interval holds the best rank's
+    mean (supported), or none (not supported), or cannot tell without intervals (fewer than two seeds)."""
     out = []
     for targets, t in table[~table["collapsed"].astype(bool)].groupby("targets"):
         t = t.dropna(subset=["mean"]).sort_values("r")
         if len(t) < 2:
             continue
-        best = t.loc[t["mean"].idxmax()]
+        best = t.loc[t["mean"].idxmax() if higher else t["mean"].idxmin()]
         if t["n"].min() < 2:
-            out.append(f"{targets}: where accuracy stops improving cannot tell (fewer than two seeds per rank, so no "
-                       f"interval); the best mean is at r={int(best['r'])}.")
+            out.append(f"{targets}: where validation accuracy stops improving cannot tell (fewer than two seeds per "
+                       f"rank, so no interval); the best mean is at r={int(best['r'])}.")
             continue
         within = t[(t["ci_low"] <= best["mean"]) & (best["mean"] <= t["ci_high"])]
-        first = within.iloc[0]
+        first = within.iloc[0] if not within.empty else best
         verdict = "supported" if first["r"] < best["r"] else "not supported: only the best rank reaches it"
-        out.append(f"{targets}: accuracy stops improving at r={int(first['r'])} (its 95% interval "
-                   f"[{fmt(first['ci_low'], 3)}, {fmt(first['ci_high'], 3)}] holds the best mean "
+        out.append(f"{targets}: validation accuracy stops improving at r={int(first['r'])} (its 95% interval "
+                   f"[{fmt(first['ci_low'], 3)}, {fmt(first['ci_high'], 3)}] over seeds holds the best mean "
                    f"{fmt(best['mean'], 3)} at r={int(best['r'])}): {verdict}.")
     return out
