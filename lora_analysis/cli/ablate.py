@@ -4,14 +4,18 @@ An ablation as a reviewer accepts it, end to end:
 1) every cell of the experiment (target set x rank; a budget experiment: target set) on seed 0 at every
    learning rate of ``lrs`` (full fine-tuning at ``full_lrs``), each run stopped at its validation optimum;
 2) per cell, the rate with the best validation metric (``derive.tuned``: the test split is not read);
-3) seeds 1 .. seeds-1 of every cell at its rate;
-4) the analysis and the report: each cell at its rate, mean and 95% interval over the seeds, the U-curves.
+3) seeds 1 .. seeds-1 of every cell at its rate (none for a cell at the majority class at every rate: its
+   grid needs extending, which a rerun with more ``lrs`` does, the finished runs kept);
+4) with ``controls`` (the default), the shuffled-label twins (seed 0) of each target set's rank pair at the
+   rate the report's subspace analyses read (``show.focus.analysed_rate``), as many steps as their twins kept;
+5) the analysis and the report: each cell at its rate, mean and 95% interval over the seeds, the U-curves.
 Interrupted and restarted, it skips the runs that finished. Other key=value pairs are training
 overrides for every run (model=..., data=..., device=...).
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -24,7 +28,7 @@ from lora_analysis.layout import ReportDir, SweepDir, is_done
 from lora_analysis.owned import check_ours
 from lora_analysis.train.sweep import run_name
 
-_OWN_KEYS = ("targets", "ranks", "lrs", "full_lrs", "seeds", "out_dir", "name", "figures", "workers")
+_OWN_KEYS = ("targets", "ranks", "lrs", "full_lrs", "seeds", "controls", "out_dir", "name", "figures", "workers")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -63,11 +67,18 @@ def ablate(cfg: AblateConfig, train_overrides: Sequence[str] = ()) -> Path:
     print(f"1) search: {sum(map(len, search.values()))} runs on seed 0, {len(cfg.lrs)} learning rates per cell",
           file=sys.stderr)
     _train(cfg, [run for plan in search.values() for run in plan], sweep, train_overrides)
-    picked = [[*cell, f"optim.lr={chosen_rate(sweep, [name for name, _ in plan])}"] for cell, plan in search.items()]
+    chosen = {cell: chosen_rate(sweep, [name for name, _ in plan]) for cell, plan in search.items()}
+    picked = [[*cell, f"optim.lr={rate}"] for cell, (rate, collapsed) in chosen.items() if not collapsed]
     seeds = _plan(common, picked, range(1, cfg.seeds))
-    print(f"2) seeds: {len(seeds)} runs, each cell at its rate chosen on validation", file=sys.stderr)
+    stuck = [" ".join(cell) for cell, (_, collapsed) in chosen.items() if collapsed]
+    print(f"2) seeds: {len(seeds)} runs, each cell at its rate chosen on validation"
+          + (f"; none for {len(stuck)} cell(s) at the majority class at every rate (extend lrs): {'; '.join(stuck)}"
+             if stuck else ""), file=sys.stderr)
     _train(cfg, seeds, sweep, train_overrides)
-    print(f"3) analysing {sweep} ...", file=sys.stderr)
+    twins = controls(cfg, sweep, common) if cfg.controls else []
+    print(f"3) controls: {len(twins)} shuffled-label runs", file=sys.stderr)
+    _train(cfg, twins, sweep, train_overrides)
+    print(f"4) analysing {sweep} ...", file=sys.stderr)
     analyse_sweep(sweep, "lora-analysis ablate")
     html, _ = build_report(sweep)
     if cfg.figures:
@@ -76,15 +87,47 @@ def ablate(cfg: AblateConfig, train_overrides: Sequence[str] = ()) -> Path:
     return html
 
 
-def chosen_rate(sweep: Path, names: list[str]) -> float:
-    """The learning rate of the best validation metric among the finished search runs ``names`` of one cell."""
+def chosen_rate(sweep: Path, names: list[str]) -> tuple[float, bool]:
+    """The learning rate of the best validation metric among the finished search runs ``names`` of one cell,
+    and whether the cell is collapsed (at the majority class at every rate: more seeds there would tell
+    nothing, the grid needs extending)."""
     from lora_analysis.derive.tuned import lr_choices
     from lora_analysis.train.sweep import collect_runs
 
     runs = collect_runs(sweep)
     runs = runs[runs["run"].isin(names)].assign(cell="one")
     choices = lr_choices(runs, ["cell"])
-    return float(choices.loc[choices["chosen"], "lr"].iloc[0])
+    row = choices.loc[choices["chosen"]].iloc[0]
+    return float(row["lr"]), bool(row["collapsed"])
+
+
+def controls(cfg: AblateConfig, sweep: Path, common: list[str]) -> list[tuple[str, list[str]]]:
+    """The shuffled-label twins of each target set's rank pair (``focus.preferred_pair`` of its ranks) at
+    the set's analysed rate (``focus.analysed_rate``), seed 0, each trained for its real twin's ``best_step``.
+    A budget experiment (one rank per target set) has no rank pair, hence no twins."""
+    from lora_analysis.cli.reproduce import MATCHED
+    from lora_analysis.derive.controls import shuffled_run_labels
+    from lora_analysis.show.focus import analysed_rate, preferred_pair
+    from lora_analysis.train.sweep import collect_runs
+
+    runs = collect_runs(sweep)
+    runs = runs[~runs["run"].astype(str).isin(shuffled_run_labels(runs))]  # twins are controls, not cells
+    by_targets: dict[str, list[int]] = {}
+    for cell in cells(cfg):
+        values = dict(o.split("=", 1) for o in cell)
+        if "lora.r" in values:
+            by_targets.setdefault(values["lora.targets"], []).append(int(values["lora.r"]))
+    plan = []
+    for targets, ranks in by_targets.items():
+        pair = preferred_pair({(a, b) for a in ranks for b in ranks if a < b}, [])
+        rate = analysed_rate(runs, targets)[0]  # the rate the report's subspace analyses will read
+        rate = rate if rate is not None else cfg.lrs[0]
+        lr = next((x for x in cfg.lrs if math.isclose(x, rate, rel_tol=1e-9)), rate)  # as the search spelt it
+        for r in pair or ():
+            cell = [f"lora.targets={targets}", f"lora.r={r}", f"optim.lr={lr}", "seed=0"]
+            twin = [*cell, "data.shuffle_labels=true"]
+            plan.append((run_name(twin), [*common, *twin, f"{MATCHED}{run_name(cell)}"]))
+    return plan
 
 
 def _plan(common: list[str], cells: list[list[str]] | list[tuple[str, ...]], seeds) -> list[tuple[str, list[str]]]:

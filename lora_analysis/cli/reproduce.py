@@ -107,6 +107,8 @@ def _matched_steps(override: str, sweep: Path) -> list[str]:
 
 
 def _train_plan(part, plan, sweep: Path, out_dir: str, workers: int) -> dict[str, float]:
+    if not part:
+        return {}
     todo = [(name, [*overrides, f"name={sweep.name}", f"out_dir={out_dir}"])
             for name, overrides in part if not is_done(sweep / name)]
     print(f"{sweep}: {len(part)} runs, {len(part) - len(todo)} finished already", file=sys.stderr)

@@ -83,6 +83,9 @@ class AblateConfig:
     lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])
     full_lrs: list[float] = field(default_factory=list)  # full fine-tuning's own grid; empty: no full reference
     seeds: int = 3  # seeds per cell at its chosen rate (seed 0 from the search, 1.. trained after it)
+    # Shuffled-label twins (seed 0) of each target set's rank pair (r=8 and 64 where swept) at the rate the
+    # report analyses, for as many steps as their real twins kept: the subspace verdicts' strongest control.
+    controls: bool = True
     out_dir: str = "runs"
     name: str | None = None  # the sweep folder; None: the experiment's name
     figures: str | None = None  # copy the report here

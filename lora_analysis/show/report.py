@@ -25,7 +25,7 @@ from lora_analysis.show import findings as F
 from lora_analysis.show import paper, plots
 from lora_analysis.show import run_findings as R
 from lora_analysis.show.document import Section, report_folder, write_report
-from lora_analysis.show.focus import Focus, choose_focus, focus_tables
+from lora_analysis.show.focus import Focus, analysed_rate, choose_focus, focus_tables, runs_off_rate
 from lora_analysis.show.labels import SUBJECT_LABELS, fmt
 from lora_analysis.show.sections import (
     ablation_section,
@@ -294,6 +294,12 @@ def study(sweep_dir: str | Path, layer: int | None = None) -> Study:
     shuffled = shuffled_run_labels(loaded.runs)
     data = without_runs(loaded, shuffled)  # the controls are shown as controls, never as results
     focus = choose_focus(data, layer)
+    rate, note = analysed_rate(data.runs, focus.targets)
+    if rate is not None:  # an ablation's search: the pairs at one rate; the other rates feed the U-curves only
+        off = runs_off_rate(loaded.runs, rate)
+        loaded, data = without_runs(loaded, off, tables_only=True), without_runs(data, off, tables_only=True)
+        focus = choose_focus(data, layer)
+        focus.notes.append(note)
     control_phi = focus_tables(loaded, focus)["phi"]
     tables = focus_tables(data, focus)
     if tables["phi"].empty:

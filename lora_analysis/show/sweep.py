@@ -62,8 +62,10 @@ def _relative(path: Path, sweep: SweepDir) -> str:
     return path.relative_to(sweep.path).as_posix()
 
 
-def without_runs(data: SweepData, names: set[str]) -> SweepData:
-    """``data`` without the runs ``names`` (the shuffled-label controls): in no table, pair or history."""
+def without_runs(data: SweepData, names: set[str], *, tables_only: bool = False) -> SweepData:
+    """``data`` without the runs ``names`` (the shuffled-label controls): in no table, pair or history.
+    ``tables_only``: out of the analysis tables (phi, modules, ...) only, kept in the sweep table and histories
+    (an ablation's search runs at other learning rates: their accuracies still make the U-curves)."""
     if not names:
         return data
     tables = {}
@@ -73,6 +75,8 @@ def without_runs(data: SweepData, names: set[str]) -> SweepData:
             if column in frame:
                 keep &= ~frame[column].astype(str).isin(names)
         tables[key] = frame[keep]
+    if tables_only:
+        return SweepData(data.sweep_dir, data.runs, data.histories, tables, data.notes, data.missing)
     runs = data.runs[~data.runs["run"].astype(str).isin(names)] if "run" in data.runs else data.runs
     histories = {k: v for k, v in data.histories.items() if k not in names}
     return SweepData(data.sweep_dir, runs, histories, tables, data.notes, data.missing)
