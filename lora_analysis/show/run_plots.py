@@ -103,7 +103,7 @@ def lr_curves(choices: pd.DataFrame) -> Figure:
     if choices.empty or choices.groupby(["targets", "r"])["lr"].nunique().max() < 2:
         raise LoraAnalysisError("no cell was trained at more than one learning rate")
     sets = sorted(choices["targets"].astype(str).unique())
-    fig = new_figure(min(3.2 * len(sets), 13.0), 3.4)
+    fig = new_figure(min(max(3.2 * len(sets), 5.2), 13.0), 3.6)
     axes = np.atleast_1d(fig.subplots(1, len(sets), sharey=True, squeeze=False)[0])
     for ax, targets in zip(axes, sets, strict=True):
         cell = choices[choices["targets"].astype(str) == targets]
@@ -114,9 +114,9 @@ def lr_curves(choices: pd.DataFrame) -> Figure:
             ax.scatter(best["lr"], best["val_mean"], s=90, facecolors="none", edgecolors=f"C{index}", zorder=3)
         ax.set_xscale("log")
         ax.set(title=targets, xlabel="learning rate")
-    axes[0].set_ylabel("validation metric (mean over seeds)")
+    axes[0].set_ylabel("validation metric\n(mean over the seeds every rate has)")
     axes[-1].legend(frameon=False, fontsize=7)
-    fig.suptitle("Validation metric against learning rate per cell; ringed: the rate chosen")
+    fig.suptitle("Validation metric against learning rate per cell\nringed: the rate chosen", fontsize=9)
     return fig
 
 
