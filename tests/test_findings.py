@@ -138,20 +138,43 @@ def under_budget(runs: pd.DataFrame) -> F.Finding:
     return R.ffn_under_budget(runs, S.accuracy_table(runs))
 
 
-def test_ffn_under_budget_states_the_difference_with_its_error():
-    clear = under_budget(budget_runs({"q": [0.80, 0.81], "attn": [0.80, 0.80], "ffn": [0.84, 0.85],
-                                      "all": [0.85, 0.86]}))
-    assert clear.values["all against attn"] == pytest.approx(0.055)
-    assert "all against attn: 0.855 against 0.800, difference +0.055" in " ".join(clear.sentences)
-    assert "the FFN side is clearly better" in clear.sentences[-1]
-    assert clear.values["ffn against attn (the two halves of a block)"] == pytest.approx(0.045)
-    assert clear.sentences[1].startswith("ffn against attn (the two halves of a block): 0.845 against 0.800")
-    unclear = under_budget(budget_runs({"attn": [0.80, 0.82], "all": [0.81, 0.80]}))
-    assert "no clear difference" in unclear.sentences[-1]
-    single = under_budget(budget_runs({"attn": [0.80], "all": [0.81]}))  # binomial error of 2,000 texts
-    assert "± 0.013" in single.sentences[-1] and "no clear difference" in single.sentences[-1]
+def test_target_sets_under_budget_are_compared_with_welch_intervals_against_the_anchor():
+    from scipy import stats as sp
+
+    scores = {"q": [0.80, 0.81, 0.79], "attn": [0.80, 0.81, 0.82], "ffn": [0.84, 0.85, 0.87],
+              "all": [0.85, 0.86, 0.84]}
+    found = under_budget(budget_runs(scores))
+    text = " ".join(found.sentences)
+    expected = sp.ttest_ind(scores["ffn"], scores["attn"], equal_var=False).confidence_interval(0.95)
+    diff = np.mean(scores["ffn"]) - np.mean(scores["attn"])
+    assert found.values["ffn against attn (the two halves of a block)"] == pytest.approx(diff)
+    assert (f"ffn against attn (the two halves of a block): 0.853 against 0.810, difference {diff:+.3f} "
+            f"[{expected.low:+.3f}, {expected.high:+.3f}]: attention-only is below: the anchor is supported") in text
+    all_ffn = next(s for s in found.sentences if s.startswith("all against ffn"))
+    assert all_ffn.startswith("all against ffn: 0.850 against 0.853, difference -0.003 [")
+    assert all_ffn.endswith("cannot tell (the interval holds 0).")
+    assert "sets with FFN matrices against attention-only sets" in text  # q and attn against ffn and all
+    reversed_ = under_budget(budget_runs({"attn": [0.86, 0.87, 0.88], "ffn": [0.80, 0.81, 0.80]}))
+    assert "attention-only is above: the anchor is not supported" in reversed_.sentences[-1]
+    single = under_budget(budget_runs({"attn": [0.80], "ffn": [0.81]}))
+    assert "cannot tell (a set has one seed" in single.sentences[-1]
     no_budget = budget_runs({"q": [0.8]}).drop(columns="lora.budget")
     assert R.ffn_under_budget(no_budget, S.accuracy_table(pd.DataFrame())).sentences[0].startswith("No")
+
+
+def test_difference_interval_of_set_means_follows_welch_satterthwaite():
+    from scipy import stats as sp
+
+    from lora_analysis.derive.tuned import difference_interval
+
+    a = pd.DataFrame({"mean": [0.8, 0.9], "std": [0.01, 0.03], "n": [3, 4]})
+    b = pd.DataFrame({"mean": [0.7], "std": [0.02], "n": [5]})
+    diff, low, high = difference_interval(a, b)
+    parts = np.array([0.01**2 / 3 / 4, 0.03**2 / 4 / 4, 0.02**2 / 5])
+    df = parts.sum() ** 2 / (parts**2 / np.array([2, 3, 4])).sum()
+    half = sp.t.ppf(0.975, df) * np.sqrt(parts.sum())
+    assert (diff, low, high) == pytest.approx((0.15, 0.15 - half, 0.15 + half))
+    assert np.isnan(difference_interval(a.assign(n=[1, 4]), b)[1])
 
 
 def test_a_moved_says_which_ranks_stay_near_their_init():

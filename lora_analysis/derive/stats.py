@@ -8,7 +8,6 @@ the findings, the figures and the recommendation.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -232,20 +231,6 @@ def lora_scales(runs: pd.DataFrame) -> pd.Series:
     rslora = runs["lora.rslora"].fillna(False).astype(bool) if "lora.rslora" in runs else pd.Series(False, runs.index)
     return pd.Series([lora_scale(float(a), int(r), bool(s)) for a, r, s in
                       zip(runs["lora.alpha"], runs["lora.r"], rslora, strict=True)], index=runs.index, dtype=float)
-
-
-def standard_errors(table: pd.DataFrame, metric: str | None, n_test: float) -> pd.Series:
-    """Standard error of each ``accuracy_table`` row: ``std / sqrt(n)`` over seeds, or with one seed the
-    binomial error of an accuracy on ``n_test`` test examples, ``sqrt(p (1 - p) / n_test)``."""
-    binomial = np.sqrt(table["mean"] * (1 - table["mean"]) / n_test) if metric == "test_accuracy" else np.nan
-    return pd.Series(np.where(table["n"] > 1, table["std"] / np.sqrt(table["n"]), binomial), index=table.index)
-
-
-def difference(a: pd.DataFrame, b: pd.DataFrame) -> tuple[float, float]:
-    """Mean of set means of ``a`` minus that of ``b``, and its standard error (errors in quadrature)."""
-    diff = a["mean"].mean() - b["mean"].mean()
-    se = math.sqrt((a["se"] ** 2).sum() / len(a) ** 2 + (b["se"] ** 2).sum() / len(b) ** 2)
-    return diff, se
 
 
 # --- computed once per report

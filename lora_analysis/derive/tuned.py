@@ -46,6 +46,29 @@ def interval(values: pd.Series, level: float = LEVEL) -> tuple[float, float]:
     return values.mean() - half, values.mean() + half
 
 
+def difference_interval(a: pd.DataFrame, b: pd.DataFrame, level: float = LEVEL) -> tuple[float, float, float]:
+    """The mean of ``a``'s cell means minus that of ``b``'s, with its ``level`` Welch interval over seeds.
+
+    ``a`` and ``b``: rows of ``tuned_table`` (``mean``, ``std``, ``n`` per cell; one cell each for two cells
+    compared). Each cell mean has variance ``std**2 / n``; the degrees of freedom are Welch-Satterthwaite's.
+    With two single cells this is ``scipy.stats.ttest_ind(..., equal_var=False)``'s interval. The interval
+    is (NaN, NaN) when a cell has fewer than two seeds: one seed has no spread to judge by.
+    """
+    diff = a["mean"].mean() - b["mean"].mean()
+    if a.empty or b.empty or (a["n"] < 2).any() or (b["n"] < 2).any():
+        return diff, math.nan, math.nan
+    parts = pd.concat([a["std"] ** 2 / a["n"] / len(a) ** 2, b["std"] ** 2 / b["n"] / len(b) ** 2])
+    dof = pd.concat([a["n"], b["n"]]) - 1
+    var = parts.sum()
+    if var == 0:
+        return diff, diff, diff
+    from scipy import stats
+
+    df = var**2 / (parts**2 / dof).sum()
+    half = stats.t.ppf((1 + level) / 2, df) * math.sqrt(var)
+    return diff, diff - half, diff + half
+
+
 def lr_choices(runs: pd.DataFrame, cell: list[str]) -> pd.DataFrame:
     """One row per (cell, learning rate): the validation metric's mean over its seeds (``val_mean``, ``val_n``),
     and ``chosen``, ``at_edge``, ``collapsed`` for the cell. Raises when rates must be chosen between and a

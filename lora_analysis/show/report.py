@@ -52,6 +52,7 @@ class Findings:
     w_dw_overlap: F.Finding
     intruders: F.Finding
     accuracy: F.Finding
+    budget: F.Finding
     rates: F.Finding
     loss: F.Finding
 
@@ -80,6 +81,7 @@ def compute_findings(data: SweepData, focus: Focus, tables: dict[str, pd.DataFra
                                  lambda t: F.w_dw_overlap(t, layer=layer, module=role)),
         intruders=_or_missing(tables["intruders"], "intruders", "Intruder dimensions", F.intruder_counts),
         accuracy=R.accuracy(data.runs, derived.accuracy, derived.metric),
+        budget=R.ffn_under_budget(data.runs, derived.budget_accuracy, derived.metric),
         rates=R.tuned_rates(derived.lr_choices, derived.accuracy, data.runs),
         loss=R.trained_enough(data.runs if all_runs is None else all_runs, data.histories),
     )

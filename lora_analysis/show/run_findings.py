@@ -13,7 +13,7 @@ import pandas as pd
 
 from lora_analysis.derive import stats
 from lora_analysis.derive.queries import LOWER_IS_BETTER, budgeted_runs, has_majority, lora_runs, metric_column
-from lora_analysis.derive.tuned import validation_metric
+from lora_analysis.derive.tuned import difference_interval, validation_metric
 from lora_analysis.layout import SweepDir
 from lora_analysis.show.findings import Finding
 from lora_analysis.show.labels import fmt
@@ -73,45 +73,66 @@ def stuck_at_majority(runs: pd.DataFrame) -> list[str]:
             "accuracy says the optimisation failed, not how much rank the task needs."]
 
 
-def ffn_under_budget(runs: pd.DataFrame, table: pd.DataFrame, metric: str | None = None) -> Finding:
-    """Does adapting FFN matrices help at one parameter budget? Differences with their standard errors.
+# (a, b, label, the anchor's sign of a - b or None): LoRA Without Regret (2025) finds attention-only LoRA
+# below MLP-only at matched parameters
+_BUDGET_PAIRS = (("ffn", "attn", "ffn against attn (the two halves of a block)", 1.0),
+                 ("all", "attn", "all against attn", None), ("all", "ffn", "all against ffn", None))
 
-    Each budget-matched target set gets its mean over seeds and a standard error: ``std / sqrt(n)``
-    over seeds, or with a single seed the binomial error of an accuracy on the test set,
-    ``sqrt(p (1 - p) / n_test)``. Sets that adapt FFN matrices are compared with sets that do not
-    (mean of set means, errors combined in quadrature), and ``all`` with ``attn``; a difference counts
-    as clear when it exceeds twice its standard error. ``table``: the budget-matched runs'
-    ``stats.accuracy_table`` (the report's ``Derived.budget_accuracy``).
-    """
+
+def ffn_under_budget(runs: pd.DataFrame, table: pd.DataFrame, metric: str | None = None) -> Finding:
+    """Which matrices at one parameter budget? Each target set at its tuned rate over its seeds (``table``: the
+    budget-matched runs' ``stats.accuracy_table``, the report's ``Derived.budget_accuracy``); ffn against attn,
+    all against each, and the sets with FFN matrices against those without, each difference with its 95% Welch
+    interval over seeds (``tuned.difference_interval``). A difference is stated where the interval excludes 0
+    and "cannot tell" where it holds 0 or a set has one seed; ffn against attn is judged against the anchor
+    (LoRA Without Regret, 2025: attention-only below MLP-only at matched parameters). Collapsed sets (every
+    rate at the majority class) are named and left out of the differences."""
     from lora_analysis.targets import PRESETS, expand_roles
 
     metric = metric or metric_column(runs)
-    key, title = "ffn_budget", "FFN matrices under a fixed parameter budget (Table 5 analogue)"
+    key, title = "ffn_budget", "Target sets at one parameter budget (Table 5 analogue), against the anchor"
     budgeted = budgeted_runs(lora_runs(runs))
-    table = table.copy()
     if table.empty:
         return Finding.missing(key, title, "No budget-matched runs (lora.budget) in this sweep.")
-    n_test = float(budgeted["test_examples"].iloc[0]) if "test_examples" in budgeted else math.nan
-    table["se"] = stats.standard_errors(table, metric, n_test)
+    higher = metric not in LOWER_IS_BETTER
+    table = table.copy()
     table["ffn"] = [bool(set(PRESETS["ffn"]) & set(expand_roles(str(t)))) for t in table["targets"]]
-    better = -1.0 if metric in LOWER_IS_BETTER else 1.0
-    sentences = [f"Budget {', '.join(sorted(map(str, budgeted['lora.budget'].unique())))}: " + ", ".join(
-        f"{row.targets} (r={row.r}, {int(row.lora_params):,} parameters) {fmt(row.mean, 3)} ± {fmt(row.se, 3)}"
-        for row in table.sort_values("mean", ascending=better < 0).itertuples()) + " (mean ± standard error)."]
+    live = table[~table["collapsed"].astype(bool)].dropna(subset=["mean"])
+    cells = ", ".join(
+        f"{row.targets} (r={int(row.r)}, {int(row.lora_params):,} parameters, rate {row.lr:.0e}) "
+        + ("collapsed" if row.collapsed else fmt(row.mean, 3)
+           + (f" [{fmt(row.ci_low, 3)}, {fmt(row.ci_high, 3)}]" if row.n > 1 else "")) + f" (n={row.n})"
+        for row in table.sort_values("mean", ascending=not higher).itertuples())
+    budgets = ", ".join(sorted(map(str, budgeted["lora.budget"].unique()))) if not budgeted.empty else "?"
+    sentences = [f"Budget {budgets}, each set at its rate chosen on validation, {metric} mean [95% interval over "
+                 f"seeds]: {cells}."]
+    named = {targets: live[live["targets"] == targets] for targets in ("ffn", "attn", "all")}
+    pairs = [(named[a], named[b], label, anchor) for a, b, label, anchor in _BUDGET_PAIRS]
+    if live["ffn"].any() and (~live["ffn"]).any() and len(live) > 2:
+        pairs.append((live[live["ffn"]], live[~live["ffn"]], "sets with FFN matrices against attention-only sets",
+                      None))
     values = {}
-    named = {targets: table[table["targets"] == targets] for targets in ("ffn", "attn", "all")}
-    for label, a, b in (("ffn against attn (the two halves of a block)", named["ffn"], named["attn"]),
-                        ("FFN sets against attention-only sets", table[table["ffn"]], table[~table["ffn"]]),
-                        ("all against attn", named["all"], named["attn"])):
+    for a, b, label, anchor in pairs:
         if a.empty or b.empty:
             continue
-        diff, se = stats.difference(a, b)
-        verdict = ("no clear difference" if not abs(diff) > 2 * se else
-                   "the FFN side is clearly better" if better * diff > 0 else "the FFN side is clearly worse")
+        diff, low, high = difference_interval(a, b)
         values[label] = float(diff)
         sentences.append(f"{label}: {fmt(a['mean'].mean(), 3)} against {fmt(b['mean'].mean(), 3)}, difference "
-                         f"{diff:+.3f} ± {fmt(se, 3)}: {verdict} (clear means beyond twice the standard error).")
-    return Finding(key, title, sentences, table, values)
+                         f"{diff:+.3f}" + ("" if math.isnan(low) else f" [{low:+.3f}, {high:+.3f}]") + ": "
+                         + _budget_verdict(diff, low, high, anchor if higher else None) + ".")
+    return Finding(key, title, sentences, table.drop(columns="ffn"), values)
+
+
+def _budget_verdict(diff: float, low: float, high: float, anchor: float | None) -> str:
+    """Supported / not supported / cannot tell for the anchor's pair; above / below / cannot tell otherwise."""
+    if math.isnan(low):
+        return "cannot tell (a set has one seed: no interval over seeds)"
+    if low <= 0 <= high:
+        return "cannot tell (the interval holds 0)"
+    if anchor is None:
+        return "the first is above" if diff > 0 else "the first is below"
+    return ("attention-only is below: the anchor is supported" if anchor * diff > 0 else
+            "attention-only is above: the anchor is not supported")
 
 
 def trained_enough(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> Finding:
