@@ -117,18 +117,26 @@ def test_the_ablation_command_searches_on_seed_0_then_trains_the_seeds_at_the_ch
 
     model, csv = tiny
     train = [o for o in tiny_overrides(model, csv, tmp_path / "runs", 6) if not o.startswith(("lora.r=", "out_dir="))]
+    (tmp_path / "ranks.json").write_text('{"query": 3}')  # a recommendation under test: a cell of its own
     command = ["ablate", "experiment=rank_ablation", "targets=[q]", "ranks=[2,4]", "lrs=[1e-3,1e-2]", "seeds=2",
-               f"out_dir={tmp_path / 'runs'}", "workers=1", "name=abl", *train]
+               f"out_dir={tmp_path / 'runs'}", "workers=1", "name=abl", f"patterns=[{tmp_path / 'ranks.json'}]",
+               *train]
     sweep_dir = tmp_path / "runs" / "abl"
     # six steps of the tiny model stay at the majority class on validation: no seeds for a collapsed cell
     assert cli.main(command) == 0
     assert "2) seeds: 0 runs" in capsys.readouterr().err
-    assert len(SweepDir(sweep_dir).read_table()) == 6  # the search and the two shuffled-label twins
+    assert len(SweepDir(sweep_dir).read_table()) == 8  # the search (two ranks, the pattern) and two twins
     # counted as learning, the same command resumes: the search and the twins kept, the seeds trained
     monkeypatch.setattr(tuned, "COLLAPSE_TOLERANCE", -1.0)
     assert cli.main(command) == 0
-    assert "4 finished already" in capsys.readouterr().err
+    assert "6 finished already" in capsys.readouterr().err
     runs = SweepDir(sweep_dir).read_table()
+    patterned = runs["lora.rank_pattern"].notna()
+    pattern, runs = runs[patterned], runs[~patterned]
+    assert set(pattern["lora_params"]) == {3 * 2 * 32 * 2}  # rank 3 on q (32 x 32) in both tiny layers
+    assert sorted(pattern.loc[pattern["seed"] == 0, "optim.lr"]) == [1e-3, 1e-2]
+    best = pattern[pattern["seed"] == 0].set_index("optim.lr")["val_accuracy"].idxmax()
+    assert list(pattern.loc[pattern["seed"] == 1, "optim.lr"]) == [best]  # its seed at its own rate
     shuffled = runs["data.shuffle_labels"].fillna(False).astype(bool)
     real, twins = runs[~shuffled], runs[shuffled]
     search = real[real["seed"] == 0]
@@ -149,6 +157,7 @@ def test_the_ablation_command_searches_on_seed_0_then_trains_the_seeds_at_the_ch
     phi = pd.read_parquet(sweep_dir / "analysis" / "phi.parquet")
     rank_pairs = phi[phi["comparison"] == "rank"]
     assert set(rank_pairs["run_a"]) | set(rank_pairs["run_b"]) >= set(twins["run"])  # the twins were analysed
+    assert "rank_pattern q3 on q" in report and (sweep_dir / "report" / "figures" / "accuracy_params.png").is_file()
 
 
 def test_the_rates_finding_states_each_choice_and_where_accuracy_stops_improving():
@@ -171,3 +180,51 @@ def test_the_rates_finding_states_each_choice_and_where_accuracy_stops_improving
     one_rate = sweep({("all", 8): {1e-3: ([0.8], [0.8])}})
     assert "one learning rate" in R.tuned_rates(stats.rate_choices(one_rate), stats.accuracy_table(one_rate),
                                                 one_rate).sentences[0]
+
+
+def test_a_rank_pattern_is_its_own_cell_and_is_judged_against_the_uniform_ranks_beside_it(tmp_path):
+    from lora_analysis.show import run_findings as R
+    from lora_analysis.show import run_plots
+
+    runs = sweep({("all", 1): {1e-3: ([0.70, 0.71, 0.69], [0.70, 0.71, 0.72])},
+                  ("all", 8): {1e-3: ([0.80, 0.81, 0.80], [0.80, 0.81, 0.79])},
+                  ("all", 64): {1e-3: ([0.81, 0.80, 0.82], [0.81, 0.80, 0.80])}})
+    pattern = '{"query": 2, "value": 4}'
+    rows = [{"run": f"pattern-lr{lr}-s{seed}", "method": "lora", "lora.targets": "all", "lora.r": 8,
+             "lora.rank_pattern": pattern, "optim.lr": lr, "seed": seed, "val_accuracy": val, "test_accuracy": test,
+             "majority_accuracy": 0.575, "lora_params": 300}
+            for lr, seed, val, test in ((1e-4, 0, 0.75, 0.90), (1e-3, 0, 0.80, 0.80), (1e-3, 1, 0.81, 0.81),
+                                        (1e-3, 2, 0.79, 0.80))]
+    runs = pd.concat([runs, pd.DataFrame(rows)], ignore_index=True)
+    uniform, patterns = stats.accuracy_table(runs), stats.pattern_table(runs)
+    assert sorted(uniform["r"]) == [1, 8, 64]  # the pattern runs (lora.r 8 in their config) are not r=8's
+    (cell,) = patterns.itertuples()
+    assert (cell.pattern, cell.lr, cell.n, cell.lora_params) == ("q2 v4", 1e-3, 3, 300)  # chosen on validation
+    found = R.rank_patterns(uniform, patterns, "test_accuracy")
+    text = " ".join(found.sentences)
+    assert "rank_pattern q2 v4 on all (300 parameters, rate 1e-03, edge): 0.803 [0.789, 0.818] (n=3)" in text
+    states = found.table.set_index("r")["state"]
+    assert states[1] == "pattern above" and states[8] == "cannot tell" and states[64] == "cannot tell"
+    assert "Validated: none of the 2 uniform rank(s) with at least its parameters is above it." in text
+    worse = runs.assign(test_accuracy=np.where(runs["lora.rank_pattern"].notna(), 0.70, runs["test_accuracy"]))
+    worse.loc[worse["lora.rank_pattern"].notna() & (worse["seed"] == 1), "test_accuracy"] = 0.71
+    text = " ".join(R.rank_patterns(stats.accuracy_table(worse), stats.pattern_table(worse)).sentences)
+    assert "Not validated: 2 uniform rank(s) with at least its parameters are above it." in text
+    assert R.rank_patterns(uniform, stats.pattern_table(runs.iloc[:9])).sentences[0].startswith("No run with")
+    figure = run_plots.accuracy_vs_params(runs, uniform, patterns)
+    figure.savefig(tmp_path / "params.png")
+    assert figure.axes[0].get_xscale() == "log" and (tmp_path / "params.png").stat().st_size > 0
+
+
+def test_bad_ablation_settings_get_one_line_before_any_run(tmp_path, capsys):
+    from lora_analysis import cli
+
+    (tmp_path / "zero.json").write_text('{"query": 0}')
+    for argument, says in (("lrs=[1e-3,0]", "lrs and full_lrs must be learning rates > 0"),
+                           ("full_lrs=[-1e-5]", "lrs and full_lrs must be learning rates > 0"),
+                           (f"patterns=[{tmp_path / 'none.json'}]", "patterns: lora.rank_pattern: "),
+                           (f"patterns=[{tmp_path / 'zero.json'}]", "must be an integer >= 1, got 0")):
+        assert cli.main(["ablate", argument, f"out_dir={tmp_path / 'runs'}"]) == 2
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()

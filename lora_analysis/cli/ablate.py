@@ -1,7 +1,9 @@
-"""usage: lora-analysis ablate [experiment=rank_ablation|target_ablation] [lrs=[...]] [seeds=3] [train overrides ...]
+"""usage: lora-analysis ablate [experiment=rank_ablation|target_ablation] [lrs=[...]] [seeds=3] [patterns=[ranks.json]]
+                            [train overrides ...]
 
 An ablation as a reviewer accepts it, end to end:
-1) every cell of the experiment (target set x rank; a budget experiment: target set) on seed 0 at every
+1) every cell of the experiment (target set x rank; a budget experiment: target set; and a cell per target set
+   for each rank pattern of ``patterns``, a recommendation under test) on seed 0 at every
    learning rate of ``lrs`` (full fine-tuning at ``full_lrs``), each run stopped at its validation optimum;
 2) per cell, the rate with the best validation metric (``derive.tuned``: the test split is not read);
 3) seeds 1 .. seeds-1 of every cell at its rate (none for a cell at the majority class at every rate: its
@@ -28,7 +30,8 @@ from lora_analysis.layout import ReportDir, SweepDir, is_done
 from lora_analysis.owned import check_ours
 from lora_analysis.train.sweep import run_name
 
-_OWN_KEYS = ("targets", "ranks", "lrs", "full_lrs", "seeds", "controls", "out_dir", "name", "figures", "workers")
+_OWN_KEYS = ("targets", "ranks", "lrs", "full_lrs", "patterns", "seeds", "controls", "out_dir", "name", "figures",
+             "workers")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -45,11 +48,13 @@ def main(argv: Sequence[str]) -> int:
 
 
 def cells(cfg: AblateConfig) -> list[list[str]]:
-    """The experiment's cells as override lists: its swept target sets and ranks, or the ones given."""
+    """The experiment's cells as override lists: its swept target sets and ranks, or the ones given; and a
+    cell per target set for each rank pattern of ``patterns``."""
     params = compose("train", [f"experiment={cfg.experiment}"], hydra=True).hydra.sweeper.params or {}
     targets = cfg.targets or str(params.get("lora.targets", "all")).split(",")
     ranks = cfg.ranks if cfg.ranks is not None else [int(r) for r in str(params.get("lora.r", "")).split(",") if r]
-    return [[f"lora.targets={t}", *([f"lora.r={r}"] if r else [])] for t in targets for r in (ranks or [None])]
+    uniform = [[f"lora.targets={t}", *([f"lora.r={r}"] if r else [])] for t in targets for r in (ranks or [None])]
+    return uniform + [[f"lora.targets={t}", f"lora.rank_pattern={p}"] for t in targets for p in cfg.patterns]
 
 
 def ablate(cfg: AblateConfig, train_overrides: Sequence[str] = ()) -> Path:

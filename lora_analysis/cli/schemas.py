@@ -82,6 +82,9 @@ class AblateConfig:
     # Learning rates tried per cell on seed 0 (half-decade steps); the best on validation is each cell's rate.
     lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])
     full_lrs: list[float] = field(default_factory=list)  # full fine-tuning's own grid; empty: no full reference
+    # Rank patterns under test (JSON files, as lora-analysis recommend writes them): each a cell per target set,
+    # tuned and seeded as the uniform ranks beside it; the report sets them against those (accuracy vs parameters).
+    patterns: list[str] = field(default_factory=list)
     seeds: int = 3  # seeds per cell at its chosen rate (seed 0 from the search, 1.. trained after it)
     # Shuffled-label twins (seed 0) of each target set's rank pair (r=8 and 64 where swept) at the rate the
     # report analyses, for as many steps as their real twins kept: the subspace verdicts' strongest control.
@@ -99,6 +102,16 @@ class AblateConfig:
             raise LoraAnalysisError(f"seeds and workers must be >= 1, got {self.seeds} and {self.workers}")
         if self.ranks is not None and any(r < 1 for r in self.ranks):
             raise LoraAnalysisError(f"ranks must be >= 1, got {self.ranks}")
+        from lora_analysis.paths import user_path
+        from lora_analysis.train.config import read_rank_pattern
+
+        for spec in self.patterns:
+            try:  # one line on a missing or malformed file, before any run starts
+                read_rank_pattern(spec)
+            except LoraAnalysisError as error:
+                raise LoraAnalysisError(f"patterns: {error}") from None
+        # a file by its absolute path (the runs may start elsewhere); inline JSON as it is
+        self.patterns = [p if p.strip().startswith("{") else str(user_path(p).resolve()) for p in self.patterns]
 
 
 def register_schemas() -> None:

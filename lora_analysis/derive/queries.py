@@ -119,6 +119,11 @@ def budgeted_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[runs["lora.budget"].notna()] if "lora.budget" in runs else runs.iloc[0:0]
 
 
+def patterned_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs with a ``lora.rank_pattern`` (a rank per module: a recommendation under test, not a rank)."""
+    return runs[runs["lora.rank_pattern"].notna()] if "lora.rank_pattern" in runs else runs.iloc[0:0]
+
+
 def has_majority(runs: pd.DataFrame) -> bool:
     """Whether the sweep table records the majority-class accuracy of the test set."""
     return "majority_accuracy" in runs and bool(runs["majority_accuracy"].notna().any())

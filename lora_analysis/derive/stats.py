@@ -8,6 +8,7 @@ the findings, the figures and the recommendation.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -193,9 +194,51 @@ def rate_choices(runs: pd.DataFrame) -> pd.DataFrame:
     return lr_choices(lora, ["targets", "r"])
 
 
-def _rank_cells(runs: pd.DataFrame) -> pd.DataFrame | None:
-    """The LoRA runs with a rank, as cells: ``targets``, ``r`` (int) and ``lora_params`` columns; None if none."""
+PATTERN_COLUMNS = ["targets", "pattern", "lr", "lrs", "n", "mean", "std", "ci_low", "ci_high", "at_edge",
+                   "collapsed", "lora_params"]
+
+
+def pattern_table(runs: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
+    """``accuracy_table`` of the runs with a ``lora.rank_pattern`` (a recommendation under test), a cell per
+    (target set, pattern): each at its own rate chosen on validation, over its seeds. ``pattern`` is the
+    pattern's ranks by role (``pattern_label``)."""
+    metric = metric or metric_column(runs)
     lora = lora_runs(runs)
+    if metric is None or lora.empty or "lora.rank_pattern" not in lora or lora["lora.rank_pattern"].isna().all():
+        return pd.DataFrame(columns=PATTERN_COLUMNS)
+    lora = lora.dropna(subset=["lora.rank_pattern"])
+    lora = lora.assign(targets=lora.get("lora.targets", "n/a"), pattern=lora["lora.rank_pattern"].map(pattern_label),
+                       lora_params=lora.get("lora_params", np.nan))
+    table = tuned_table(lora, ["targets", "pattern"], metric)
+    params = lora.groupby(["targets", "pattern"], as_index=False)["lora_params"].mean()
+    return table.merge(params, on=["targets", "pattern"], how="left")[PATTERN_COLUMNS]
+
+
+def pattern_label(rank_pattern: str) -> str:
+    """A rank_pattern's JSON (``{"encoder\\.layer\\.\\d+\\.attention\\.self\\.query": 1, ...}``) as ranks
+    by role, ``q1 k1 v1 o2 ffn_in2 ffn_out1``; a key for one layer gets its index (``q@3``), a key whose role
+    is unknown its last name."""
+    from lora_analysis.targets import FAMILIES, ROLES, parse_module_path
+
+    parts = []
+    for key, rank in json.loads(rank_pattern).items():
+        path = key.replace("\\d+", "0").replace("\\.", ".")
+        found = parse_module_path(path)
+        role = found.role
+        if role not in ROLES:  # a bare suffix ("query"): the role whose module path it ends, if only one
+            roles = {r for family in FAMILIES for r, sub in family.roles.items() if f".{sub}".endswith(f".{path}")}
+            role = roles.pop() if len(roles) == 1 else role
+        where = "" if "\\d+" in key or found.layer is None else f"@{found.layer}"
+        parts.append(f"{role}{rank}" if where == "" else f"{role}{where}:{rank}")
+    return " ".join(parts)
+
+
+def _rank_cells(runs: pd.DataFrame) -> pd.DataFrame | None:
+    """The LoRA runs with one rank (no ``lora.rank_pattern``), as cells: ``targets``, ``r`` (int) and
+    ``lora_params`` columns; None if none."""
+    lora = lora_runs(runs)
+    if "lora.rank_pattern" in lora:
+        lora = lora[lora["lora.rank_pattern"].isna()]
     if lora.empty or "lora.r" not in lora:
         return None
     lora = lora.dropna(subset=["lora.r"])
@@ -243,7 +286,7 @@ class Derived:
     ``shared``: ``shared_directions`` of the focus phi table; ``accuracy``: ``accuracy_table`` of every
     run (each cell at its learning rate chosen on validation); ``lr_choices``: the validation metric of every
     (target set, rank, learning rate), what the choice read; ``budget_accuracy``: of the budget-matched runs;
-    ``a_moved``: ``a_moved_table``; ``controls``:
+    ``patterns``: ``pattern_table`` (rank patterns under test); ``a_moved``: ``a_moved_table``; ``controls``:
     ``controls.direction_controls`` (every direction of every real pair against the strongest control;
     the shuffled-label pairs are its controls), ``task``: ``controls.task_directions`` of it.
     """
@@ -254,6 +297,7 @@ class Derived:
     accuracy: pd.DataFrame
     lr_choices: pd.DataFrame
     budget_accuracy: pd.DataFrame
+    patterns: pd.DataFrame
     a_moved: pd.DataFrame
     controls: pd.DataFrame
     task: pd.DataFrame
@@ -269,8 +313,8 @@ class Derived:
         metric = metric or metric_column(runs)
         per_direction = direction_controls(phi if control_phi is None else control_phi, shuffled)
         return cls(targets, metric, shared_directions(phi), accuracy_table(runs, metric), rate_choices(runs),
-                   accuracy_table(budgeted_runs(runs), metric), a_moved_table(modules), per_direction,
-                   task_directions(per_direction))
+                   accuracy_table(budgeted_runs(runs), metric), pattern_table(runs, metric), a_moved_table(modules),
+                   per_direction, task_directions(per_direction))
 
     @classmethod
     def of_runs(cls, runs: pd.DataFrame, metric: str | None = None) -> Derived:

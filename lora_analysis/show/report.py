@@ -17,7 +17,7 @@ import pandas as pd
 from lora_analysis.analysis.kinds import Comparison, Subject
 from lora_analysis.atomic import write_parquet, write_text
 from lora_analysis.derive.controls import shuffled_run_labels
-from lora_analysis.derive.queries import empty_phi
+from lora_analysis.derive.queries import empty_phi, patterned_runs
 from lora_analysis.derive.stats import SHARED_RULE, Derived
 from lora_analysis.embedded import describe
 from lora_analysis.layout import AnalysisDir, SweepDir
@@ -53,6 +53,7 @@ class Findings:
     intruders: F.Finding
     accuracy: F.Finding
     budget: F.Finding
+    patterns: F.Finding
     rates: F.Finding
     loss: F.Finding
 
@@ -82,6 +83,7 @@ def compute_findings(data: SweepData, focus: Focus, tables: dict[str, pd.DataFra
         intruders=_or_missing(tables["intruders"], "intruders", "Intruder dimensions", F.intruder_counts),
         accuracy=R.accuracy(data.runs, derived.accuracy, derived.metric),
         budget=R.ffn_under_budget(data.runs, derived.budget_accuracy, derived.metric),
+        patterns=R.rank_patterns(derived.accuracy, derived.patterns, derived.metric),
         rates=R.tuned_rates(derived.lr_choices, derived.accuracy, data.runs),
         loss=R.trained_enough(data.runs if all_runs is None else all_runs, data.histories),
     )
@@ -295,6 +297,10 @@ def study(sweep_dir: str | Path, layer: int | None = None) -> Study:
     loaded = load_sweep(sweep_dir)
     shuffled = shuffled_run_labels(loaded.runs)
     data = without_runs(loaded, shuffled)  # the controls are shown as controls, never as results
+    patterned = set(patterned_runs(loaded.runs).get("run", pd.Series(dtype=str)).astype(str))
+    if patterned:  # a rank pattern has no one rank to pair by: its accuracy is compared, not its subspaces
+        loaded = without_runs(loaded, patterned, tables_only=True)
+        data = without_runs(data, patterned, tables_only=True)
     focus = choose_focus(data, layer)
     rate, note = analysed_rate(data.runs, focus.targets)
     if rate is not None:  # an ablation's search: the pairs at one rate; the other rates feed the U-curves only

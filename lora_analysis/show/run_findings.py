@@ -135,6 +135,56 @@ def _budget_verdict(diff: float, low: float, high: float, anchor: float | None) 
             "attention-only is above: the anchor is not supported")
 
 
+def rank_patterns(table: pd.DataFrame, patterns: pd.DataFrame, metric: str | None = None) -> Finding:
+    """Is a recommended ``rank_pattern`` as good as uniform ranks? Each pattern cell (``stats.pattern_table``: at
+    its own rate chosen on validation, over its seeds) against every uniform-rank cell of its target set
+    (``table``: ``stats.accuracy_table``), each difference with its 95% Welch interval over seeds. The pattern is
+    validated when no uniform rank with at least its parameter count is above it (intervals holding 0 count as
+    not above), not validated when one is; cannot tell with one seed or no uniform rank that large."""
+    key, title = "patterns", "A recommended rank pattern against uniform ranks (accuracy against parameters)"
+    if patterns.empty:
+        return Finding.missing(key, title, "No run with a lora.rank_pattern in this sweep: the recommendation is not "
+                               "validated here (lora-analysis ablate ... patterns=[ranks.json] trains it beside "
+                               "uniform ranks).")
+    metric = metric or "test_accuracy"
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    sentences, rows, values = [], [], {}
+    for pattern in patterns.itertuples():
+        head = (f"rank_pattern {pattern.pattern} on {pattern.targets} ({int(pattern.lora_params):,} parameters, rate "
+                f"{pattern.lr:.0e}{', edge' if pattern.at_edge else ''}): "
+                + ("collapsed" if pattern.collapsed else fmt(pattern.mean, 3) + (
+                    f" [{fmt(pattern.ci_low, 3)}, {fmt(pattern.ci_high, 3)}]" if pattern.n > 1 else "")) +
+                f" (n={pattern.n})")
+        uniform = table[(table["targets"] == pattern.targets) & ~table["collapsed"].astype(bool)]
+        uniform = uniform.dropna(subset=["mean"])
+        if uniform.empty or pattern.collapsed:
+            sentences.append(head + ": no uniform-rank cell of this target set to compare with.")
+            continue
+        one = pd.DataFrame([pattern._asdict()])
+        parts, above_it, larger = [], 0, 0
+        for cell in uniform.sort_values("lora_params").itertuples():
+            diff, low, high = difference_interval(one, pd.DataFrame([cell._asdict()]))
+            ratio = cell.lora_params / pattern.lora_params
+            state = ("cannot tell" if math.isnan(low) or low <= 0 <= high else
+                     "pattern above" if sign * diff > 0 else "pattern below")
+            parts.append(f"r={int(cell.r)} ({ratio:.2g}x its parameters) {diff:+.3f}"
+                         + ("" if math.isnan(low) else f" [{low:+.3f}, {high:+.3f}]") + f" {state}")
+            rows.append({"targets": pattern.targets, "pattern": pattern.pattern, "r": int(cell.r),
+                         "params_ratio": ratio, "difference": diff, "ci_low": low, "ci_high": high, "state": state})
+            if ratio >= 1:
+                larger += 1
+                above_it += state == "pattern below"
+        unknown = pattern.n < 2 or (uniform["n"] < 2).any()
+        verdict = ("cannot tell (one seed: no interval over seeds)" if unknown else
+                   "cannot tell (no uniform rank with as many parameters in the sweep)" if not larger else
+                   f"not validated: {above_it} uniform rank(s) with at least its parameters are above it" if above_it
+                   else f"validated: none of the {larger} uniform rank(s) with at least its parameters is above it")
+        sentences.append(f"{head}. Difference against each uniform rank, pattern minus uniform [95% Welch "
+                         f"interval]: {'; '.join(parts)}. {verdict[0].upper()}{verdict[1:]}.")
+        values[pattern.pattern] = float(pattern.mean)
+    return Finding(key, title, sentences, pd.DataFrame(rows), values)
+
+
 def trained_enough(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> Finding:
     """Was each run trained to its validation optimum? Its ``stop_reason`` (``lora_analysis.stopping``):
     ``converged`` when the validation loss did not improve for ``optim.patience`` evaluations after its best,

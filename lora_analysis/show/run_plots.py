@@ -97,6 +97,41 @@ def accuracy_by_targets(runs: pd.DataFrame, table: pd.DataFrame, *, metric: str 
 
 
 @styled
+def accuracy_vs_params(runs: pd.DataFrame, table: pd.DataFrame, patterns: pd.DataFrame, *,
+                       metric: str | None = None) -> Figure:
+    """Test metric against trainable LoRA parameters (log): uniform ranks as one line per target set (each point
+    labelled with its r), rank patterns (``stats.pattern_table``) as stars, every cell at its tuned learning rate
+    with its 95% interval over seeds. Whether a recommended pattern buys accuracy per parameter, at a glance."""
+    metric = metric or metric_column(runs)
+    table = table[~table["collapsed"].astype(bool)].dropna(subset=["mean", "lora_params"])
+    if patterns.empty and table.empty:
+        raise LoraAnalysisError("no uniform-rank or rank-pattern cell with a test metric and a parameter count")
+    fig = new_figure(6.6, 4.2)
+    ax = fig.subplots()
+    sets = sorted(set(table["targets"].astype(str)) | set(patterns["targets"].astype(str)))
+    for targets in sets:
+        color = f"C{sets.index(targets)}"
+        t = table[table["targets"].astype(str) == targets].sort_values("lora_params")
+        if not t.empty:
+            ax.errorbar(t["lora_params"], t["mean"], yerr=_half_interval(t), marker="o", capsize=3, lw=1.2,
+                        color=color, label=f"{targets}, uniform r")
+            for row in t.itertuples():
+                ax.annotate(f"r={int(row.r)}", (row.lora_params, row.mean), textcoords="offset points", xytext=(4, -10),
+                            fontsize=7, color=color)
+        p = patterns[(patterns["targets"].astype(str) == targets) & ~patterns["collapsed"].astype(bool)]
+        if not p.empty:
+            ax.errorbar(p["lora_params"], p["mean"], yerr=_half_interval(p), fmt="*", markersize=12, capsize=3,
+                        color=color, markeredgecolor="black", label=f"{targets}, rank pattern")
+    _reference_lines(ax, runs, metric)
+    ax.set_xscale("log")
+    ax.set(xlabel="trainable LoRA parameters", ylabel=metric)
+    ax.legend(frameon=False, fontsize=7.5)
+    fig.suptitle(f"{metric} against trainable LoRA parameters, each cell at its tuned learning rate\n"
+                 "(mean, 95% interval over seeds; stars: rank patterns)", fontsize=9)
+    return fig
+
+
+@styled
 def lr_curves(choices: pd.DataFrame) -> Figure:
     """Validation metric against learning rate (log), one line per rank, one panel per target set: the U-curves
     each cell's rate was chosen from (``stats.rate_choices``); the chosen rate ringed."""

@@ -130,6 +130,14 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str |
                      "validation; the test split is scored only at it.")
     section.plot("accuracy_rank", lambda: run_plots.accuracy_vs_rank(runs, table, metric=metric),
                  f"{metric} against rank, one line per target set" + "".join(f"; {x}" for x in lines) + ".")
+    if not derived.patterns.empty:
+        section.table(derived.patterns.rename(columns={"lora_params": "trainable LoRA parameters"}),
+                      "Rank patterns under test (lora.rank_pattern), each at its learning rate chosen on validation")
+        section.plot("accuracy_params", lambda: run_plots.accuracy_vs_params(runs, table, derived.patterns,
+                                                                             metric=metric),
+                     f"{metric} against trainable LoRA parameters: uniform ranks and rank patterns.")
+        if sentences:
+            section.bullets(R.rank_patterns(table, derived.patterns, metric).sentences)
     budgeted = budgeted_runs(runs)
     if not budgeted.empty:
         budget = derived.budget_accuracy
