@@ -173,10 +173,16 @@ def test_the_rates_finding_states_each_choice_and_where_accuracy_stops_improving
     lora = runs[runs["method"] == "lora"]
     found = R.tuned_rates(stats.rate_choices(lora), stats.accuracy_table(lora), runs)
     text = " ".join(found.sentences)
-    assert "all: r=1 1e-04 (edge), r=8 1e-03 (edge), r=64 1e-03 (edge); 2 different rates over 3 ranks" in text
+    assert ("all: r=1 1e-04 (edge), r=8 1e-03 (edge), r=64 1e-03 (edge); 2 different rates over 3 ranks that "
+            "learnt") in text
     assert "3 of 3 cells chose a rate at an end of the grid" in text
     assert "chose 1e-03, full fine-tuning 1e-04: a ratio of 10x" in text
     assert "all: validation accuracy stops improving at r=8" in text and ": supported." in text
+    stuck = sweep({("all", 1): {1e-4: ([0.57], [0.575]), 1e-3: ([0.57], [0.575])},
+                   ("all", 8): {1e-4: ([0.70], [0.7]), 1e-3: ([0.79], [0.80])}})
+    text = " ".join(R.tuned_rates(stats.rate_choices(stuck), stats.accuracy_table(stuck), stuck).sentences)
+    assert "all: r=1 collapsed at every rate, r=8 1e-03 (edge); the same rate at every rank that learnt." in text
+    assert "1 of 2 cells chose a rate at an end of the grid" in text  # a collapsed cell's "choice" is no choice
     one_rate = sweep({("all", 8): {1e-3: ([0.8], [0.8])}})
     assert "one learning rate" in R.tuned_rates(stats.rate_choices(one_rate), stats.accuracy_table(one_rate),
                                                 one_rate).sentences[0]

@@ -233,13 +233,15 @@ def tuned_rates(choices: pd.DataFrame, table: pd.DataFrame, runs: pd.DataFrame) 
     chosen = choices[choices["chosen"]]
     sentences = []
     for targets, t in chosen.groupby("targets"):
-        rates = ", ".join(f"r={int(row.r)} {row.lr:.0e}" + (" (edge)" if row.at_edge else "")
+        rates = ", ".join(f"r={int(row.r)} " + ("collapsed at every rate" if row.collapsed else
+                                                 f"{row.lr:.0e}" + (" (edge)" if row.at_edge else ""))
                           for row in t.sort_values("r").itertuples())
-        same = t["lr"].nunique() == 1
-        sentences.append(f"{targets}: {rates}; " + ("the same rate at every rank." if same else
-                         f"{t['lr'].nunique()} different rates over {len(t)} ranks (anchor: about one rate for "
-                         "every rank under alpha/r)."))
-    edge = int(chosen["at_edge"].sum())
+        live = t[~t["collapsed"].astype(bool)]
+        same = live["lr"].nunique() <= 1
+        sentences.append(f"{targets}: {rates}; " + ("the same rate at every rank that learnt." if same else
+                         f"{live['lr'].nunique()} different rates over {len(live)} ranks that learnt (anchor: about "
+                         "one rate for every rank under alpha/r)."))
+    edge = int((chosen["at_edge"] & ~chosen["collapsed"].astype(bool)).sum())
     if edge:
         sentences.append(f"{edge} of {len(chosen)} cells chose a rate at an end of the grid: their optimum may lie "
                          "outside it, so their accuracy is a lower bound (extend lrs there).")
