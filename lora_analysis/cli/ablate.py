@@ -9,7 +9,7 @@ An ablation as a reviewer accepts it, end to end:
 3) seeds 1 .. seeds-1 of every cell at its rate (none for a cell at the majority class at every rate: its
    grid needs extending, which a rerun with more ``lrs`` does, the finished runs kept);
 4) with ``controls`` (the default), the shuffled-label twins (seed 0) of each target set's rank pair at the
-   rate the report's subspace analyses read (``show.focus.analysed_rate``), as many steps as their twins kept;
+   rate the report's subspace analyses read (``derive.rates.analysed_rate``), as many steps as their twins kept;
 5) the analysis and the report: each cell at its rate, mean and 95% interval over the seeds, the U-curves.
 Interrupted and restarted, it skips the runs that finished. Other key=value pairs are training
 overrides for every run (model=..., data=..., device=...).
@@ -108,11 +108,12 @@ def chosen_rate(sweep: Path, names: list[str]) -> tuple[float, bool]:
 
 def controls(cfg: AblateConfig, sweep: Path, common: list[str]) -> list[tuple[str, list[str]]]:
     """The shuffled-label twins of each target set's rank pair (``focus.preferred_pair`` of its ranks) at
-    the set's analysed rate (``focus.analysed_rate``), seed 0, each trained for its real twin's ``best_step``.
+    the set's analysed rate (``rates.analysed_rate``), seed 0, each trained for its real twin's ``best_step``.
     A budget experiment (one rank per target set) has no rank pair, hence no twins."""
     from lora_analysis.cli.reproduce import MATCHED
     from lora_analysis.derive.controls import shuffled_run_labels
-    from lora_analysis.show.focus import analysed_rate, preferred_pair
+    from lora_analysis.derive.rates import analysed_rate
+    from lora_analysis.show.focus import preferred_pair
     from lora_analysis.train.sweep import collect_runs
 
     runs = collect_runs(sweep)

@@ -159,7 +159,8 @@ def accuracy_plateau(runs: pd.DataFrame, targets: str) -> int | None:
     lora = queries.lora_runs(runs)
     if lora.empty or metric not in lora or lora[metric].isna().all():
         return None
-    lora = lora[lora["lora.targets"].astype(str) == targets].dropna(subset=["lora.r"])
+    lora = lora[(lora["lora.targets"].astype(str) == targets) & ~lora.index.isin(queries.patterned_runs(lora).index)]
+    lora = lora.dropna(subset=["lora.r"])  # a rank pattern's runs are no rank's
     by_rank = tuned_table(lora.assign(r=lora["lora.r"].astype(int)), ["r"], metric).set_index("r").sort_index()
     by_rank = by_rank.dropna(subset=["mean"])  # collapsed ranks say nothing about where accuracy stops improving
     if len(by_rank) < 2:
@@ -207,11 +208,17 @@ def _role_key(role: str, modules: pd.DataFrame) -> str:
 def recommend(sweep: str | Path, subject: str = Subject.A_delta, targets: str | None = None) -> Recommendation:
     """Recommend a rank per role from a sweep folder with its ``analysis/`` (run ``analyze`` first)."""
     from lora_analysis.analysis.tables import AnalysisResult
+    from lora_analysis.derive.rates import runs_not_analysed
 
     sweep = SweepDir(Path(sweep))
     analysis = AnalysisResult.load(sweep.analysis.path)
     runs = sweep.read_table() if sweep.is_sweep() else pd.DataFrame()
-    return recommend_from(analysis.phi, analysis.modules, runs, subject, targets, source=str(sweep.analysis.path))
+    phi, modules = analysis.phi, analysis.modules
+    out = runs_not_analysed(runs, targets or queries.main_targets(phi)) if "run" in runs else set()
+    if out:  # an ablation's search: the adapters at the one rate the report analyses, no rank pattern
+        phi = phi[~phi["run_a"].astype(str).isin(out) & ~phi["run_b"].astype(str).isin(out)]
+        modules = modules[~modules["run"].astype(str).isin(out)] if "run" in modules else modules
+    return recommend_from(phi, modules, runs, subject, targets, source=str(sweep.analysis.path))
 
 
 def recommend_from(phi: pd.DataFrame, modules: pd.DataFrame, runs: pd.DataFrame, subject: str = Subject.A_delta,

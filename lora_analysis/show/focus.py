@@ -81,39 +81,6 @@ def choose_focus(data: SweepData, layer: int | None = None) -> Focus:
                  pair, seeded, notes)
 
 
-def analysed_rate(runs: pd.DataFrame, targets: str | None) -> tuple[float | None, str | None]:
-    """The one learning rate whose adapters the subspace analyses read, in a sweep that tried several (an
-    ablation's search), and a note saying so; (None, None) when the runs of ``targets`` have one rate.
-
-    The rank pairs compare adapters at one rate (a pair differing in rank and rate would confound the two):
-    the rate best on validation averaged over the target set's ranks (``tuned.joint_rate``), which is
-    every rank's own choice where they agree. The test split is not read.
-    """
-    from lora_analysis.derive.stats import rate_choices
-    from lora_analysis.derive.tuned import joint_rate, validation_metric
-
-    choices = rate_choices(runs)  # per rate, the seeds every rate has (tuned._on_common_seeds): the search's
-    if targets is not None and "targets" in choices:
-        choices = choices[choices["targets"].astype(str) == str(targets)]
-    rate = joint_rate(choices, validation_metric(runs)[1])
-    if rate is None:
-        return None, None
-    own = choices[choices["chosen"] & (choices["lr"] != rate)]
-    differ = ", ".join(f"r={int(r.r)} ({r.lr:g})" for r in own.itertuples())
-    return rate, (f"the subspace analyses read the adapters at lr={rate:g}, the rate best on validation over the "
-                  f"ranks of {targets} together" + (f"; these ranks chose another rate on their own: {differ}"
-                                                    if differ else ", and each rank's own choice"))
-
-
-def runs_off_rate(runs: pd.DataFrame, rate: float) -> set[str]:
-    """The LoRA runs (real or shuffled) trained at a recorded learning rate other than ``rate``."""
-    if "optim.lr" not in runs or "run" not in runs:
-        return set()
-    lr = pd.to_numeric(runs["optim.lr"], errors="coerce")
-    lora = runs["method"] == "lora" if "method" in runs else pd.Series(True, index=runs.index)
-    return set(runs.loc[lora & lr.notna() & (lr != rate), "run"].astype(str))
-
-
 def focus_tables(data: SweepData, focus: Focus) -> dict[str, pd.DataFrame]:
     """The analysis tables restricted to the runs of the focus target set (one set per sweep, mostly)."""
     tables = data.tables

@@ -18,6 +18,7 @@ from lora_analysis.analysis.kinds import Comparison, Subject
 from lora_analysis.atomic import write_parquet, write_text
 from lora_analysis.derive.controls import shuffled_run_labels
 from lora_analysis.derive.queries import empty_phi, patterned_runs
+from lora_analysis.derive.rates import analysed_rate, runs_off_rate
 from lora_analysis.derive.stats import SHARED_RULE, Derived
 from lora_analysis.embedded import describe
 from lora_analysis.layout import AnalysisDir, SweepDir
@@ -25,7 +26,7 @@ from lora_analysis.show import findings as F
 from lora_analysis.show import paper, plots
 from lora_analysis.show import run_findings as R
 from lora_analysis.show.document import Section, report_folder, write_report
-from lora_analysis.show.focus import Focus, analysed_rate, choose_focus, focus_tables, runs_off_rate
+from lora_analysis.show.focus import Focus, choose_focus, focus_tables
 from lora_analysis.show.labels import SUBJECT_LABELS, fmt
 from lora_analysis.show.sections import (
     ablation_section,

@@ -1,0 +1,54 @@
+"""Which adapters the subspace analyses read in a sweep that tried several learning rates (an ablation's
+search): one rate per target set, so that a rank pair never differs in rank and rate at once.
+
+The report (``show.report.study``), the shuffled-label controls of ``lora-analysis ablate`` and the rank
+recommendation (``derive.recommend``) all read the rate from here, so they cannot disagree. A rank pattern
+under test (``queries.patterned_runs``) has no one rank to pair by: it is left out of the pairs too.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from lora_analysis.derive.controls import shuffled_run_labels
+from lora_analysis.derive.queries import patterned_runs
+from lora_analysis.derive.stats import rate_choices
+from lora_analysis.derive.tuned import joint_rate, validation_metric
+
+
+def analysed_rate(runs: pd.DataFrame, targets: str | None) -> tuple[float | None, str | None]:
+    """The one learning rate whose adapters the subspace analyses read, in a sweep that tried several (an
+    ablation's search), and a note saying so; (None, None) when the runs of ``targets`` have one rate.
+
+    The rank pairs compare adapters at one rate (a pair differing in rank and rate would confound the two):
+    the rate best on validation averaged over the target set's ranks (``tuned.joint_rate``), which is
+    every rank's own choice where they agree. The test split is not read.
+    """
+    choices = rate_choices(runs)  # per rate, the seeds every rate has (tuned._on_common_seeds): the search's
+    if targets is not None and "targets" in choices:
+        choices = choices[choices["targets"].astype(str) == str(targets)]
+    rate = joint_rate(choices, validation_metric(runs)[1])
+    if rate is None:
+        return None, None
+    own = choices[choices["chosen"] & (choices["lr"] != rate)]
+    differ = ", ".join(f"r={int(r.r)} ({r.lr:g})" for r in own.itertuples())
+    return rate, (f"the subspace analyses read the adapters at lr={rate:g}, the rate best on validation over the "
+                  f"ranks of {targets} together" + (f"; these ranks chose another rate on their own: {differ}"
+                                                    if differ else ", and each rank's own choice"))
+
+
+def runs_off_rate(runs: pd.DataFrame, rate: float) -> set[str]:
+    """The LoRA runs (real or shuffled) trained at a recorded learning rate other than ``rate``."""
+    if "optim.lr" not in runs or "run" not in runs:
+        return set()
+    lr = pd.to_numeric(runs["optim.lr"], errors="coerce")
+    lora = runs["method"] == "lora" if "method" in runs else pd.Series(True, index=runs.index)
+    return set(runs.loc[lora & lr.notna() & (lr != rate), "run"].astype(str))
+
+
+def runs_not_analysed(runs: pd.DataFrame, targets: str | None) -> set[str]:
+    """The runs (real or shuffled) the subspace analyses of ``targets`` leave out: those off its analysed rate
+    (chosen on the real runs), and the rank patterns."""
+    rate, _ = analysed_rate(runs[~runs["run"].astype(str).isin(shuffled_run_labels(runs))], targets)
+    off = runs_off_rate(runs, rate) if rate is not None else set()
+    return off | set(patterned_runs(runs).get("run", pd.Series(dtype=str)).astype(str))
