@@ -136,7 +136,9 @@ def test_the_ablation_command_searches_on_seed_0_then_trains_the_seeds_at_the_ch
     # counted as learning, the same command resumes: the search and the twins kept, the seeds trained
     monkeypatch.setattr(tuned, "COLLAPSE_TOLERANCE", -1.0)
     assert cli.main(command) == 0
-    assert "6 finished already" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "6 finished already" in err
+    assert "wall time search" in err and "analysis and report" in err and "its 11 runs summed: training steps" in err
     runs = SweepDir(sweep_dir).read_table()
     patterned = runs["lora.rank_pattern"].notna()
     pattern, runs = runs[patterned], runs[~patterned]

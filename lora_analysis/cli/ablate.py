@@ -71,7 +71,9 @@ def ablate(cfg: AblateConfig, train_overrides: Sequence[str] = ()) -> Path:
     search = {cell: _plan(common, [[*cell, f"optim.lr={lr}"] for lr in rates], [0]) for cell, rates in grid.items()}
     print(f"1) search: {sum(map(len, search.values()))} runs on seed 0, {len(cfg.lrs)} learning rates per cell",
           file=sys.stderr)
+    clock = _Clock()
     _train(cfg, [run for plan in search.values() for run in plan], sweep, train_overrides)
+    clock.lap("search")
     chosen = {cell: chosen_rate(sweep, [name for name, _ in plan]) for cell, plan in search.items()}
     picked = [[*cell, f"optim.lr={rate}"] for cell, (rate, collapsed) in chosen.items() if not collapsed]
     seeds = _plan(common, picked, range(1, cfg.seeds))
@@ -80,16 +82,48 @@ def ablate(cfg: AblateConfig, train_overrides: Sequence[str] = ()) -> Path:
           + (f"; none for {len(stuck)} cell(s) at the majority class at every rate (extend lrs): {'; '.join(stuck)}"
              if stuck else ""), file=sys.stderr)
     _train(cfg, seeds, sweep, train_overrides)
+    clock.lap("seeds")
     twins = controls(cfg, sweep, common) if cfg.controls else []
     print(f"3) controls: {len(twins)} shuffled-label runs", file=sys.stderr)
     _train(cfg, twins, sweep, train_overrides)
+    clock.lap("controls")
     print(f"4) analysing {sweep} ...", file=sys.stderr)
     analyse_sweep(sweep, "lora-analysis ablate")
     html, _ = build_report(sweep)
     if cfg.figures:
         publish(html.parent, Path(cfg.figures))
-    print(f"done in {(time.perf_counter() - started) / 60:.1f} min", file=sys.stderr)
+    clock.lap("analysis and report")
+    names = [n for n, _ in [*(run for plan in search.values() for run in plan), *seeds, *twins]]
+    print(f"done in {(time.perf_counter() - started) / 60:.1f} min; {clock}; {where_the_time_went(sweep, names)}",
+          file=sys.stderr)
     return html
+
+
+class _Clock:
+    """Wall minutes per step of the ablation, for its closing line."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name], self._last = now - self._last, now
+
+    def __str__(self) -> str:
+        return "wall time " + ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in self.laps.items())
+
+
+def where_the_time_went(sweep: Path, names: list[str]) -> str:
+    """The runs ``names`` of ``sweep`` summed over their own metrics (whenever they were trained, resumed runs
+    from their resume): minutes of training steps, of validation passes and of the final test pass."""
+    from lora_analysis.train.sweep import collect_runs
+
+    runs = collect_runs(sweep)
+    runs = runs[runs["run"].astype(str).isin(names)]
+    parts = {"training steps": "train_seconds", "validation passes": "val_seconds", "the test pass": "eval_seconds"}
+    summed = ", ".join(f"{what} {runs[column].sum() / 60:.0f} min" for what, column in parts.items() if column in runs)
+    return f"its {len(runs)} runs summed: {summed or 'no timings recorded'}"
 
 
 def chosen_rate(sweep: Path, names: list[str]) -> tuple[float, bool]:
