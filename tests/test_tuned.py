@@ -138,7 +138,7 @@ def test_the_ablation_command_searches_on_seed_0_then_trains_the_seeds_at_the_ch
     assert cli.main(command) == 0
     err = capsys.readouterr().err
     assert "6 finished already" in err
-    assert "wall time search" in err and "analysis and report" in err and "its 11 runs summed: training steps" in err
+    assert "wall time search" in err and "analysis and report" in err and "its 12 runs summed: training steps" in err
     runs = SweepDir(sweep_dir).read_table()
     patterned = runs["lora.rank_pattern"].notna()
     pattern, runs = runs[patterned], runs[~patterned]
@@ -153,19 +153,24 @@ def test_the_ablation_command_searches_on_seed_0_then_trains_the_seeds_at_the_ch
     for r, group in search.groupby("lora.r"):
         best = group.set_index("optim.lr")["val_accuracy"].idxmax()
         assert set(real.loc[(real["seed"] > 0) & (real["lora.r"] == r), "optim.lr"]) == {best}
-    # the controls: r=2 and r=4 on shuffled labels at the one rate the analyses read, as many steps as their twins;
-    # that rate is the search's (seed 0 of every rate), so the seeds did not move it and no second pair was trained
-    assert sorted(twins["lora.r"]) == [2, 4] and twins["optim.lr"].nunique() == 1 and set(twins["seed"]) == {0}
+    # the controls at the one rate the analyses read, as many steps as their twins: r=2 and r=4 (seed 0) for the
+    # rank pair, and seeds 0 and 1 at the largest rank seeded at that rate for the seed pair; that rate is the
+    # search's (seed 0 of every rate), so the seeds did not move it and no second rank pair was trained
+    assert twins["optim.lr"].nunique() == 1
     rate = float(twins["optim.lr"].iloc[0])
+    seeded = max(real.loc[(real["seed"] == 1) & (real["optim.lr"] == rate), "lora.r"])
+    assert sorted(zip(twins["lora.r"], twins["seed"], strict=True)) == sorted({(2, 0), (4, 0), (seeded, 1)})
     for _, twin in twins.iterrows():
-        source = real[(real["lora.r"] == twin["lora.r"]) & (real["seed"] == 0) & (real["optim.lr"] == rate)]
+        source = real[(real["lora.r"] == twin["lora.r"]) & (real["seed"] == twin["seed"]) & (real["optim.lr"] == rate)]
         (best_step,) = source["best_step"]
         assert RunDir(sweep_dir / twin["run"]).load_metrics()["steps"] == best_step
     report = (sweep_dir / "report" / "report.md").read_text()
     assert "chosen on validation" in report and f"the subspace analyses read the adapters at lr={rate:g}" in report
     phi = pd.read_parquet(sweep_dir / "analysis" / "phi.parquet")
-    rank_pairs = phi[phi["comparison"] == "rank"]
-    assert set(rank_pairs["run_a"]) | set(rank_pairs["run_b"]) >= set(twins["run"])  # the twins were analysed
+    rank_pairs, seed_pairs = phi[phi["comparison"] == "rank"], phi[phi["comparison"] == "seed"]
+    assert set(rank_pairs["run_a"]) | set(rank_pairs["run_b"]) >= set(twins.loc[twins["seed"] == 0, "run"])
+    shuffled_seeds = seed_pairs[seed_pairs["run_a"].isin(twins["run"]) & seed_pairs["run_b"].isin(twins["run"])]
+    assert set(shuffled_seeds["r_a"]) == {seeded}  # the seed pair's control was analysed as a seed pair
     assert "rank_pattern q3 on q" in report and (sweep_dir / "report" / "figures" / "accuracy_params.png").is_file()
 
 
@@ -243,3 +248,33 @@ def test_bad_ablation_settings_get_one_line_before_any_run(tmp_path, capsys):
         err = capsys.readouterr().err
         assert says in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow  # 5 tiny runs, an analysis and a report: under a minute
+def test_a_budget_ablation_gets_a_shuffled_seed_pair_at_its_chosen_rate(tiny, tmp_path, monkeypatch):
+    from tiny import tiny_overrides
+
+    from lora_analysis import cli
+    from lora_analysis.derive import tuned
+    from lora_analysis.layout import RunDir, SweepDir
+
+    model, csv = tiny
+    monkeypatch.setattr(tuned, "COLLAPSE_TOLERANCE", -1.0)  # six tiny steps stay at the majority class
+    train = [o for o in tiny_overrides(model, csv, tmp_path / "runs", 6) if not o.startswith(("lora.r=", "out_dir="))]
+    assert cli.main(["ablate", "experiment=target_ablation", "targets=[attn]", "lrs=[1e-3,1e-2]", "seeds=2",
+                     f"out_dir={tmp_path / 'runs'}", "workers=1", "name=budget", *train]) == 0
+    sweep_dir = tmp_path / "runs" / "budget"
+    runs = SweepDir(sweep_dir).read_table()
+    shuffled = runs["data.shuffle_labels"].fillna(False).astype(bool)
+    real, twins = runs[~shuffled], runs[shuffled]
+    rate = real.loc[real["seed"] == 1, "optim.lr"].item()  # the cell's rate, chosen on validation
+    assert len(real) == 3 and sorted(twins["seed"]) == [0, 1] and set(twins["optim.lr"]) == {rate}
+    assert set(twins["lora.r"]) == {8}  # r32@q priced on attn's four 32 x 32 matrices
+    for _, twin in twins.iterrows():
+        (best_step,) = real.loc[(real["seed"] == twin["seed"]) & (real["optim.lr"] == rate), "best_step"]
+        assert RunDir(sweep_dir / twin["run"]).load_metrics()["steps"] == best_step
+    report = (sweep_dir / "report" / "report.md").read_text()
+    assert "Target sets at one parameter budget" in report
+    phi = pd.read_parquet(sweep_dir / "analysis" / "phi.parquet")
+    pair = phi[(phi["comparison"] == "seed") & phi["run_a"].isin(twins["run"]) & phi["run_b"].isin(twins["run"])]
+    assert not pair.empty  # the real seed pair's control, analysed as a seed pair

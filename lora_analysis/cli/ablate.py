@@ -8,8 +8,9 @@ An ablation as a reviewer accepts it, end to end:
 2) per cell, the rate with the best validation metric (``derive.tuned``: the test split is not read);
 3) seeds 1 .. seeds-1 of every cell at its rate (none for a cell at the majority class at every rate: its
    grid needs extending, which a rerun with more ``lrs`` does, the finished runs kept);
-4) with ``controls`` (the default), the shuffled-label twins (seed 0) of each target set's rank pair at the
-   rate the report's subspace analyses read (``derive.rates.analysed_rate``), as many steps as their twins kept;
+4) with ``controls`` (the default), the shuffled-label twins of each target set's rank pair (seed 0) and seed
+   pair (seeds 0 and 1) at the rate the report's subspace analyses read (``derive.rates.analysed_rate``), as
+   many steps as their twins kept;
 5) the analysis and the report: each cell at its rate, mean and 95% interval over the seeds, the U-curves.
 Interrupted and restarted, it skips the runs that finished. Other key=value pairs are training
 overrides for every run (model=..., data=..., device=...).
@@ -141,33 +142,52 @@ def chosen_rate(sweep: Path, names: list[str]) -> tuple[float, bool]:
 
 
 def controls(cfg: AblateConfig, sweep: Path, common: list[str]) -> list[tuple[str, list[str]]]:
-    """The shuffled-label twins of each target set's rank pair (``focus.preferred_pair`` of its ranks) at
-    the set's analysed rate (``rates.analysed_rate``), seed 0, each trained for its real twin's ``best_step``.
-    A budget experiment (one rank per target set) has no rank pair, hence no twins."""
+    """The shuffled-label twins the subspace verdicts are judged against, per target set at its analysed rate
+    (``rates.analysed_rate``), each trained for as many steps as its real twin kept (``best_step``):
+
+    - the rank pair's (``focus.preferred_pair`` of the set's ranks), seed 0;
+    - the seed pair's, seeds 0 and 1 at the seed rank: the paper's (``paper.SEED_RANK``) where it was seeded at
+      that rate, else the largest rank that was; for a budget experiment, the set's one cell.
+
+    A pair with no real twin at that rate (a collapsed cell, no seeds) gets none."""
     from lora_analysis.cli.reproduce import MATCHED
     from lora_analysis.derive.controls import shuffled_run_labels
     from lora_analysis.derive.rates import analysed_rate
     from lora_analysis.show.focus import preferred_pair
+    from lora_analysis.show.paper import SEED_RANK
     from lora_analysis.train.sweep import collect_runs
 
     runs = collect_runs(sweep)
     runs = runs[~runs["run"].astype(str).isin(shuffled_run_labels(runs))]  # twins are controls, not cells
-    by_targets: dict[str, list[int]] = {}
+    finished = set(runs["run"].astype(str)) if "run" in runs else set()
+    by_targets: dict[str, list[int | None]] = {}
     for cell in cells(cfg):
         values = dict(o.split("=", 1) for o in cell)
-        if "lora.r" in values:
-            by_targets.setdefault(values["lora.targets"], []).append(int(values["lora.r"]))
-    plan = []
+        if "lora.rank_pattern" not in values:  # a pattern is compared by accuracy, never paired
+            by_targets.setdefault(values["lora.targets"], []).append(int(values["lora.r"]) if "lora.r" in values
+                                                                     else None)
+    plan: dict[str, list[str]] = {}
     for targets, ranks in by_targets.items():
-        pair = preferred_pair({(a, b) for a in ranks for b in ranks if a < b}, [])
         rate = analysed_rate(runs, targets)[0]  # the rate the report's subspace analyses will read
         rate = rate if rate is not None else cfg.lrs[0]
         lr = next((x for x in cfg.lrs if math.isclose(x, rate, rel_tol=1e-9)), rate)  # as the search spelt it
-        for r in pair or ():
-            cell = [f"lora.targets={targets}", f"lora.r={r}", f"optim.lr={lr}", "seed=0"]
+
+        def real(r: int | None, seed: int, targets=targets, lr=lr) -> list[str]:
+            return [f"lora.targets={targets}", *([f"lora.r={r}"] if r is not None else []), f"optim.lr={lr}",
+                    f"seed={seed}"]
+
+        known = [r for r in ranks if r is not None]
+        pair = preferred_pair({(a, b) for a in known for b in known if a < b}, [])
+        seeded = [r for r in ranks if all(run_name(real(r, seed)) in finished for seed in (0, 1))]
+        seed_rank = (SEED_RANK if SEED_RANK in seeded else max(seeded, key=lambda r: r or 0)) if seeded else None
+        wanted = [(r, 0) for r in pair or ()] + ([(seed_rank, 0), (seed_rank, 1)] if seeded else [])
+        for r, seed in wanted:
+            cell = real(r, seed)
+            if run_name(cell) not in finished:
+                continue
             twin = [*cell, "data.shuffle_labels=true"]
-            plan.append((run_name(twin), [*common, *twin, f"{MATCHED}{run_name(cell)}"]))
-    return plan
+            plan[run_name(twin)] = [*common, *twin, f"{MATCHED}{run_name(cell)}"]
+    return list(plan.items())
 
 
 def _plan(common: list[str], cells: list[list[str]] | list[tuple[str, ...]], seeds) -> list[tuple[str, list[str]]]:

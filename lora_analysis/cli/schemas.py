@@ -86,8 +86,9 @@ class AblateConfig:
     # tuned and seeded as the uniform ranks beside it; the report sets them against those (accuracy vs parameters).
     patterns: list[str] = field(default_factory=list)
     seeds: int = 3  # seeds per cell at its chosen rate (seed 0 from the search, 1.. trained after it)
-    # Shuffled-label twins (seed 0) of each target set's rank pair (r=8 and 64 where swept) at the rate the
-    # report analyses, for as many steps as their real twins kept: the subspace verdicts' strongest control.
+    # Shuffled-label twins of each target set's rank pair (seed 0; r=8 and 64 where swept) and seed pair
+    # (seeds 0 and 1; a budget experiment: its one cell) at the rate the report analyses, for as many steps
+    # as their real twins kept: the subspace verdicts' strongest control.
     controls: bool = True
     out_dir: str = "runs"
     name: str | None = None  # the sweep folder; None: the experiment's name
