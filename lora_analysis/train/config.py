@@ -60,9 +60,10 @@ class Precision(str, Enum):
 
 
 class Schedule(str, Enum):
-    # Constant is the default: a run stops at its validation optimum, and with a constant rate the path to
-    # it does not depend on the ceiling (optim.steps), so raising the ceiling changes nothing before it.
-    # A decay over the ceiling would make the step a run stops at, and its state there, depend on the ceiling.
+    # Constant is the default: a run stops at its validation optimum, and after the warm-up (warmup_ratio of the
+    # ceiling, optim.steps) a constant rate does not depend on the ceiling: raising the ceiling changes the
+    # path only through the warm-up's length. A decay over the ceiling would make every step's rate, hence the
+    # step a run stops at and its state there, depend on the ceiling.
     constant = "constant"  # linear warm-up, then constant
     linear = "linear"  # linear warm-up, then linear decay to 0 at the ceiling
 
