@@ -22,7 +22,7 @@ from lora_analysis.show.report import Findings, build_report, side_by_side
 from lora_analysis.show.sections import ablation_section, experiment_table
 from lora_analysis.show.sweep import SweepData
 
-SECTIONS = ["Findings", "The experiment", "The paper's numbers and ours", "Our figures, beside the paper's",
+SECTIONS = ["In short", "Findings", "The experiment", "The paper's numbers and ours", "Our figures, beside the paper's",
             "Controls the paper lacks", "Accuracy against rank and target set (Tables 5 and 6)",
             "Rank recommendation", "Runs",
             "Environment"]
@@ -214,3 +214,14 @@ def test_no_recommendation_from_a_single_rank(tmp_path):
     markdown = build_report(sweep)[1].read_text()
     section = markdown[markdown.index("## Rank recommendation"):markdown.index("## Runs")]
     assert "No recommendation: target set all was trained at one rank only" in section
+
+
+def test_the_report_opens_with_each_verdict_and_its_number(report):
+    _, _, markdown = report
+    short = markdown[markdown.index("## In short"):markdown.index("## Findings")]
+    # the best cell with its t-interval over seeds as in the accuracy table; the planted A − A_init sharing
+    assert r"Best LoRA cell: all at r=8, test 0.778 \[0.753, 0.803\] (n=2 at lr 1e-03); full fine-tuning 0.801" in short
+    assert ("A − A_init, r=8 vs r=64: φ(1, r_b) 0.80 against the strongest control 0.12 (isotropic baseline), "
+            "excess +0.68") in short and "shared beyond the control (task-specific in 12)" in short
+    assert "ΔW, two seeds at r=64" in short and "5 of 6 runs converged, 1 reached the step ceiling" in short
+    assert short.count("\n- ") == 6  # a line per verdict, not the detail

@@ -225,11 +225,13 @@ def test_a_rank_pattern_is_its_own_cell_and_is_judged_against_the_uniform_ranks_
     assert "rank_pattern q2 v4 on all (300 parameters, rate 1e-03, edge): 0.803 [0.789, 0.818] (n=3)" in text
     states = found.table.set_index("r")["state"]
     assert states[1] == "pattern above" and states[8] == "cannot tell" and states[64] == "cannot tell"
-    assert "Validated: none of the 2 uniform rank(s) with at least its parameters is above it." in text
+    assert ("rank_pattern q2 v4 on all: validated: none of the 2 uniform rank(s) with at least its parameters is "
+            "above it.") in text
     worse = runs.assign(test_accuracy=np.where(runs["lora.rank_pattern"].notna(), 0.70, runs["test_accuracy"]))
     worse.loc[worse["lora.rank_pattern"].notna() & (worse["seed"] == 1), "test_accuracy"] = 0.71
     text = " ".join(R.rank_patterns(stats.accuracy_table(worse), stats.pattern_table(worse)).sentences)
-    assert "Not validated: 2 uniform rank(s) with at least its parameters are above it." in text
+    assert ("rank_pattern q2 v4 on all: not validated: 2 uniform rank(s) with at least its parameters are "
+            "above it.") in text
     assert R.rank_patterns(uniform, stats.pattern_table(runs.iloc[:9])).sentences[0].startswith("No run with")
     figure = run_plots.accuracy_vs_params(runs, uniform, patterns)
     figure.savefig(tmp_path / "params.png")

@@ -164,6 +164,15 @@ def top_direction_summary(controls: pd.DataFrame, keys: Collection[str] = SUMMAR
     return out.reset_index()[columns]
 
 
+def verdict_kind(row: pd.Series) -> str:
+    """``shared``, ``weak`` or ``not above`` for a ``top_direction_summary`` row (the rule of ``verdict``)."""
+    se = row["excess_std"] / np.sqrt(row["cases"]) if row["cases"] > 1 else np.nan
+    clear = row["excess_mean"] > 0 and (np.isnan(se) or row["excess_mean"] > 2 * se)
+    if clear and row["task_cases"] >= row["cases"] / 2:
+        return "shared"
+    return "weak" if clear else "not above"
+
+
 def verdict(row: pd.Series, what: str = "a task-specific direction") -> str:
     """One clause for a ``top_direction_summary`` row: learned beyond the strongest control, or not told apart.
 
@@ -171,12 +180,11 @@ def verdict(row: pd.Series, what: str = "a task-specific direction") -> str:
     and the top direction is task-specific (``e_1 >= (1 + c_1)/2``) in at least half of them. ``what``
     names such a direction (two tasks' adapters sharing one share it across tasks, so it is not task-specific).
     """
-    se = row["excess_std"] / np.sqrt(row["cases"]) if row["cases"] > 1 else np.nan
     label = CONTROL_LABELS[row["control_name"]]
-    clear = row["excess_mean"] > 0 and (np.isnan(se) or row["excess_mean"] > 2 * se)
-    if clear and row["task_cases"] >= row["cases"] / 2:
+    kind = verdict_kind(row)
+    if kind == "shared":
         return f"shared beyond the strongest control ({label}): {what}"
-    if clear:
+    if kind == "weak":
         return (f"above the strongest control ({label}) on average, but task-specific (halfway from the control "
                 f"to 1) in only {int(row['task_cases'])} of {int(row['cases'])} cases: weak evidence of task signal")
     return (f"not above the strongest control ({label}): the data cannot tell this shared direction from what "

@@ -37,6 +37,7 @@ from lora_analysis.show.sections import (
     run_table,
     runs_section,
 )
+from lora_analysis.show.summary import in_short
 from lora_analysis.show.sweep import SweepData, load_sweep, without_runs
 
 
@@ -266,6 +267,13 @@ def controls_section(tables: dict[str, pd.DataFrame], focus: Focus, control_phi:
     return section
 
 
+def summary_section(found: Findings, focus: Focus) -> Section:
+    """The report's opening lines: each verdict with its number (``show.summary``), the detail below."""
+    section = Section("In short")
+    section.bullets(in_short(found, focus.rank_pair, focus.seed_rank))
+    return section
+
+
 def findings_section(found: Findings) -> Section:
     section = Section("Findings")
     section.text(f"Every sentence is computed from this sweep's tables (the sections below show them); 'shared' "
@@ -331,7 +339,8 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, la
     loaded, data, focus, tables, derived, found = (studied.loaded, studied.data, studied.focus, studied.tables,
                                                    studied.derived, studied.found)
     control_phi, shuffled = studied.control_phi, studied.shuffled
-    sections = [  # the findings first, as an abstract; then the settings and the detail they rest on
+    sections = [  # the verdicts first, as an abstract, then the findings; then the settings and the detail
+        summary_section(found, focus),
         findings_section(found),
         experiment_section(data, focus),
         paper_section(data, focus, found, derived),

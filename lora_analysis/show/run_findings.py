@@ -180,7 +180,8 @@ def rank_patterns(table: pd.DataFrame, patterns: pd.DataFrame, metric: str | Non
                    f"not validated: {above_it} uniform rank(s) with at least its parameters are above it" if above_it
                    else f"validated: none of the {larger} uniform rank(s) with at least its parameters is above it")
         sentences.append(f"{head}. Difference against each uniform rank, pattern minus uniform [95% Welch "
-                         f"interval]: {'; '.join(parts)}. {verdict[0].upper()}{verdict[1:]}.")
+                         f"interval]: {'; '.join(parts)}.")
+        sentences.append(f"rank_pattern {pattern.pattern} on {pattern.targets}: {verdict}.")
         values[pattern.pattern] = float(pattern.mean)
     return Finding(key, title, sentences, pd.DataFrame(rows), values)
 
