@@ -23,13 +23,17 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lora_analysis.cli.reproduce import default_workers, publish, train_all
 from lora_analysis.cli.schemas import AblateConfig
 from lora_analysis.hydra_compose import compose, help_text, to_settings
 from lora_analysis.layout import ReportDir, SweepDir, is_done
 from lora_analysis.owned import check_ours
-from lora_analysis.train.sweep import run_name
+from lora_analysis.train.sweep import collect_runs, run_name
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _OWN_KEYS = ("targets", "ranks", "lrs", "full_lrs", "patterns", "seeds", "controls", "out_dir", "name", "figures",
              "workers")
@@ -75,7 +79,8 @@ def ablate(cfg: AblateConfig, train_overrides: Sequence[str] = ()) -> Path:
     clock = _Clock()
     _train(cfg, [run for plan in search.values() for run in plan], sweep, train_overrides)
     clock.lap("search")
-    chosen = {cell: chosen_rate(sweep, [name for name, _ in plan]) for cell, plan in search.items()}
+    searched = collect_runs(sweep)  # once for every cell
+    chosen = {cell: chosen_rate(searched, [name for name, _ in plan]) for cell, plan in search.items()}
     picked = [[*cell, f"optim.lr={rate}"] for cell, (rate, collapsed) in chosen.items() if not collapsed]
     seeds = _plan(common, picked, range(1, cfg.seeds))
     stuck = [" ".join(cell) for cell, (_, collapsed) in chosen.items() if collapsed]
@@ -118,8 +123,6 @@ class _Clock:
 def where_the_time_went(sweep: Path, names: list[str]) -> str:
     """The runs ``names`` of ``sweep`` summed over their own metrics (whenever they were trained, resumed runs
     from their resume): minutes of training steps, of validation passes and of the final test pass."""
-    from lora_analysis.train.sweep import collect_runs
-
     runs = collect_runs(sweep)
     runs = runs[runs["run"].astype(str).isin(names)]
     parts = {"training steps": "train_seconds", "validation passes": "val_seconds", "the test pass": "eval_seconds"}
@@ -127,14 +130,12 @@ def where_the_time_went(sweep: Path, names: list[str]) -> str:
     return f"its {len(runs)} runs summed: {summed or 'no timings recorded'}"
 
 
-def chosen_rate(sweep: Path, names: list[str]) -> tuple[float, bool]:
-    """The learning rate of the best validation metric among the finished search runs ``names`` of one cell,
-    and whether the cell is collapsed (at the majority class at every rate: more seeds there would tell
-    nothing, the grid needs extending)."""
+def chosen_rate(runs: pd.DataFrame, names: list[str]) -> tuple[float, bool]:
+    """The learning rate of the best validation metric among the finished search runs ``names`` of one cell
+    (``runs``: the sweep table), and whether the cell is collapsed (at the majority class at every rate: more
+    seeds there would tell nothing, the grid needs extending)."""
     from lora_analysis.derive.tuned import lr_choices
-    from lora_analysis.train.sweep import collect_runs
 
-    runs = collect_runs(sweep)
     runs = runs[runs["run"].isin(names)].assign(cell="one")
     choices = lr_choices(runs, ["cell"])
     row = choices.loc[choices["chosen"]].iloc[0]
@@ -155,8 +156,6 @@ def controls(cfg: AblateConfig, sweep: Path, common: list[str]) -> list[tuple[st
     from lora_analysis.derive.rates import analysed_rate
     from lora_analysis.show.focus import preferred_pair
     from lora_analysis.show.paper import SEED_RANK
-    from lora_analysis.train.sweep import collect_runs
-
     runs = collect_runs(sweep)
     runs = runs[~runs["run"].astype(str).isin(shuffled_run_labels(runs))]  # twins are controls, not cells
     finished = set(runs["run"].astype(str)) if "run" in runs else set()

@@ -159,8 +159,8 @@ def accuracy_plateau(runs: pd.DataFrame, targets: str) -> int | None:
     lora = queries.lora_runs(runs)
     if lora.empty or metric not in lora or lora[metric].isna().all():
         return None
-    lora = lora[(lora["lora.targets"].astype(str) == targets) & ~lora.index.isin(queries.patterned_runs(lora).index)]
-    lora = lora.dropna(subset=["lora.r"])  # a rank pattern's runs are no rank's
+    lora = lora.drop(queries.patterned_runs(lora).index)  # a rank pattern's runs are no rank's
+    lora = lora[lora["lora.targets"].astype(str) == targets].dropna(subset=["lora.r"])
     by_rank = tuned_table(lora.assign(r=lora["lora.r"].astype(int)), ["r"], metric).set_index("r").sort_index()
     by_rank = by_rank.dropna(subset=["mean"])  # collapsed ranks say nothing about where accuracy stops improving
     if len(by_rank) < 2:

@@ -18,7 +18,14 @@ import pandas as pd
 from lora_analysis.analysis.delta import lora_scale
 from lora_analysis.analysis.kinds import Comparison, Subject
 from lora_analysis.derive.controls import direction_controls, increments, task_directions
-from lora_analysis.derive.queries import PAIR_KEYS, budgeted_runs, empty_phi, lora_runs, metric_column
+from lora_analysis.derive.queries import (
+    PAIR_KEYS,
+    budgeted_runs,
+    empty_phi,
+    lora_runs,
+    metric_column,
+    patterned_runs,
+)
 from lora_analysis.derive.tuned import lr_choices, tuned_table
 
 
@@ -203,10 +210,9 @@ def pattern_table(runs: pd.DataFrame, metric: str | None = None) -> pd.DataFrame
     (target set, pattern): each at its own rate chosen on validation, over its seeds. ``pattern`` is the
     pattern's ranks by role (``pattern_label``)."""
     metric = metric or metric_column(runs)
-    lora = lora_runs(runs)
-    if metric is None or lora.empty or "lora.rank_pattern" not in lora or lora["lora.rank_pattern"].isna().all():
+    lora = patterned_runs(lora_runs(runs))
+    if metric is None or lora.empty:
         return pd.DataFrame(columns=PATTERN_COLUMNS)
-    lora = lora.dropna(subset=["lora.rank_pattern"])
     lora = lora.assign(targets=lora.get("lora.targets", "n/a"), pattern=lora["lora.rank_pattern"].map(pattern_label),
                        lora_params=lora.get("lora_params", np.nan))
     table = tuned_table(lora, ["targets", "pattern"], metric)
@@ -237,8 +243,7 @@ def _rank_cells(runs: pd.DataFrame) -> pd.DataFrame | None:
     """The LoRA runs with one rank (no ``lora.rank_pattern``), as cells: ``targets``, ``r`` (int) and
     ``lora_params`` columns; None if none."""
     lora = lora_runs(runs)
-    if "lora.rank_pattern" in lora:
-        lora = lora[lora["lora.rank_pattern"].isna()]
+    lora = lora.drop(patterned_runs(lora).index)
     if lora.empty or "lora.r" not in lora:
         return None
     lora = lora.dropna(subset=["lora.r"])
