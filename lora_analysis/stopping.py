@@ -13,7 +13,9 @@ Verdict (``stop_reason``), one criterion for "trained enough?":
 - ``ceiling``: the run reached ``optim.steps`` still improving (its best evaluation among the last
   ``patience``): more steps might have found a better state;
 - ``not measured``: no validation split (``data.val_size=0``);
-- ``fixed steps``: ``optim.keep=last``, a control trained for a matched number of steps, its last state kept.
+- ``fixed steps``: ``optim.keep=last``, a control trained for a matched number of steps, its last state kept;
+- ``halved``: a search run that successive halving dropped at its rung (``pause_at`` with ``halt=true``): its
+  best state up to the rung kept; its rate is not chosen (``train.halving``).
 
 With ``patience=0`` the run always trains to the ceiling and keeps its best state; it has ``converged``
 when its best evaluation is not the last one.
@@ -26,6 +28,7 @@ from dataclasses import asdict, dataclass
 
 VERDICTS = ("converged", "ceiling", "not measured")
 FIXED = "fixed steps"
+HALVED = "halved"
 
 
 @dataclass

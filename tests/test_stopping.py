@@ -121,6 +121,8 @@ def test_an_interrupted_early_stopping_run_resumes_to_identical_tensors(tiny, tm
     (["optim.patience=-1"], "optim.patience must be >= 0"),
     (["data.val_size=0"], "data.val_size=0 holds no validation split"),
     (["optim.eval_every=0"], "optim.eval_every must be >= 1"),
+    (["pause_at=-2"], "pause_at must be a step >= 0"),
+    (["halt=true"], "halt=true finishes a run at its pause_at step, but pause_at=0"),
 ])
 def test_bad_stopping_settings_are_one_line(tiny, tmp_path, capsys, extra, message):
     assert cli.main(["train", *overrides(tiny, tmp_path, 4), *extra]) == 2
@@ -148,3 +150,33 @@ def test_a_matched_control_keeps_its_last_state(tiny, tmp_path, monkeypatch):
     saved = load_file(str(run_dir / ADAPTER_WEIGHTS))
     key = next(k for k in saved if ".lora_A." in k)
     assert torch.equal(saved[key], snapshots[4][key.replace(".weight", ".default.weight")])
+
+
+def test_a_run_paused_at_its_rung_goes_on_to_identical_tensors_or_halts_there(tiny, tmp_path):
+    """Successive halving's two ends of a rung (pause_at): going on gives the uninterrupted run; halting keeps
+    the best state up to the rung, says so (stop_reason halved), and is the same from the config alone."""
+    from lora_analysis.layout import RunDir
+
+    extra = ("optim.eval_every=2", "optim.patience=0", "optim.lr=3e-3", "lora.dropout=0.1")
+    straight, straight_metrics = run_overrides([*overrides(tiny, tmp_path, 12, *extra), "name=straight"])
+    paused = [*overrides(tiny, tmp_path, 12, *extra), "name=paused"]
+    run_dir, metrics = run_overrides([*paused, "pause_at=6"])
+    assert metrics == {} and not RunDir(run_dir).is_done() and RunDir(run_dir).checkpoint_path.is_file()
+    assert run_overrides([*paused, "pause_at=6"])[1] == {}  # relaunched at the rung: still paused, nothing redone
+    resumed, metrics = run_overrides(paused)
+    for key in ("best_step", "steps", "stop_reason", "val_loss", "test_accuracy"):
+        assert metrics[key] == straight_metrics[key], key
+    a, b = load_file(str(straight / ADAPTER_WEIGHTS)), load_file(str(resumed / ADAPTER_WEIGHTS))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    halted = [*overrides(tiny, tmp_path, 12, *extra), "name=halted"]
+    run_overrides([*halted, "pause_at=6"])
+    halted_dir, at_rung = run_overrides([*halted, "pause_at=6", "halt=true"])
+    assert (at_rung["steps"], at_rung["stop_reason"], at_rung["ceiling"]) == (6, "halved", 12)
+    assert at_rung["best_step"] <= 6 and RunDir(halted_dir).is_done()
+    fresh_dir, fresh = run_overrides([*overrides(tiny, tmp_path, 12, *extra), "name=fresh", "pause_at=6",
+                                      "halt=true"])  # the saved config alone reproduces it
+    assert (fresh["best_step"], fresh["val_loss"], fresh["test_accuracy"]) == (
+        at_rung["best_step"], at_rung["val_loss"], at_rung["test_accuracy"])
+    a, b = load_file(str(halted_dir / ADAPTER_WEIGHTS)), load_file(str(fresh_dir / ADAPTER_WEIGHTS))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,10 +1,12 @@
 """usage: lora-analysis ablate [experiment=rank_ablation|target_ablation] [lrs=[...]] [seeds=3] [patterns=[ranks.json]]
-                            [train overrides ...]
+                            [halving=0.2] [train overrides ...]
 
 An ablation as a reviewer accepts it, end to end:
 1) every cell of the experiment (target set x rank; a budget experiment: target set; and a cell per target set
    for each rank pattern of ``patterns``, a recommendation under test) on seed 0 at every
    learning rate of ``lrs`` (full fine-tuning at ``full_lrs``), each run stopped at its validation optimum;
+   with ``halving`` (the default, 0.2), successive halving: every rate to that fraction of the step ceiling,
+   then only the better half of each cell's rates on validation goes on (``train.halving``);
 2) per cell, the rate with the best validation metric (``derive.tuned``: the test split is not read);
 3) seeds 1 .. seeds-1 of every cell at its rate (none for a cell at the majority class at every rate: its
    grid needs extending, which a rerun with more ``lrs`` does, the finished runs kept);
@@ -35,8 +37,8 @@ from lora_analysis.train.sweep import collect_runs, run_name
 if TYPE_CHECKING:
     import pandas as pd
 
-_OWN_KEYS = ("targets", "ranks", "lrs", "full_lrs", "patterns", "seeds", "controls", "out_dir", "name", "figures",
-             "workers")
+_OWN_KEYS = ("targets", "ranks", "lrs", "full_lrs", "patterns", "halving", "seeds", "controls", "out_dir", "name",
+             "figures", "workers")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -77,8 +79,7 @@ def ablate(cfg: AblateConfig, train_overrides: Sequence[str] = ()) -> Path:
     print(f"1) search: {sum(map(len, search.values()))} runs on seed 0, {len(cfg.lrs)} learning rates per cell",
           file=sys.stderr)
     clock = _Clock()
-    _train(cfg, [run for plan in search.values() for run in plan], sweep, train_overrides)
-    clock.lap("search")
+    _search(cfg, search, sweep, common, train_overrides, clock)
     searched = collect_runs(sweep)  # once for every cell
     chosen = {cell: chosen_rate(searched, [name for name, _ in plan]) for cell, plan in search.items()}
     picked = [[*cell, f"optim.lr={rate}"] for cell, (rate, collapsed) in chosen.items() if not collapsed]
@@ -103,6 +104,35 @@ def ablate(cfg: AblateConfig, train_overrides: Sequence[str] = ()) -> Path:
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min; {clock}; {where_the_time_went(sweep, names)}",
           file=sys.stderr)
     return html
+
+
+def _search(cfg: AblateConfig, search: dict[tuple, list[tuple[str, list[str]]]], sweep: Path, common: list[str],
+            train_overrides, clock: _Clock) -> None:
+    """Every search run to its validation optimum; with ``halving``, every run to the rung first, then the
+    better half of each cell's rates on to its optimum and the rest finished at the rung (``train.halving``)."""
+    from lora_analysis.train import halving
+
+    runs = [run for plan in search.values() for run in plan]
+    optim = compose("train", common).optim
+    rung = halving.rung_step(optim.steps, optim.eval_every, cfg.halving)
+    if not rung or max(map(len, search.values())) < 2:
+        _train(cfg, runs, sweep, train_overrides)
+        clock.lap("search")
+        return
+    print(f"1a) search to the rung, step {rung} of {optim.steps} (successive halving)", file=sys.stderr)
+    _train(cfg, [(name, [*o, f"pause_at={rung}"]) for name, o in runs if not halving.reached(sweep / name, rung)],
+           sweep, train_overrides)
+    clock.lap("search to the rung")
+    go_on, stop = [], []
+    for plan in search.values():
+        kept = halving.decide([sweep / name for name, _ in plan], rung)
+        for name, overrides in plan:
+            if not is_done(sweep / name):
+                (go_on if name in kept else stop).append((name, overrides))
+    print(f"1b) {len(go_on)} runs go on to their optimum; {len(stop)} stop at the rung", file=sys.stderr)
+    _train(cfg, [(name, [*o, f"pause_at={rung}", halving.HALT]) for name, o in stop], sweep, train_overrides)
+    _train(cfg, go_on, sweep, train_overrides)
+    clock.lap("search past the rung")
 
 
 class _Clock:

@@ -85,6 +85,9 @@ class AblateConfig:
     # Rank patterns under test (JSON files, as lora-analysis recommend writes them): each a cell per target set,
     # tuned and seeded as the uniform ranks beside it; the report sets them against those (accuracy vs parameters).
     patterns: list[str] = field(default_factory=list)
+    # Successive halving of the search (train.halving): every rate of a cell trains to this fraction of the step
+    # ceiling, then the better half on validation goes on to its optimum, the rest stop there; 0: no halving.
+    halving: float = 0.2
     seeds: int = 3  # seeds per cell at its chosen rate (seed 0 from the search, 1.. trained after it)
     # Shuffled-label twins of each target set's rank pair (seed 0; r=8 and 64 where swept) and seed pair
     # (seeds 0 and 1; a budget experiment: its one cell) at the rate the report analyses, for as many steps
@@ -101,6 +104,9 @@ class AblateConfig:
             raise LoraAnalysisError(f"lrs and full_lrs must be learning rates > 0 (lrs non-empty), got {rates}")
         if self.seeds < 1 or (self.workers is not None and self.workers < 1):
             raise LoraAnalysisError(f"seeds and workers must be >= 1, got {self.seeds} and {self.workers}")
+        if not 0 <= self.halving < 1:
+            raise LoraAnalysisError(f"halving must be a fraction of the step ceiling in [0, 1) (0: none), got "
+                                    f"{self.halving}")
         if self.ranks is not None and any(r < 1 for r in self.ranks):
             raise LoraAnalysisError(f"ranks must be >= 1, got {self.ranks}")
         from lora_analysis.paths import user_path

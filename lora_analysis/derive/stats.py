@@ -26,7 +26,7 @@ from lora_analysis.derive.queries import (
     metric_column,
     patterned_runs,
 )
-from lora_analysis.derive.tuned import lr_choices, tuned_table
+from lora_analysis.derive.tuned import CHOICE_COLUMNS, lr_choices, tuned_table
 
 
 def direction_energies(phi: pd.DataFrame) -> pd.DataFrame:
@@ -197,7 +197,7 @@ def rate_choices(runs: pd.DataFrame) -> pd.DataFrame:
     """``tuned.lr_choices`` of the LoRA runs per (target set, rank): what ``accuracy_table`` chose from."""
     lora = _rank_cells(runs)
     if lora is None:
-        return pd.DataFrame(columns=["targets", "r", "lr", "val_mean", "val_n", "chosen", "at_edge", "collapsed"])
+        return pd.DataFrame(columns=["targets", "r", *CHOICE_COLUMNS])
     return lr_choices(lora, ["targets", "r"])
 
 

@@ -69,17 +69,22 @@ def difference_interval(a: pd.DataFrame, b: pd.DataFrame, level: float = LEVEL) 
     return diff, diff - half, diff + half
 
 
+CHOICE_COLUMNS = ["lr", "val_mean", "val_n", "chosen", "at_edge", "collapsed", "halved"]
+
+
 def lr_choices(runs: pd.DataFrame, cell: list[str]) -> pd.DataFrame:
     """One row per (cell, learning rate): the validation metric's mean over its seeds (``val_mean``, ``val_n``),
-    and ``chosen``, ``at_edge``, ``collapsed`` for the cell. Raises when rates must be chosen between and a
-    run has no validation metric (trained before ``data.val_size``): the test split is never used instead."""
+    ``halved`` (the search dropped the rate at its rung: ``val_mean`` is its validation there), and ``chosen``,
+    ``at_edge``, ``collapsed`` for the cell. Raises when rates must be chosen between and a run has no validation
+    metric (trained before ``data.val_size``): the test split is never used instead."""
     rows = []
     for key, group in _cells(runs, cell):
         choice = _choose(group, key)
         for rate, row in choice.means.iterrows():
             rows.append({**key, "lr": rate, "val_mean": row["mean"], "val_n": int(row["count"]),
-                         "chosen": _same(rate, choice.rate), "at_edge": choice.at_edge, "collapsed": choice.collapsed})
-    return pd.DataFrame(rows, columns=[*cell, "lr", "val_mean", "val_n", "chosen", "at_edge", "collapsed"])
+                         "chosen": _same(rate, choice.rate), "at_edge": choice.at_edge, "collapsed": choice.collapsed,
+                         "halved": rate in choice.halved})
+    return pd.DataFrame(rows, columns=[*cell, *CHOICE_COLUMNS])
 
 
 def tuned_table(runs: pd.DataFrame, cell: list[str], metric: str) -> pd.DataFrame:
@@ -102,6 +107,7 @@ def tuned_table(runs: pd.DataFrame, cell: list[str], metric: str) -> pd.DataFram
 class _Choice(NamedTuple):
     means: pd.DataFrame  # per rate: mean and count of the validation metric
     rate: float  # the chosen one (NaN: the runs record no rate)
+    halved: set[float]  # rates successive halving dropped at its rung: never chosen
     at_edge: bool
     collapsed: bool
 
@@ -127,8 +133,11 @@ def _choose(group: pd.DataFrame, key: dict) -> _Choice:
     else:  # one rate, or none recorded: nothing to choose
         means = pd.DataFrame({"mean": [math.nan], "count": [0]}, index=pd.Index([rates[0] if rates else math.nan]))
     scores = means["mean"]
-    if scores.notna().any():
-        rate = scores.idxmax() if higher else scores.idxmin()
+    halved = _halved_rates(group)
+    eligible = scores[[r not in halved for r in scores.index]].dropna()  # a rate dropped at the rung stays out
+    eligible = eligible if not eligible.empty else scores.dropna()
+    if not eligible.empty:
+        rate = eligible.idxmax() if higher else eligible.idxmin()
     else:
         rate = scores.index[0]
     # the validation split's own majority class; runs saved before it was recorded: the test split's
@@ -136,7 +145,16 @@ def _choose(group: pd.DataFrame, key: dict) -> _Choice:
     majority = group[column].max() if column in group else math.nan
     collapsed = bool(metric == "val_accuracy" and math.isfinite(majority) and scores.notna().any()
                      and (scores.dropna() <= majority + COLLAPSE_TOLERANCE).all())
-    return _Choice(means, rate, len(rates) > 1 and rate in (rates[0], rates[-1]), collapsed)
+    return _Choice(means, rate, halved, len(rates) > 1 and rate in (rates[0], rates[-1]), collapsed)
+
+
+def _halved_rates(group: pd.DataFrame) -> set[float]:
+    """The rates of a cell whose runs successive halving stopped at its rung (``stopping.HALVED``)."""
+    from lora_analysis.stopping import HALVED
+
+    if "stop_reason" not in group:
+        return set()
+    return set(group.loc[group["stop_reason"] == HALVED, LR].dropna().astype(float))
 
 
 def _on_common_seeds(group: pd.DataFrame) -> pd.DataFrame:
@@ -158,14 +176,16 @@ def joint_rate(choices: pd.DataFrame, higher: bool = True) -> float | None:
     """One learning rate for several cells compared with each other (the ranks of one target set): the rate
     with the best validation metric averaged over the cells, among the rates every cell was trained at.
 
-    ``choices``: ``lr_choices`` rows of those cells (a cell per distinct value of every column but ``lr``,
-    ``val_mean``, ``val_n``, ``chosen``, ``at_edge``, ``collapsed``). Where the cells chose the same rate,
-    it is that rate. None when fewer than two rates were tried (nothing to choose).
+    ``choices``: ``lr_choices`` rows of those cells (a cell per distinct value of every column but
+    ``CHOICE_COLUMNS``). Where the cells chose the same rate, it is that rate; a rate any cell dropped at the
+    search's rung (``halved``) is not among them. None when fewer than two rates were tried (nothing to choose).
     """
     if choices.empty or choices["lr"].nunique() < 2:
         return None
-    keys = [c for c in choices if c not in ("lr", "val_mean", "val_n", "chosen", "at_edge", "collapsed")]
+    keys = [c for c in choices if c not in CHOICE_COLUMNS]
+    halved = set(choices.loc[choices["halved"], "lr"]) if "halved" in choices else set()
     table = choices.pivot_table(index="lr", columns=keys, values="val_mean", aggfunc="mean", dropna=False)
+    table = table.drop(index=[r for r in table.index if r in halved])  # a rate a cell dropped at the rung
     complete = table.dropna(how="any")
     if complete.empty:
         return None

@@ -17,7 +17,7 @@ from lora_analysis.derive.tuned import difference_interval, validation_metric
 from lora_analysis.layout import SweepDir
 from lora_analysis.show.findings import Finding
 from lora_analysis.show.labels import fmt
-from lora_analysis.stopping import FIXED, VERDICTS
+from lora_analysis.stopping import FIXED, HALVED, VERDICTS
 
 
 def accuracy(runs: pd.DataFrame, table: pd.DataFrame, metric: str | None = None) -> Finding:
@@ -209,13 +209,15 @@ def trained_enough(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> Fi
         f"the best one. {per_run}.",
         f"{int(counts.get('converged', 0))} of {len(table) - len(fixed)} runs converged, "
         f"{int(counts.get('ceiling', 0))} reached the step ceiling still improving"
+        + (f", {int(counts.get(HALVED, 0))} stopped at the search's rung by successive halving (their rate dropped)"
+           if counts.get(HALVED, 0) else "")
         + (f", {int(counts.get(VERDICTS[2], 0))} not measured" if counts.get(VERDICTS[2], 0) else "") + ".",
     ]
     if not fixed.empty:
         sentences.append("Trained for a fixed number of steps, their last state kept (controls matched to the runs "
                          "they control, optim.keep=last): " + ", ".join(
                              f"{row.run} {int(row.steps):,} steps" for row in fixed.itertuples()) + ".")
-    values = {v: float(counts.get(v, 0)) for v in VERDICTS}
+    values = {v: float(counts.get(v, 0)) for v in (*VERDICTS, HALVED)}
     values["runs"] = float(len(table))
     return Finding(key, title, sentences, table, values)
 
@@ -246,6 +248,13 @@ def tuned_rates(choices: pd.DataFrame, table: pd.DataFrame, runs: pd.DataFrame) 
     if edge:
         sentences.append(f"{edge} of {len(chosen)} cells chose a rate at an end of the grid: their optimum may lie "
                          "outside it, so their accuracy is a lower bound (extend lrs there).")
+    halved = choices[choices["halved"].astype(bool)] if "halved" in choices else choices.iloc[0:0]
+    if not halved.empty:
+        at = runs.loc[runs["stop_reason"] == HALVED, "steps"] if {"stop_reason", "steps"} <= set(runs) else []
+        rung = f" at step {int(min(at)):,}" if len(at) else ""
+        sentences.append(f"Successive halving stopped {len(halved)} of {len(choices)} searched rates{rung} (the "
+                         "worse half of each cell's rates on validation there): their points are their validation "
+                         "at that step, and none of them could be chosen.")
     full = runs[runs["method"] == "full"] if "method" in runs else runs.iloc[0:0]
     full_scores = full.groupby("optim.lr")["val_accuracy"].mean().dropna() if {"optim.lr", "val_accuracy"} <= set(
         full) else pd.Series(dtype=float)

@@ -147,11 +147,16 @@ def lr_curves(choices: pd.DataFrame) -> Figure:
             ax.plot(t["lr"], t["val_mean"], marker="o", lw=1.2, color=f"C{index}", label=f"r={int(r)}")
             best = t[t["chosen"]]
             ax.scatter(best["lr"], best["val_mean"], s=90, facecolors="none", edgecolors=f"C{index}", zorder=3)
+            dropped = t[t["halved"].astype(bool)] if "halved" in t else t.iloc[:0]
+            ax.scatter(dropped["lr"], dropped["val_mean"], s=60, marker="x", color=f"C{index}", zorder=3)
         ax.set_xscale("log")
         ax.set(title=targets, xlabel="learning rate")
     axes[0].set_ylabel("validation metric\n(mean over the seeds every rate has)")
     axes[-1].legend(frameon=False, fontsize=7)
-    fig.suptitle("Validation metric against learning rate per cell\nringed: the rate chosen", fontsize=9)
+    halved = "halved" in choices and choices["halved"].astype(bool).any()
+    fig.suptitle("Validation metric against learning rate per cell\nringed: the rate chosen"
+                 + ("; crossed: stopped at the search's rung (successive halving), its validation there" if halved
+                    else ""), fontsize=9)
     return fig
 
 

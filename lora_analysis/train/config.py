@@ -242,6 +242,11 @@ class TrainConfig:
     out_dir: str = "runs"
     run_name: str = "default"  # set from the run's overrides by the train app (r8-seed0-attn)
     progress: bool = True  # progress bar on stderr
+    # A search's rung (successive halving, lora-analysis ablate; train.halving): pause_at=N stops the run at step N
+    # (0: never), unfinished, its checkpoint kept to go on from; with halt=true it finishes there instead, its
+    # best state kept and tested (stop_reason "halved": the search dropped it). Volatile: the run is the same run.
+    pause_at: int = 0
+    halt: bool = False
 
     def __post_init__(self) -> None:
         if self.optim.lr is None:
@@ -256,6 +261,10 @@ class TrainConfig:
             raise LoraAnalysisError(f"seed must be an integer in [0, 2**32), got {self.seed}")
         if not self.name or self.name in (".", "..") or any(c in self.name for c in "/\\\0"):
             raise LoraAnalysisError(f"name must be a plain folder name (no / or ..), got {self.name!r}")
+        if isinstance(self.pause_at, bool) or not isinstance(self.pause_at, int) or self.pause_at < 0:
+            raise LoraAnalysisError(f"pause_at must be a step >= 0 (0: never pause), got {self.pause_at!r}")
+        if self.halt and not self.pause_at:
+            raise LoraAnalysisError("halt=true finishes a run at its pause_at step, but pause_at=0: give the step")
         cpus = os.cpu_count() or 1
         if self.threads is not None and not 1 <= self.threads <= cpus:  # 100000 OpenMP threads crash torch
             raise LoraAnalysisError(f"threads must be in [1, {cpus}] (this machine's logical CPUs) or null, "

@@ -26,6 +26,9 @@ class Tracker:
     def finish(self, run_dir: Path, metrics: dict) -> None:
         pass
 
+    def pause(self) -> None:
+        """The run paused unfinished (``pause_at``): close what is open; its continuation opens again."""
+
 
 class TensorBoardTracker(Tracker):
     def __init__(self, run_dir: Path) -> None:
@@ -43,6 +46,9 @@ class TensorBoardTracker(Tracker):
     def finish(self, run_dir: Path, metrics: dict) -> None:
         for key, value in _scalars(metrics).items():
             self.writer.add_scalar(f"final/{key}", value, int(metrics.get("steps", 0)))
+        self.writer.close()
+
+    def pause(self) -> None:
         self.writer.close()
 
 
@@ -81,6 +87,9 @@ class MlflowTracker(Tracker):
             if (Path(run_dir) / name).is_file():
                 self.mlflow.log_artifact(str(Path(run_dir) / name), artifact_path="adapter")
         self.mlflow.end_run()
+
+    def pause(self) -> None:
+        self.mlflow.end_run(status="KILLED")
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:

@@ -34,12 +34,13 @@ from lora_analysis.train.loggers import open_tracker
 
 log = logging.getLogger("lora_analysis")
 # Overrides that do not change what a run computes, or that name the sweep rather than the run.
-_NOT_IN_NAME = {"name", "out_dir", "device", "threads", "progress", "experiment", "run_name", "preset"}
+_NOT_IN_NAME = {"name", "out_dir", "device", "threads", "progress", "experiment", "run_name", "preset", "pause_at",
+                "halt"}
 _SHORT = {"lora.r": "r", "seed": "seed", "lora.alpha": "alpha", "optim.lr": "lr", "optim.steps": "steps"}
 _VALUE_ONLY = {"lora.targets", "method", "lora.init", "lora.init_stream", "data.shuffle_labels"}
 _ORDER = ["method", "lora.r", "seed", "lora.targets"]
 # Config keys that may differ between a finished run and a re-launch of it.
-_VOLATILE = {"progress", "threads", "device", "out_dir", "logger"}
+_VOLATILE = {"progress", "threads", "device", "out_dir", "logger", "pause_at", "halt"}
 
 
 def run_name(overrides: Iterable[str], sweep_keys: Iterable[str] | None = None) -> str:
@@ -252,6 +253,10 @@ def _train_locked(settings: TrainConfig, run_dir: Path) -> dict:
             log.warning("note: %s", note)
         tracker = open_tracker(settings, run_dir, config)
         metrics = train(settings, run_dir, tracker.log)
+        if metrics is None:  # paused at a search's rung (pause_at): unfinished, its checkpoint kept
+            tracker.pause()
+            log.info("%s: paused at step %d", run_dir, settings.pause_at)
+            return {}
         tracker.finish(run_dir, metrics)
     except DivergedError as error:  # the folder stays, saying why; no DONE, no final adapter
         record_failure(run_dir, error)

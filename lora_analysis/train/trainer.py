@@ -53,8 +53,9 @@ class Progress:
     stopping: dict = field(default_factory=dict)  # stopping.EarlyStopping.state()
 
 
-def train(cfg: TrainConfig, run_dir: Path, on_log=None) -> dict:
-    """Train one run in ``run_dir`` (resuming from its checkpoint if any) and return its metrics.
+def train(cfg: TrainConfig, run_dir: Path, on_log=None) -> dict | None:
+    """Train one run in ``run_dir`` (resuming from its checkpoint if any) and return its metrics; None when it
+    paused at ``cfg.pause_at`` (unfinished, its checkpoint written: the next call goes on from there).
 
     ``on_log(step, {"loss": ..., "lr": ...})`` receives each history row as it is logged (a tracker).
     """
@@ -86,6 +87,10 @@ def train(cfg: TrainConfig, run_dir: Path, on_log=None) -> dict:
     stopper = stopping.EarlyStopping(**(progress.stopping or {"patience": cfg.optim.patience}))
     _train_loop(cfg, model, params, optimizer, data, tokenizer.pad_token_id, device, run_dir, progress, stopper,
                 best, on_log)
+    at_rung = bool(cfg.pause_at) and cfg.pause_at <= progress.step < cfg.optim.steps and not stopper.should_stop()
+    if at_rung and not cfg.halt:  # paused: unfinished, to go on from this checkpoint (train.halving)
+        _save_checkpoint(run_dir, params, optimizer, progress, best)
+        return None
     if stopper.evaluations and cfg.optim.keep == Keep.best:
         with torch.no_grad():
             for name, p in params.items():
@@ -109,7 +114,8 @@ def train(cfg: TrainConfig, run_dir: Path, on_log=None) -> dict:
         ceiling=cfg.optim.steps,
         best_step=stopper.best_step if stopper.evaluations else progress.step,
         kept_step=kept,
-        stop_reason=stopper.verdict() if cfg.optim.keep == Keep.best else stopping.FIXED,
+        stop_reason=(stopping.HALVED if at_rung else stopper.verdict() if cfg.optim.keep == Keep.best
+                     else stopping.FIXED),
         evaluations=stopper.evaluations,
         val_loss=at_kept.get("val_loss", float("nan")),
         val_accuracy=at_kept.get("val_accuracy", float("nan")),
@@ -145,7 +151,8 @@ def _train_loop(cfg, model, params, optimizer, data, pad_id, device, run_dir, pr
     bar = tqdm(total=cfg.optim.steps, initial=progress.step, desc=cfg.run_name, disable=not cfg.progress,
                dynamic_ncols=True, leave=False)
     losses: list[float] = []
-    while progress.step < cfg.optim.steps and not stopper.should_stop():
+    limit = min(cfg.optim.steps, cfg.pause_at or cfg.optim.steps)
+    while progress.step < limit and not stopper.should_stop():
         rows = next(batches)
         batch = {k: v.to(device) for k, v in task_data.collate(data.train, rows, pad_id, cfg.model.task).items()}
         lr = learning_rate(cfg, progress.step)
