@@ -127,7 +127,7 @@ def test_the_ablation_command_searches_on_seed_0_then_trains_the_seeds_at_the_ch
     (tmp_path / "ranks.json").write_text('{"query": 3}')  # a recommendation under test: a cell of its own
     command = ["ablate", "experiment=rank_ablation", "targets=[q]", "ranks=[2,4]", "lrs=[1e-3,1e-2]", "seeds=2",
                f"out_dir={tmp_path / 'runs'}", "workers=1", "name=abl", f"patterns=[{tmp_path / 'ranks.json'}]",
-               *train]
+               "halving=0", *train]  # the full grid (test_halving: the halved search)
     sweep_dir = tmp_path / "runs" / "abl"
     # six steps of the tiny model stay at the majority class on validation: no seeds for a collapsed cell
     assert cli.main(command) == 0
