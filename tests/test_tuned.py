@@ -280,3 +280,24 @@ def test_a_budget_ablation_gets_a_shuffled_seed_pair_at_its_chosen_rate(tiny, tm
     phi = pd.read_parquet(sweep_dir / "analysis" / "phi.parquet")
     pair = phi[(phi["comparison"] == "seed") & phi["run_a"].isin(twins["run"]) & phi["run_b"].isin(twins["run"])]
     assert not pair.empty  # the real seed pair's control, analysed as a seed pair
+
+
+def test_an_ablation_extended_with_ranks_controls_the_pair_the_report_will_analyse(tmp_path, monkeypatch):
+    """ranks=[2] added to a sweep holding r=8 and r=64: the controls are r=8 against r=64 (the paper's pair, as the
+    report picks it from every rank of the sweep) and the seed pair at r=8, not r=2 alone."""
+    from lora_analysis.cli import ablate
+    from lora_analysis.cli.schemas import AblateConfig
+    from lora_analysis.train.sweep import run_name
+
+    rows = []
+    for r, seed, lr, val in ((8, 0, 1e-3, 0.80), (8, 0, 1e-2, 0.70), (64, 0, 1e-3, 0.81), (64, 0, 1e-2, 0.75),
+                             (8, 1, 1e-3, 0.79), (2, 0, 1e-3, 0.78), (2, 0, 1e-2, 0.60)):
+        cell = ["lora.targets=all", f"lora.r={r}", f"optim.lr={lr}", f"seed={seed}"]
+        rows.append({"run": run_name(cell), "method": "lora", "lora.targets": "all", "lora.r": r, "optim.lr": lr,
+                     "seed": seed, "val_accuracy": val, "majority_accuracy": 0.575, "best_step": 300})
+    monkeypatch.setattr(ablate, "collect_runs", lambda sweep: pd.DataFrame(rows))
+    cfg = AblateConfig(targets=["all"], ranks=[2], lrs=[1e-3, 1e-2])
+    planned = dict(ablate.controls(cfg, tmp_path, ["experiment=rank_ablation"]))
+    assert sorted(planned) == ["r64-seed0-all-shuffled-lr0.001", "r8-seed0-all-shuffled-lr0.001",
+                               "r8-seed1-all-shuffled-lr0.001"]
+    assert "optim.steps=@r8-seed1-all-lr0.001" in planned["r8-seed1-all-shuffled-lr0.001"]

@@ -176,7 +176,8 @@ def controls(cfg: AblateConfig, sweep: Path, common: list[str]) -> list[tuple[st
     """The shuffled-label twins the subspace verdicts are judged against, per target set at its analysed rate
     (``rates.analysed_rate``), each trained for as many steps as its real twin kept (``best_step``):
 
-    - the rank pair's (``focus.preferred_pair`` of the set's ranks), seed 0;
+    - the rank pair's (``focus.preferred_pair`` of the set's ranks: this command's and those the sweep holds, as
+      the report picks it), seed 0;
     - the seed pair's, seeds 0 and 1 at the seed rank: the paper's (``paper.SEED_RANK``) where it was seeded at
       that rate, else the largest rank that was; for a budget experiment, the set's one cell.
 
@@ -197,6 +198,7 @@ def controls(cfg: AblateConfig, sweep: Path, common: list[str]) -> list[tuple[st
                                                                      else None)
     plan: dict[str, list[str]] = {}
     for targets, ranks in by_targets.items():
+        ranks = _with_sweep_ranks(ranks, runs, targets)
         rate = analysed_rate(runs, targets)[0]  # the rate the report's subspace analyses will read
         rate = rate if rate is not None else cfg.lrs[0]
         lr = next((x for x in cfg.lrs if math.isclose(x, rate, rel_tol=1e-9)), rate)  # as the search spelt it
@@ -217,6 +219,20 @@ def controls(cfg: AblateConfig, sweep: Path, common: list[str]) -> list[tuple[st
             twin = [*cell, "data.shuffle_labels=true"]
             plan[run_name(twin)] = [*common, *twin, f"{MATCHED}{run_name(cell)}"]
     return list(plan.items())
+
+
+def _with_sweep_ranks(ranks: list[int | None], runs: pd.DataFrame, targets: str) -> list[int | None]:
+    """``ranks`` of this command's cells and every rank the sweep already holds for ``targets`` (uniform, real
+    runs): an ablation extended with a few ranks is analysed, so controlled, on all of them. A budget
+    experiment's cell (no rank of its own) stays as it is."""
+    if None in ranks or "lora.r" not in runs or "lora.targets" not in runs:
+        return ranks
+    from lora_analysis.derive.queries import patterned_runs
+
+    held = runs[(runs["lora.targets"].astype(str) == targets) & ~runs.index.isin(patterned_runs(runs).index)]
+    if "method" in held:
+        held = held[held["method"] == "lora"]
+    return sorted({*ranks, *(int(r) for r in held["lora.r"].dropna())})
 
 
 def _plan(common: list[str], cells: list[list[str]] | list[tuple[str, ...]], seeds) -> list[tuple[str, list[str]]]:
