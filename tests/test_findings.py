@@ -193,3 +193,18 @@ def test_runs_stuck_at_the_majority_class_are_named():
                                "(the largest in the sweep); final training loss 0.690")
     assert sentence in R.accuracy(runs, S.accuracy_table(runs)).sentences
     assert R.stuck_at_majority(runs.assign(test_accuracy=0.7)) == []
+
+
+def test_the_opening_lines_give_every_pair_of_target_sets_at_one_budget():
+    from types import SimpleNamespace
+
+    from lora_analysis.show.summary import in_short
+
+    budget = under_budget(budget_runs({"q": [0.80, 0.81, 0.79], "attn": [0.80, 0.81, 0.82],
+                                       "ffn": [0.84, 0.85, 0.87], "all": [0.85, 0.86, 0.84]}))
+    nothing = F.Finding.missing("none", "none", "not measured")
+    found = SimpleNamespace(accuracy=nothing, rates=nothing, budget=budget, patterns=nothing, controls=nothing,
+                            loss=nothing)
+    heads = [line.split(":")[0] for line in in_short(found, None, None)]
+    assert heads == ["ffn against attn (the two halves of a block)", "all against attn", "all against ffn",
+                     "sets with FFN matrices against attention-only sets"]

@@ -150,7 +150,8 @@ def lr_curves(choices: pd.DataFrame) -> Figure:
             dropped = t[t["halved"].astype(bool)] if "halved" in t else t.iloc[:0]
             ax.scatter(dropped["lr"], dropped["val_mean"], s=60, marker="x", color=f"C{index}", zorder=3)
         ax.set_xscale("log")
-        ax.set(title=targets, xlabel="learning rate")
+        ranks = cell["r"].unique()  # one rank per set (a budget sweep): named in its panel's title
+        ax.set(title=f"{targets}, r={int(ranks[0])}" if len(ranks) == 1 else targets, xlabel="learning rate")
     axes[0].set_ylabel("validation metric\n(mean over the seeds every rate has)")
     axes[-1].legend(frameon=False, fontsize=7)
     halved = "halved" in choices and choices["halved"].astype(bool).any()
