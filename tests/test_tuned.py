@@ -82,7 +82,7 @@ def test_the_u_curves_and_the_table_show_the_choice():
     runs = sweep({("attn", 4): {1e-4: ([0.70], [0.7]), 3e-4: ([0.80], [0.8]), 1e-3: ([0.75], [0.7])},
                   ("ffn", 4): {1e-4: ([0.575], [0.575]), 1e-3: ([0.575], [0.575])}})
     fig = run_plots.lr_curves(stats.rate_choices(runs))
-    assert [ax.get_title() for ax in fig.axes] == ["attn", "ffn"] and fig.axes[0].get_xscale() == "log"
+    assert [ax.get_title() for ax in fig.axes] == ["attn, r=4", "ffn, r=4"] and fig.axes[0].get_xscale() == "log"
     cells = accuracy_pivot(stats.accuracy_table(runs)).set_index("targets")["r=4"]
     assert cells["attn"] == "0.800 (1, lr 0.0003)" and cells["ffn"].startswith("collapsed (1, lr 0.0001 edge")
     with pytest.raises(LoraAnalysisError, match="more than one learning rate"):
