@@ -121,3 +121,20 @@ def test_the_ablation_halves_its_search_at_the_rung_and_resumes_without_redoing_
     assert "1b) 0 runs go on to their optimum; 0 stop at the rung" in err
     assert SweepDir(tmp_path / "runs" / "sh").read_table()["train_seconds"].sum() == pytest.approx(
         runs["train_seconds"].sum())
+
+
+def test_the_pairs_rate_is_one_no_rank_dropped_and_else_says_which_were():
+    from lora_analysis.derive.rates import analysed_rate
+
+    runs = sweep({("all", 8): {1e-4: ([0.80], [0.8]), 1e-3: ([0.81], [0.8]), 1e-2: ([0.60], [0.6])},
+                  ("all", 64): {1e-4: ([0.79], [0.8]), 1e-3: ([0.80], [0.8]), 1e-2: ([0.70], [0.7])}})
+    halved = {(8, 1e-2), (64, 1e-4)}
+    runs["stop_reason"] = ["halved" if (r, lr) in halved else "converged"
+                           for r, lr in zip(runs["lora.r"], runs["optim.lr"], strict=True)]
+    rate, note = analysed_rate(runs, "all")
+    assert rate == 1e-3 and "successive halving" not in note
+    halved |= {(8, 1e-3)}  # every rate dropped by some rank: the best complete one, and the note says so
+    runs["stop_reason"] = ["halved" if (r, lr) in halved else "converged"
+                           for r, lr in zip(runs["lora.r"], runs["optim.lr"], strict=True)]
+    rate, note = analysed_rate(runs, "all")
+    assert rate == 1e-3 and "the search stopped r=8 at its rung (successive halving)" in note

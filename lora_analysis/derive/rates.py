@@ -32,9 +32,13 @@ def analysed_rate(runs: pd.DataFrame, targets: str | None) -> tuple[float | None
         return None, None
     own = choices[choices["chosen"] & (choices["lr"] != rate)]
     differ = ", ".join(f"r={int(r.r)} ({r.lr:g})" for r in own.itertuples())
+    halved = choices[(choices["lr"] == rate) & choices["halved"].astype(bool)] if "halved" in choices else own[:0]
+    stopped = ", ".join(f"r={int(r.r)}" for r in halved.itertuples())
     return rate, (f"the subspace analyses read the adapters at lr={rate:g}, the rate best on validation over the "
                   f"ranks of {targets} together" + (f"; these ranks chose another rate on their own: {differ}"
-                                                    if differ else ", and each rank's own choice"))
+                                                    if differ else ", and each rank's own choice")
+                  + (f"; at this rate the search stopped {stopped} at its rung (successive halving): those "
+                     "adapters are their best state by then, not trained to their optimum" if stopped else ""))
 
 
 def runs_off_rate(runs: pd.DataFrame, rate: float) -> set[str]:

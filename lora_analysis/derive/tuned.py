@@ -177,16 +177,18 @@ def joint_rate(choices: pd.DataFrame, higher: bool = True) -> float | None:
     with the best validation metric averaged over the cells, among the rates every cell was trained at.
 
     ``choices``: ``lr_choices`` rows of those cells (a cell per distinct value of every column but
-    ``CHOICE_COLUMNS``). Where the cells chose the same rate, it is that rate; a rate any cell dropped at the
-    search's rung (``halved``) is not among them. None when fewer than two rates were tried (nothing to choose).
+    ``CHOICE_COLUMNS``). Where the cells chose the same rate, it is that rate; a rate a cell dropped at the
+    search's rung (``halved``) is taken only where every rate was dropped by some cell (one rate for the pair
+    still beats two). None when fewer than two rates were tried (nothing to choose).
     """
     if choices.empty or choices["lr"].nunique() < 2:
         return None
     keys = [c for c in choices if c not in CHOICE_COLUMNS]
     halved = set(choices.loc[choices["halved"], "lr"]) if "halved" in choices else set()
     table = choices.pivot_table(index="lr", columns=keys, values="val_mean", aggfunc="mean", dropna=False)
-    table = table.drop(index=[r for r in table.index if r in halved])  # a rate a cell dropped at the rung
     complete = table.dropna(how="any")
+    whole = complete.drop(index=[r for r in complete.index if r in halved])  # no cell dropped it at the rung
+    complete = whole if not whole.empty else complete  # else one rate still beats a pair across two rates
     if complete.empty:
         return None
     means = complete.mean(axis=1)
