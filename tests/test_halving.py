@@ -113,7 +113,7 @@ def test_the_ablation_halves_its_search_at_the_rung_and_resumes_without_redoing_
     assert len(stopped) == 2 and set(stopped["steps"]) == {4} and (stopped["best_step"] <= 4).all()
     assert set(runs.loc[runs["stop_reason"] != "halved", "steps"]) == {12}  # the better half to the ceiling
     report = (tmp_path / "runs" / "sh" / "report" / "report.md").read_text()
-    assert "Successive halving stopped 2 of 4 searched rates at step 4" in report
+    assert "Successive halving stopped 2 of 4 (cell, rate) searches at step 4" in report
     assert "2 stopped at the search's rung by successive halving" in report
     # relaunched: nothing trained again, the same decision
     assert cli.main(command) == 0

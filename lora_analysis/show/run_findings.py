@@ -252,7 +252,7 @@ def tuned_rates(choices: pd.DataFrame, table: pd.DataFrame, runs: pd.DataFrame) 
     if not halved.empty:
         at = runs.loc[runs["stop_reason"] == HALVED, "steps"] if {"stop_reason", "steps"} <= set(runs) else []
         rung = f" at step {int(min(at)):,}" if len(at) else ""
-        sentences.append(f"Successive halving stopped {len(halved)} of {len(choices)} searched rates{rung} (the "
+        sentences.append(f"Successive halving stopped {len(halved)} of {len(choices)} (cell, rate) searches{rung} (the "
                          "worse half of each cell's rates on validation there): their points are their validation "
                          "at that step, and none of them could be chosen.")
     full = runs[runs["method"] == "full"] if "method" in runs else runs.iloc[0:0]
