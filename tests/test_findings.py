@@ -98,7 +98,7 @@ def test_findings_state_the_planted_numbers(tables, shared, sweep):
 
     all_runs = pd.read_parquet(sweep / "runs.parquet")
     acc = R.accuracy(all_runs, S.accuracy_table(all_runs))
-    assert acc.values == pytest.approx({"best": 0.778, "full": 0.801})
+    assert acc.values == pytest.approx({"best": 0.778, "chosen_on_validation": 1.0, "full": 0.801})
     assert "full fine-tuning 0.801" in acc.sentences[-1] and "majority class 0.575" in acc.sentences[-1]
 
 
@@ -208,3 +208,15 @@ def test_the_opening_lines_give_every_pair_of_target_sets_at_one_budget():
     heads = [line.split(":")[0] for line in in_short(found, None, None)]
     assert heads == ["ffn against attn (the two halves of a block)", "all against attn", "all against ffn",
                      "sets with FFN matrices against attention-only sets"]
+
+
+def test_the_best_cell_is_chosen_on_validation_and_reported_on_test():
+    from test_tuned import sweep
+
+    runs = sweep({("all", 8): {1e-3: ([0.82, 0.81, 0.83], [0.78, 0.79, 0.78])},
+                  ("all", 64): {1e-3: ([0.80, 0.79, 0.80], [0.81, 0.82, 0.81])}})
+    found = R.accuracy(runs, S.accuracy_table(runs))
+    assert "Best LoRA cell (chosen on validation): targets all at r=8, 0.783" in found.sentences[-1]
+    assert found.values["best"] == pytest.approx(0.7833, abs=1e-4) and found.values["chosen_on_validation"] == 1.0
+    no_val = R.accuracy(runs.drop(columns="val_accuracy"), S.accuracy_table(runs.drop(columns="val_accuracy")))
+    assert "(the best on test: no validation metric to choose by): targets all at r=64" in no_val.sentences[-1]

@@ -220,7 +220,8 @@ def test_the_report_opens_with_each_verdict_and_its_number(report):
     _, _, markdown = report
     short = markdown[markdown.index("## In short"):markdown.index("## Findings")]
     # the best cell with its t-interval over seeds as in the accuracy table; the planted A − A_init sharing
-    assert r"Best LoRA cell: all at r=8, test 0.778 \[0.753, 0.803\] (n=2 at lr 1e-03); full fine-tuning 0.801" in short
+    assert (r"Best LoRA cell (chosen on validation): all at r=8, test 0.778 \[0.753, 0.803\] (n=2 at lr 1e-03); "
+            "full fine-tuning 0.801") in short
     assert ("A − A_init, r=8 vs r=64: φ(1, r_b) 0.80 against the strongest control 0.12 (isotropic baseline), "
             "excess +0.68") in short and "shared beyond the control (task-specific in 12)" in short
     assert "ΔW, two seeds at r=64" in short and "5 of 6 runs converged, 1 reached the step ceiling" in short

@@ -27,7 +27,7 @@ def accuracy(runs: pd.DataFrame, table: pd.DataFrame, metric: str | None = None)
     key, title = "accuracy", "Test metric against rank and target set (Tables 5 and 6)"
     if table.empty or table["mean"].isna().all():
         return Finding.missing(key, title, f"No finished LoRA run with a test metric in {SweepDir.TABLE}.")
-    best = table.loc[table["mean"].idxmin() if metric in LOWER_IS_BETTER else table["mean"].idxmax()]
+    best, chosen_on = _best_cell(runs, table, metric)
     sentences = []
     for targets, t in table.groupby("targets"):
         sentences.append(f"{metric} with targets {targets}: " + ", ".join(
@@ -36,7 +36,7 @@ def accuracy(runs: pd.DataFrame, table: pd.DataFrame, metric: str | None = None)
                                                            if row.n > 1 else "")) + f" (n={row.n})"
             for row in t.itertuples()) + ".")
     full = stats.full_reference(runs, metric)
-    tail = f"Best LoRA: targets {best['targets']} at r={int(best['r'])}, {fmt(best['mean'], 3)}"
+    tail = f"Best LoRA cell ({chosen_on}): targets {best['targets']} at r={int(best['r'])}, {fmt(best['mean'], 3)}"
     if full:
         gap = best["mean"] - full["mean"]
         tail += f"; full fine-tuning {fmt(full['mean'], 3)} (n={full['n']}), difference {fmt(gap, 3)}"
@@ -46,8 +46,26 @@ def accuracy(runs: pd.DataFrame, table: pd.DataFrame, metric: str | None = None)
         tail += f"; majority class {fmt(runs['majority_accuracy'].dropna().iloc[0], 3)}"
     sentences.append(tail + ".")
     sentences += stuck_at_majority(runs) if metric == "test_accuracy" else []
-    values = {"best": float(best["mean"])} | ({"full": float(full["mean"])} if full else {})
+    values = {"best": float(best["mean"]), "chosen_on_validation": float(chosen_on == ON_VALIDATION)} | (
+        {"full": float(full["mean"])} if full else {})
     return Finding(key, title, sentences, table, values)
+
+
+ON_VALIDATION = "chosen on validation"
+
+
+def _best_cell(runs: pd.DataFrame, table: pd.DataFrame, metric: str) -> tuple[pd.Series, str]:
+    """The row of ``table`` (test, each cell at its rate) of the cell best on validation, and "on validation";
+    a sweep without a validation metric (trained before ``data.val_size``): the best on test, and says so."""
+    val = validation_table(runs)
+    val = val[~val["collapsed"].astype(bool)].dropna(subset=["mean"]) if not val.empty else val
+    if not val.empty:
+        pick = val.loc[val["mean"].idxmax() if validation_metric(runs)[1] else val["mean"].idxmin()]
+        match = table[(table["targets"] == pick["targets"]) & (table["r"] == pick["r"])].dropna(subset=["mean"])
+        if not match.empty:
+            return match.iloc[0], ON_VALIDATION
+    best = table.loc[table["mean"].idxmin() if metric in LOWER_IS_BETTER else table["mean"].idxmax()]
+    return best, "the best on test: no validation metric to choose by"
 
 
 def stuck_at_majority(runs: pd.DataFrame) -> list[str]:

@@ -37,7 +37,8 @@ def _accuracy(finding) -> list[str]:
     spread = f" [{fmt(best['ci_low'], 3)}, {fmt(best['ci_high'], 3)}]" if best["n"] > 1 else ""
     rate = f" at lr {best['lr']:.0e}" if pd.notna(best["lr"]) else ""
     full = finding.values.get("full")
-    return [f"Best LoRA cell: {best['targets']} at r={int(best['r'])}, test {fmt(best['mean'], 3)}{spread} "
+    how = "chosen on validation" if finding.values.get("chosen_on_validation") else "on test: no validation metric"
+    return [f"Best LoRA cell ({how}): {best['targets']} at r={int(best['r'])}, test {fmt(best['mean'], 3)}{spread} "
             f"(n={int(best['n'])}{rate})" + (f"; full fine-tuning {fmt(full, 3)}" if full is not None else "")
             + f"; {int(table['collapsed'].astype(bool).sum())} of {len(table)} cells collapsed at every rate."]
 
