@@ -301,3 +301,7 @@ def test_an_ablation_extended_with_ranks_controls_the_pair_the_report_will_analy
     assert sorted(planned) == ["r64-seed0-all-shuffled-lr0.001", "r8-seed0-all-shuffled-lr0.001",
                                "r8-seed1-all-shuffled-lr0.001"]
     assert "optim.steps=@r8-seed1-all-lr0.001" in planned["r8-seed1-all-shuffled-lr0.001"]
+    # beside attn, the twins are all's only: the report analyses all where it is there
+    rows += [{**row, "run": row["run"].replace("-all-", "-attn-"), "lora.targets": "attn"} for row in list(rows)]
+    both = AblateConfig(targets=["attn", "all"], ranks=[2], lrs=[1e-3, 1e-2])
+    assert sorted(dict(ablate.controls(both, tmp_path, ["experiment=rank_ablation"]))) == sorted(planned)

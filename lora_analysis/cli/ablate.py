@@ -181,7 +181,9 @@ def controls(cfg: AblateConfig, sweep: Path, common: list[str]) -> list[tuple[st
     - the seed pair's, seeds 0 and 1 at the seed rank: the paper's (``paper.SEED_RANK``) where it was seeded at
       that rate, else the largest rank that was; for a budget experiment, the set's one cell.
 
-    A pair with no real twin at that rate (a collapsed cell, no seeds) gets none."""
+    Only for ``all`` where the cells hold it: the report's subspace analyses read one target set, ``all`` where
+    present (``queries.main_targets``), so twins of the other sets would control nothing it says. A pair with no
+    real twin at that rate (a collapsed cell, no seeds) gets none."""
     from lora_analysis.cli.reproduce import MATCHED
     from lora_analysis.derive.controls import shuffled_run_labels
     from lora_analysis.derive.rates import analysed_rate
@@ -196,6 +198,8 @@ def controls(cfg: AblateConfig, sweep: Path, common: list[str]) -> list[tuple[st
         if "lora.rank_pattern" not in values:  # a pattern is compared by accuracy, never paired
             by_targets.setdefault(values["lora.targets"], []).append(int(values["lora.r"]) if "lora.r" in values
                                                                      else None)
+    if "all" in by_targets:  # the report analyses one target set, all where it is there (queries.main_targets)
+        by_targets = {"all": by_targets["all"]}
     plan: dict[str, list[str]] = {}
     for targets, ranks in by_targets.items():
         ranks = _with_sweep_ranks(ranks, runs, targets)

@@ -89,9 +89,9 @@ class AblateConfig:
     # ceiling, then the better half on validation goes on to its optimum, the rest stop there; 0: no halving.
     halving: float = 0.2
     seeds: int = 3  # seeds per cell at its chosen rate (seed 0 from the search, 1.. trained after it)
-    # Shuffled-label twins of each target set's rank pair (seed 0; r=8 and 64 where swept) and seed pair
-    # (seeds 0 and 1; a budget experiment: its one cell) at the rate the report analyses, for as many steps
-    # as their real twins kept: the subspace verdicts' strongest control.
+    # Shuffled-label twins of the rank pair (seed 0; r=8 and 64 where swept) and seed pair (seeds 0 and 1; a
+    # budget experiment: its one cell) of the target set the report analyses (all where swept, else each set),
+    # at the rate it analyses, for as many steps as their real twins kept: the subspace verdicts' strongest control.
     controls: bool = True
     out_dir: str = "runs"
     name: str | None = None  # the sweep folder; None: the experiment's name
