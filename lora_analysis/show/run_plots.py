@@ -153,7 +153,8 @@ def lr_curves(choices: pd.DataFrame) -> Figure:
         ranks = cell["r"].unique()  # one rank per set (a budget sweep): named in its panel's title
         ax.set(title=f"{targets}, r={int(ranks[0])}" if len(ranks) == 1 else targets, xlabel="learning rate")
     axes[0].set_ylabel("validation metric\n(mean over the seeds every rate has)")
-    axes[-1].legend(frameon=False, fontsize=7)
+    if choices.groupby("targets")["r"].nunique().max() > 1:  # else each panel's title names its one rank
+        axes[-1].legend(frameon=False, fontsize=7)
     halved = "halved" in choices and choices["halved"].astype(bool).any()
     fig.suptitle("Validation metric against learning rate per cell\nringed: the rate chosen"
                  + ("; crossed: stopped at the search's rung (successive halving), its validation there" if halved
