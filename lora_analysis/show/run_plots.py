@@ -157,7 +157,7 @@ def lr_curves(choices: pd.DataFrame) -> Figure:
         axes[-1].legend(frameon=False, fontsize=7)
     halved = "halved" in choices and choices["halved"].astype(bool).any()
     fig.suptitle("Validation metric against learning rate per cell\nringed: the rate chosen"
-                 + ("; crossed: stopped at the search's rung (successive halving), its validation there" if halved
+                 + ("\ncrossed: stopped at the search's rung (successive halving), its validation there" if halved
                     else ""), fontsize=9)
     return fig
 
