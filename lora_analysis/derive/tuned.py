@@ -20,6 +20,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from lora_analysis.errors import LoraAnalysisError
+from lora_analysis.stopping import HALVED
 
 LR = "optim.lr"
 COLLAPSE_TOLERANCE = 0.005  # validation accuracy within this of the majority class: one class predicted
@@ -150,8 +151,6 @@ def _choose(group: pd.DataFrame, key: dict) -> _Choice:
 
 def _halved_rates(group: pd.DataFrame) -> set[float]:
     """The rates of a cell whose runs successive halving stopped at its rung (``stopping.HALVED``)."""
-    from lora_analysis.stopping import HALVED
-
     if "stop_reason" not in group:
         return set()
     return set(group.loc[group["stop_reason"] == HALVED, LR].dropna().astype(float))

@@ -17,13 +17,13 @@ slow ones (low rates reach their optimum late); a second rung would cut runs tha
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pandas as pd
 
 from lora_analysis.layout import RunDir
+from lora_analysis.train.sweep import checkpoint_progress
 
 HALT = "halt=true"
 
@@ -46,7 +46,7 @@ def validation_curve(run_dir: Path) -> pd.DataFrame:
         history = pd.read_csv(run.history_path)
         if "val_loss" in history:
             return history.dropna(subset=["val_loss"]).reindex(columns=columns).reset_index(drop=True)
-    return pd.DataFrame(_checkpoint_progress(run).get("evals", []), columns=columns)
+    return pd.DataFrame(checkpoint_progress(run).get("evals", []), columns=columns)
 
 
 def reached(run_dir: Path, step: int) -> bool:
@@ -54,21 +54,7 @@ def reached(run_dir: Path, step: int) -> bool:
     run = RunDir(run_dir)
     if run.is_done():
         return True
-    return _checkpoint_progress(run).get("step", 0) >= step
-
-
-def _checkpoint_progress(run: RunDir) -> dict:
-    """The trainer's ``Progress`` saved in the run's checkpoint; {} without a readable one (the trainer then
-    starts the run again)."""
-    from safetensors import SafetensorError, safe_open
-
-    if not run.checkpoint_path.is_file():
-        return {}
-    try:
-        with safe_open(str(run.checkpoint_path), "pt") as handle:
-            return json.loads((handle.metadata() or {}).get("progress", "{}"))
-    except (SafetensorError, OSError, ValueError):
-        return {}
+    return checkpoint_progress(run).get("step", 0) >= step
 
 
 def rung_score(curve: pd.DataFrame, step: int) -> tuple[float, float]:

@@ -119,11 +119,23 @@ def readable_checkpoint(run: RunDir) -> bool:
 
     try:
         load_file(str(run.checkpoint_path))
-        with safe_open(str(run.checkpoint_path), "pt") as handle:
-            json.loads((handle.metadata() or {})["progress"])
-    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError):
+    except (SafetensorError, OSError, ValueError, RuntimeError):
         return False
-    return True
+    return bool(checkpoint_progress(run))
+
+
+def checkpoint_progress(run: RunDir) -> dict:
+    """The trainer's ``Progress`` in the run's checkpoint (step, evaluations, early stopping), read from its
+    header alone; {} without a checkpoint or with an unreadable one (the trainer then starts the run again)."""
+    from safetensors import SafetensorError
+
+    if not run.checkpoint_path.is_file():
+        return {}
+    try:
+        with safe_open(str(run.checkpoint_path), "pt") as handle:
+            return json.loads((handle.metadata() or {})["progress"])
+    except (SafetensorError, OSError, ValueError, KeyError):
+        return {}
 
 
 def _first_difference(old: dict, new: dict, prefix: str = "") -> str:
