@@ -185,7 +185,7 @@ def test_the_rates_finding_states_each_choice_and_where_accuracy_stops_improving
                                            "val_accuracy": v, "test_accuracy": v}
                                           for lr, v in ((1e-5, 0.79), (1e-4, 0.81))])], ignore_index=True)
     lora = runs[runs["method"] == "lora"]
-    found = R.tuned_rates(stats.rate_choices(lora), stats.accuracy_table(lora), runs)
+    found = R.tuned_rates(stats.rate_choices(lora), stats.validation_table(lora), runs)
     text = " ".join(found.sentences)
     assert ("all: r=1 1e-04 (edge), r=8 1e-03 (edge), r=64 1e-03 (edge); 2 different rates over 3 ranks that "
             "learnt") in text
@@ -194,11 +194,11 @@ def test_the_rates_finding_states_each_choice_and_where_accuracy_stops_improving
     assert "all: validation accuracy stops improving at r=8" in text and ": supported." in text
     stuck = sweep({("all", 1): {1e-4: ([0.57], [0.575]), 1e-3: ([0.57], [0.575])},
                    ("all", 8): {1e-4: ([0.70], [0.7]), 1e-3: ([0.79], [0.80])}})
-    text = " ".join(R.tuned_rates(stats.rate_choices(stuck), stats.accuracy_table(stuck), stuck).sentences)
+    text = " ".join(R.tuned_rates(stats.rate_choices(stuck), stats.validation_table(stuck), stuck).sentences)
     assert "all: r=1 collapsed at every rate, r=8 1e-03 (edge); the same rate at every rank that learnt." in text
     assert "1 of 2 cells chose a rate at an end of the grid" in text  # a collapsed cell's "choice" is no choice
     one_rate = sweep({("all", 8): {1e-3: ([0.8], [0.8])}})
-    assert "one learning rate" in R.tuned_rates(stats.rate_choices(one_rate), stats.accuracy_table(one_rate),
+    assert "one learning rate" in R.tuned_rates(stats.rate_choices(one_rate), stats.validation_table(one_rate),
                                                 one_rate).sentences[0]
 
 
@@ -305,3 +305,42 @@ def test_an_ablation_extended_with_ranks_controls_the_pair_the_report_will_analy
     rows += [{**row, "run": row["run"].replace("-all-", "-attn-"), "lora.targets": "attn"} for row in list(rows)]
     both = AblateConfig(targets=["attn", "all"], ranks=[2], lrs=[1e-3, 1e-2])
     assert sorted(dict(ablate.controls(both, tmp_path, ["experiment=rank_ablation"]))) == sorted(planned)
+
+
+def test_where_accuracy_stops_improving_is_one_rule_on_validation():
+    from lora_analysis.derive.plateau import CANNOT_TELL, NOT_SUPPORTED, SUPPORTED, plateau
+
+    # test says r=64 is best and r=8 falls short; validation says r=8 is as good: validation decides
+    runs = sweep({("all", 1): {1e-3: ([0.70, 0.71, 0.72], [0.70, 0.71, 0.72])},
+                  ("all", 8): {1e-3: ([0.79, 0.80, 0.81], [0.70, 0.70, 0.71])},
+                  ("all", 64): {1e-3: ([0.80, 0.80, 0.81], [0.80, 0.80, 0.81])}})
+    found = plateau(runs, "all")
+    assert (found.rank, found.best, found.verdict) == (8, 64, SUPPORTED)
+    low, high = interval(pd.Series([0.79, 0.80, 0.81]))
+    assert (found.ci_low, found.ci_high) == pytest.approx((low, high)) and low <= found.best_mean <= high
+    # only the best rank's interval holds its mean: not supported
+    apart = sweep({("all", 1): {1e-3: ([0.70, 0.70, 0.71], [0.7] * 3)},
+                   ("all", 8): {1e-3: ([0.80, 0.80, 0.81], [0.8] * 3)}})
+    assert (plateau(apart, "all").rank, plateau(apart, "all").verdict) == (8, NOT_SUPPORTED)
+    # one rank on one seed: no interval, no claim; one rank only: not measured; another target set: none
+    thin = sweep({("all", 1): {1e-3: ([0.80], [0.8])}, ("all", 8): {1e-3: ([0.80, 0.81], [0.8] * 2)}})
+    thin = plateau(thin, "all")
+    assert (thin.rank, thin.verdict, thin.best) == (None, CANNOT_TELL, 8)
+    assert plateau(sweep({("all", 8): {1e-3: ([0.8, 0.8], [0.8] * 2)}}), "all") is None
+    assert plateau(runs, "attn") is None and plateau(runs.drop(columns="val_accuracy"), "all") is None
+
+
+def test_the_report_and_the_recommendation_read_the_same_plateau():
+    from lora_analysis.derive.plateau import plateau
+    from lora_analysis.derive.recommend import Recommendation
+    from lora_analysis.show import run_findings as R
+
+    runs = sweep({("all", 1): {1e-3: ([0.70, 0.71, 0.72], [0.7] * 3)},
+                  ("all", 8): {1e-3: ([0.79, 0.80, 0.81], [0.7] * 3)},
+                  ("all", 64): {1e-3: ([0.80, 0.80, 0.81], [0.8] * 3), 1e-4: ([0.7], [0.7])}})
+    rates = " ".join(R.tuned_rates(stats.rate_choices(runs), stats.validation_table(runs), runs).sentences)
+    roles = pd.DataFrame({"role": ["q"], "rank": [4], "layers_min": [4], "layers_max": [4], "n_layers": [2],
+                          "seed_shared": [4.0], "rank_shared": [4.0]})
+    explained = " ".join(Recommendation(pd.DataFrame(), roles, "A_delta", "all", plateau(runs, "all"), {}).explain())
+    assert "validation accuracy stops improving at r=8" in rates
+    assert "Validation accuracy stops improving at r=8" in explained and "is in agreement with it" in explained

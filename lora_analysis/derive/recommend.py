@@ -14,8 +14,9 @@ A direction found by both is one the task needs, so a layer needs ``min(seed cou
 over its layers; a layer that needs more than twice or less than half of that gets its own entry.
 When no role needs a direction (a sweep of shuffled-label runs only, or shared directions no larger
 than the controls) nothing is recommended and no rank_pattern is written, and the reason is given.
-The accuracy curve is the cross-check: the smallest rank whose mean test metric is within one standard
-deviation over seeds (at least 0.5 point) of the best one, where the accuracy stops improving.
+The accuracy curve is the cross-check: where validation accuracy stops improving (``derive.plateau``, the
+rule the report's rates finding states: the smallest rank whose 95% interval over seeds holds the best
+rank's mean, each rank at its tuned rate; cannot tell with fewer than two seeds a rank).
 
 The default subject is ``A_delta`` (A - A_init, what training wrote into A). With B = 0 at init and few
 steps, A stays close to its random init, and the input directions of dW = s B A inherit that init, which
@@ -39,7 +40,8 @@ import pandas as pd
 
 from lora_analysis.analysis.kinds import Comparison, Subject
 from lora_analysis.derive import controls, queries
-from lora_analysis.derive.tuned import tuned_table, validation_metric
+from lora_analysis.derive.plateau import Plateau
+from lora_analysis.derive.plateau import plateau as find_plateau
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.layout import SweepDir
 from lora_analysis.targets import FAMILIES, ROLES
@@ -53,9 +55,14 @@ class Recommendation:
     roles: pd.DataFrame  # role, rank, layers_min, layers_max, n_layers, seed_shared, rank_shared (medians)
     subject: str
     targets: str
-    accuracy_plateau: int | None
+    plateau: Plateau | None  # where validation accuracy stops improving (``derive.plateau``), None: not measured
     rank_pattern: dict[str, int]
     nothing: str | None = None  # why nothing is recommended (no task-specific direction anywhere), else None
+
+    @property
+    def accuracy_plateau(self) -> int | None:
+        """The rank where validation accuracy stops improving; None where not measured or cannot tell."""
+        return None if self.plateau is None else self.plateau.rank
 
     @property
     def controls_used(self) -> str:
@@ -77,12 +84,17 @@ class Recommendation:
                 f"(medians {_count(row.seed_shared)} and {_count(row.rank_shared)}; layers need {row.layers_min} to "
                 f"{row.layers_max})."
             )
-        if self.accuracy_plateau is None:
+        if self.plateau is None:
             lines.append("Accuracy cross-check: the sweep has no validation metric for two or more ranks of this "
                          "target set (runs trained before data.val_size are not read for it).")
             return lines
+        if self.plateau.rank is None:
+            lines.append("Accuracy cross-check: where validation accuracy stops improving cannot tell (a rank has "
+                         "fewer than two seeds, so no interval); the best validation mean is at "
+                         f"r={self.plateau.best}.")
+            return lines
         top = int(self.roles["rank"].max()) if not self.roles.empty else 0
-        plateau = self.accuracy_plateau
+        plateau = self.plateau.rank
         if top > 2 * plateau:
             verdict = f"above it: accuracy is already flat at r={plateau}, the smaller rank is the cheaper choice"
         elif 2 * top < plateau:
@@ -92,8 +104,9 @@ class Recommendation:
                        f"r={plateau} where accuracy matters most")
         else:
             verdict = "in agreement with it (within a factor of 2)"
-        lines.append(f"Validation accuracy stops improving at r={plateau}; the largest recommended rank ({top}) is "
-                     f"{verdict}.")
+        lines.append(f"Validation accuracy stops improving at r={plateau} (the smallest rank whose 95% interval over "
+                     f"seeds holds the best mean, at r={self.plateau.best}; {self.plateau.verdict}); the largest "
+                     f"recommended rank ({top}) is {verdict}.")
         return lines
 
 
@@ -149,26 +162,6 @@ def role_ranks(layers: pd.DataFrame) -> pd.DataFrame:
     out["seed_shared"] = grouped["seed_shared"].median()
     out["rank_shared"] = grouped["rank_shared"].median()
     return out.reset_index()
-
-
-def accuracy_plateau(runs: pd.DataFrame, targets: str) -> int | None:
-    """The smallest rank whose validation metric is within one std over seeds (at least 0.5 point) of the best,
-    each rank at its learning rate chosen on validation (``tuned``); the test split is not read. None without a
-    validation metric (runs trained before ``data.val_size``) or with fewer than two ranks."""
-    metric, higher = validation_metric(runs)
-    lora = queries.lora_runs(runs)
-    if lora.empty or metric not in lora or lora[metric].isna().all():
-        return None
-    lora = lora.drop(queries.patterned_runs(lora).index)  # a rank pattern's runs are no rank's
-    lora = lora[lora["lora.targets"].astype(str) == targets].dropna(subset=["lora.r"])
-    by_rank = tuned_table(lora.assign(r=lora["lora.r"].astype(int)), ["r"], metric).set_index("r").sort_index()
-    by_rank = by_rank.dropna(subset=["mean"])  # collapsed ranks say nothing about where accuracy stops improving
-    if len(by_rank) < 2:
-        return None
-    scores = (1.0 if higher else -1.0) * by_rank["mean"]
-    best = scores.idxmax()
-    tolerance = max(float(np.nan_to_num(by_rank.loc[best, "std"])), 0.005)
-    return int(scores[scores >= scores[best] - tolerance].index.min())
 
 
 def rank_pattern(roles: pd.DataFrame, layers: pd.DataFrame, modules: pd.DataFrame) -> dict[str, int]:
@@ -234,7 +227,7 @@ def recommend_from(phi: pd.DataFrame, modules: pd.DataFrame, runs: pd.DataFrame,
     if targets is None:
         raise LoraAnalysisError(f"{source} has no phi rows: nothing to recommend from")
     shuffled = controls.shuffled_run_labels(runs)
-    plateau = accuracy_plateau(runs[~runs["run"].astype(str).isin(shuffled)], targets) if not runs.empty else None
+    plateau = find_plateau(runs[~runs["run"].astype(str).isin(shuffled)], targets) if not runs.empty else None
     trained = set(phi.loc[phi["targets"].astype(str) == targets, "run_a"].astype(str))
     if trained and trained <= shuffled:
         return _nothing(subject, targets, plateau, "every run of this target set was trained on shuffled labels, so "

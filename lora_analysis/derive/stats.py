@@ -26,7 +26,7 @@ from lora_analysis.derive.queries import (
     metric_column,
     patterned_runs,
 )
-from lora_analysis.derive.tuned import CHOICE_COLUMNS, lr_choices, tuned_table
+from lora_analysis.derive.tuned import CHOICE_COLUMNS, lr_choices, tuned_table, validation_metric
 
 
 def direction_energies(phi: pd.DataFrame) -> pd.DataFrame:
@@ -193,6 +193,13 @@ def accuracy_table(runs: pd.DataFrame, metric: str | None = None) -> pd.DataFram
     return table.merge(params, on=["targets", "r"], how="left")[ACCURACY_COLUMNS]
 
 
+def validation_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """``accuracy_table`` of the validation metric: each cell at its chosen rate, over its seeds. What the
+    choices made after the search read (the best cell, where accuracy stops improving), never the test split."""
+    metric, _ = validation_metric(runs)
+    return accuracy_table(runs, metric) if metric in runs else pd.DataFrame(columns=ACCURACY_COLUMNS)
+
+
 def rate_choices(runs: pd.DataFrame) -> pd.DataFrame:
     """``tuned.lr_choices`` of the LoRA runs per (target set, rank): what ``accuracy_table`` chose from."""
     lora = _rank_cells(runs)
@@ -289,8 +296,10 @@ class Derived:
     """The derived tables of one report, computed once: findings, figures and the recommendation read them.
 
     ``shared``: ``shared_directions`` of the focus phi table; ``accuracy``: ``accuracy_table`` of every
-    run (each cell at its learning rate chosen on validation); ``lr_choices``: the validation metric of every
-    (target set, rank, learning rate), what the choice read; ``budget_accuracy``: of the budget-matched runs;
+    run (each cell at its learning rate chosen on validation); ``validation``: ``validation_table``, the
+    same cells' validation metric (what the best cell and the rank plateau are chosen by); ``lr_choices``:
+    the validation metric of every (target set, rank, learning rate), what the choice read;
+    ``budget_accuracy``: of the budget-matched runs;
     ``patterns``: ``pattern_table`` (rank patterns under test); ``a_moved``: ``a_moved_table``; ``controls``:
     ``controls.direction_controls`` (every direction of every real pair against the strongest control;
     the shuffled-label pairs are its controls), ``task``: ``controls.task_directions`` of it.
@@ -300,6 +309,7 @@ class Derived:
     metric: str | None
     shared: pd.DataFrame
     accuracy: pd.DataFrame
+    validation: pd.DataFrame
     lr_choices: pd.DataFrame
     budget_accuracy: pd.DataFrame
     patterns: pd.DataFrame
@@ -317,7 +327,8 @@ class Derived:
         """
         metric = metric or metric_column(runs)
         per_direction = direction_controls(phi if control_phi is None else control_phi, shuffled)
-        return cls(targets, metric, shared_directions(phi), accuracy_table(runs, metric), rate_choices(runs),
+        return cls(targets, metric, shared_directions(phi), accuracy_table(runs, metric),
+                   validation_table(runs), rate_choices(runs),
                    accuracy_table(budgeted_runs(runs), metric), pattern_table(runs, metric), a_moved_table(modules),
                    per_direction, task_directions(per_direction))
 

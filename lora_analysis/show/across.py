@@ -13,7 +13,7 @@ import pandas as pd
 from lora_analysis.analysis.kinds import Comparison, Subject
 from lora_analysis.atomic import write_text
 from lora_analysis.derive import controls
-from lora_analysis.derive.recommend import accuracy_plateau
+from lora_analysis.derive.plateau import plateau
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.show.labels import fmt
 from lora_analysis.show.report import Study, study
@@ -41,12 +41,14 @@ def column(studied: Study) -> dict[str, str]:
     cells["test accuracy, mean [95% interval] (n seeds)"] = "; ".join(
         f"r={int(r.r)}: {fmt(r.mean, 3)}" + ("" if r.n < 2 else f" [{fmt(r.ci_low, 3)}, {fmt(r.ci_high, 3)}]")
         + f" ({int(r.n)})" for r in accuracy.itertuples() if not r.collapsed) or "no LoRA run with a test metric"
-    plateau = accuracy_plateau(runs, focus.targets) if focus.targets else None
+    found_plateau = plateau(runs, focus.targets) if focus.targets else None
     one_rate = not accuracy.empty and int(accuracy["lrs"].max()) == 1
     cells["validation accuracy stops improving at"] = (
-        "cannot tell (fewer than two ranks with a validation metric)" if plateau is None else
-        f"r={plateau}" + (" (within one std of the best rank; one learning rate for every rank)" if one_rate else
-                          " (within one std of the best rank, each at its tuned rate)"))
+        "not measured (fewer than two ranks with a validation metric)" if found_plateau is None else
+        f"cannot tell (a rank has fewer than two seeds; best mean at r={found_plateau.best})"
+        if found_plateau.rank is None else
+        f"r={found_plateau.rank}, {found_plateau.verdict} (its 95% interval holds the best mean, at "
+        f"r={found_plateau.best}; " + ("one learning rate for every rank)" if one_rate else "each at its tuned rate)"))
     summary = controls.top_direction_summary(derived.controls)
     lo, hi = focus.rank_pair or (None, None)
     pair = summary[(summary["comparison"] == Comparison.rank) & (summary["r_a"] == lo) & (summary["r_b"] == hi)]

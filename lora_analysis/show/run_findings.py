@@ -12,6 +12,7 @@ import math
 import pandas as pd
 
 from lora_analysis.derive import stats
+from lora_analysis.derive.plateau import CANNOT_TELL, SUPPORTED, Plateau, plateaus
 from lora_analysis.derive.queries import LOWER_IS_BETTER, budgeted_runs, has_majority, lora_runs, metric_column
 from lora_analysis.derive.tuned import difference_interval, validation_metric
 from lora_analysis.layout import SweepDir
@@ -20,14 +21,15 @@ from lora_analysis.show.labels import fmt
 from lora_analysis.stopping import FIXED, HALVED, VERDICTS
 
 
-def accuracy(runs: pd.DataFrame, table: pd.DataFrame, metric: str | None = None) -> Finding:
+def accuracy(runs: pd.DataFrame, table: pd.DataFrame, validation: pd.DataFrame, metric: str | None = None) -> Finding:
     """Test metric against rank and target set, beside full fine-tuning and the majority class, from the
-    report's one accuracy table (``table``: ``stats.accuracy_table``, each cell at its tuned rate)."""
+    report's one accuracy table (``table``: ``stats.accuracy_table``, each cell at its tuned rate); the best
+    cell is the best of ``validation`` (``stats.validation_table``)."""
     metric = metric or metric_column(runs)
     key, title = "accuracy", "Test metric against rank and target set (Tables 5 and 6)"
     if table.empty or table["mean"].isna().all():
         return Finding.missing(key, title, f"No finished LoRA run with a test metric in {SweepDir.TABLE}.")
-    best, chosen_on = _best_cell(runs, table, metric)
+    best, chosen_on = _best_cell(runs, table, validation, metric)
     sentences = []
     for targets, t in table.groupby("targets"):
         sentences.append(f"{metric} with targets {targets}: " + ", ".join(
@@ -54,10 +56,10 @@ def accuracy(runs: pd.DataFrame, table: pd.DataFrame, metric: str | None = None)
 ON_VALIDATION = "chosen on validation"
 
 
-def _best_cell(runs: pd.DataFrame, table: pd.DataFrame, metric: str) -> tuple[pd.Series, str]:
-    """The row of ``table`` (test, each cell at its rate) of the cell best on validation, and "on validation";
-    a sweep without a validation metric (trained before ``data.val_size``): the best on test, and says so."""
-    val = validation_table(runs)
+def _best_cell(runs: pd.DataFrame, table: pd.DataFrame, val: pd.DataFrame, metric: str) -> tuple[pd.Series, str]:
+    """The row of ``table`` (test, each cell at its rate) of the cell best on ``val`` (the validation table),
+    and "on validation"; a sweep without a validation metric (trained before ``data.val_size``): the best on
+    test, and says so."""
     val = val[~val["collapsed"].astype(bool)].dropna(subset=["mean"]) if not val.empty else val
     if not val.empty:
         pick = val.loc[val["mean"].idxmax() if validation_metric(runs)[1] else val["mean"].idxmin()]
@@ -240,12 +242,12 @@ def trained_enough(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> Fi
     return Finding(key, title, sentences, table, values)
 
 
-def tuned_rates(choices: pd.DataFrame, table: pd.DataFrame, runs: pd.DataFrame) -> Finding:
+def tuned_rates(choices: pd.DataFrame, val: pd.DataFrame, runs: pd.DataFrame) -> Finding:
     """The learning rates chosen on validation, against the anchors (LoRA Without Regret, 2025: the optimal
     rate roughly independent of rank under alpha/r, LoRA's about 10x full fine-tuning's), and from which
-    rank accuracy stops improving, judged on the test intervals of each rank at its own rate.
+    rank validation accuracy stops improving (``derive.plateau``, each rank at its own rate).
 
-    ``choices``: ``stats.rate_choices``; ``table``: ``stats.accuracy_table`` (the report's ``Derived``)."""
+    ``choices``: ``stats.rate_choices``; ``val``: ``stats.validation_table`` (the report's ``Derived``)."""
     key, title = "rates", "Learning rates tuned on validation, against the anchors"
     tuned = choices.groupby(["targets", "r"])["lr"].nunique() if not choices.empty else pd.Series(dtype=int)
     if tuned.empty or tuned.max() < 2:
@@ -276,7 +278,6 @@ def tuned_rates(choices: pd.DataFrame, table: pd.DataFrame, runs: pd.DataFrame) 
     full = runs[runs["method"] == "full"] if "method" in runs else runs.iloc[0:0]
     full_scores = full.groupby("optim.lr")["val_accuracy"].mean().dropna() if {"optim.lr", "val_accuracy"} <= set(
         full) else pd.Series(dtype=float)
-    val = validation_table(runs)
     higher = validation_metric(runs)[1]
     if len(full_scores) > 1:
         full_rate = float(full_scores.idxmax())
@@ -286,35 +287,17 @@ def tuned_rates(choices: pd.DataFrame, table: pd.DataFrame, runs: pd.DataFrame) 
             sentences.append(f"LoRA's best cell ({best['targets']}, r={int(best['r'])}) chose {best['lr']:.0e}, "
                              f"full fine-tuning {full_rate:.0e}: a ratio of {best['lr'] / full_rate:.0f}x (anchor: "
                              "about 10x).")
-    sentences += _levels_off(val, higher)
+    sentences += [plateau_sentence(p) for p in plateaus(val, higher).values()]
     return Finding(key, title, sentences, chosen.reset_index(drop=True), {"cells": float(len(chosen)),
                                                                         "at_edge": float(edge)})
 
 
-def validation_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """``stats.accuracy_table`` of the validation metric: each cell at its chosen rate, over its seeds. Where
-    accuracy stops improving is a choice, so it is read here, never on the test split."""
-    metric, _ = validation_metric(runs)
-    return stats.accuracy_table(runs, metric) if metric in runs else pd.DataFrame(columns=stats.ACCURACY_COLUMNS)
-
-
-def _levels_off(table: pd.DataFrame, higher: bool = True) -> list[str]:
-    """Per target set, on the validation ``table``: the smallest rank whose 95% interval holds the best rank's
-    mean (supported), or none (not supported), or cannot tell without intervals (fewer than two seeds)."""
-    out = []
-    for targets, t in table[~table["collapsed"].astype(bool)].groupby("targets"):
-        t = t.dropna(subset=["mean"]).sort_values("r")
-        if len(t) < 2:
-            continue
-        best = t.loc[t["mean"].idxmax() if higher else t["mean"].idxmin()]
-        if t["n"].min() < 2:
-            out.append(f"{targets}: where validation accuracy stops improving cannot tell (fewer than two seeds per "
-                       f"rank, so no interval); the best mean is at r={int(best['r'])}.")
-            continue
-        within = t[(t["ci_low"] <= best["mean"]) & (best["mean"] <= t["ci_high"])]
-        first = within.iloc[0] if not within.empty else best
-        verdict = "supported" if first["r"] < best["r"] else "not supported: only the best rank reaches it"
-        out.append(f"{targets}: validation accuracy stops improving at r={int(first['r'])} (its 95% interval "
-                   f"[{fmt(first['ci_low'], 3)}, {fmt(first['ci_high'], 3)}] over seeds holds the best mean "
-                   f"{fmt(best['mean'], 3)} at r={int(best['r'])}): {verdict}.")
-    return out
+def plateau_sentence(p: Plateau) -> str:
+    """``derive.plateau``'s answer for one target set, as the report states it."""
+    if p.verdict == CANNOT_TELL:
+        return (f"{p.targets}: where validation accuracy stops improving cannot tell (fewer than two seeds per "
+                f"rank, so no interval); the best mean is at r={p.best}.")
+    why = "supported" if p.verdict == SUPPORTED else "not supported: only the best rank reaches it"
+    return (f"{p.targets}: validation accuracy stops improving at r={p.rank} (its 95% interval "
+            f"[{fmt(p.ci_low, 3)}, {fmt(p.ci_high, 3)}] over seeds holds the best mean {fmt(p.best_mean, 3)} at "
+            f"r={p.best}): {why}.")

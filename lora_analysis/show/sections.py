@@ -146,7 +146,7 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str |
         section.plot("accuracy_budget", lambda: run_plots.accuracy_by_targets(runs, budget, metric=metric),
                      "Test metric per target set at one parameter budget, with each set's rank and parameter count.")
     if sentences:
-        section.bullets(R.accuracy(runs, table, metric).sentences)
+        section.bullets(R.accuracy(runs, table, derived.validation, metric).sentences)
         if not budgeted.empty:
             section.bullets(R.ffn_under_budget(runs, derived.budget_accuracy, metric).sentences)
     return section
