@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 import pytest
+import yaml
 from test_tuned import sweep
 
 from lora_analysis.derive import stats
@@ -62,9 +63,11 @@ def test_the_search_decides_the_same_from_finished_and_from_paused_runs(tmp_path
     from lora_analysis.layout import RunDir
 
     curves = {"lr1e-4": [0.69, 0.66, 0.64, 0.60], "lr1e-3": [0.60, 0.50, 0.45, 0.48], "lr1e-2": [0.70, 0.70]}
+    config = {"seed": 0, "optim": {"lr": 1e-4, "steps": 1000}, "threads": 2, "pause_at": 200}
     for name, losses in curves.items():
         run = RunDir(tmp_path / name)
         run.path.mkdir()
+        run.config_path.write_text(yaml.safe_dump(config))
         evals = [{"step": 100 * (i + 1), "val_loss": v, "val_accuracy": 1 - v} for i, v in enumerate(losses)]
         if name == "lr1e-4":  # paused past the rung (went on, then interrupted): the rung is read at step 200
             meta = {"progress": json.dumps({"step": 400, "evals": evals})}
@@ -75,9 +78,15 @@ def test_the_search_decides_the_same_from_finished_and_from_paused_runs(tmp_path
             run.done_path.write_text("{}")
     dirs = [tmp_path / name for name in curves]
     assert halving.decide(dirs, 200) == {"lr1e-3", "lr1e-4"}  # 0.50 and 0.66 by step 200, 0.70 for lr1e-2
-    assert halving.reached(tmp_path / "lr1e-4", 200) and not halving.reached(tmp_path / "lr1e-4", 500)
-    (tmp_path / "lr1e-4" / RunDir.CHECKPOINT).write_bytes(b"truncated")
-    assert not halving.reached(tmp_path / "lr1e-4", 200)  # unreadable: the trainer starts it again
+    paused = tmp_path / "lr1e-4"
+    config = RunDir(paused).load_config()  # as saved: with the settings added since filled in
+    assert halving.reached(paused, 200, config) and not halving.reached(paused, 500, config)
+    assert halving.reached(paused, 200, config | {"threads": 1, "pause_at": None})  # volatile keys aside
+    # the folder holds another config's run (reused by hand): its checkpoint is no step of this run
+    assert not halving.reached(paused, 200, config | {"optim": config["optim"] | {"steps": 3000}})
+    assert not halving.reached(tmp_path / "lr1e-3", 200, config | {"seed": 1})  # finished, but not this run
+    (paused / RunDir.CHECKPOINT).write_bytes(b"truncated")
+    assert not halving.reached(paused, 200, config)  # unreadable: the trainer starts it again
 
 
 @pytest.mark.parametrize("value", ["-0.1", "1.0"])

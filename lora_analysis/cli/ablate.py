@@ -32,7 +32,7 @@ from lora_analysis.cli.schemas import AblateConfig
 from lora_analysis.hydra_compose import compose, help_text, to_settings
 from lora_analysis.layout import ReportDir, SweepDir, is_done
 from lora_analysis.owned import check_ours
-from lora_analysis.train.sweep import collect_runs, run_name
+from lora_analysis.train.sweep import collect_runs, planned_config, run_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -120,7 +120,8 @@ def _search(cfg: AblateConfig, search: dict[tuple, list[tuple[str, list[str]]]],
         clock.lap("search")
         return
     print(f"1a) search to the rung, step {rung} of {optim.steps} (successive halving)", file=sys.stderr)
-    _train(cfg, [(name, [*o, f"pause_at={rung}"]) for name, o in runs if not halving.reached(sweep / name, rung)],
+    _train(cfg, [(name, [*o, f"pause_at={rung}"]) for name, o in runs
+                 if not halving.reached(sweep / name, rung, _planned(name, o, sweep, cfg.out_dir))],
            sweep, train_overrides)
     clock.lap("search to the rung")
     go_on, stop = [], []
@@ -242,6 +243,11 @@ def _with_sweep_ranks(ranks: list[int | None], runs: pd.DataFrame, targets: str)
 def _plan(common: list[str], cells: list[list[str]] | list[tuple[str, ...]], seeds) -> list[tuple[str, list[str]]]:
     """(run name, overrides) of every cell at every seed; the name from the cell, its rate and its seed."""
     return [(run_name([*cell, f"seed={seed}"]), [*common, *cell, f"seed={seed}"]) for cell in cells for seed in seeds]
+
+
+def _planned(name: str, overrides: list[str], sweep: Path, out_dir: str) -> dict:
+    """The config the run will train with (``train_all`` adds the sweep's name and out_dir)."""
+    return planned_config([*overrides, f"name={sweep.name}", f"out_dir={out_dir}"], name)
 
 
 def _train(cfg: AblateConfig, plan: list[tuple[str, list[str]]], sweep: Path, train_overrides) -> None:

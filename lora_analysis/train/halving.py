@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from lora_analysis.layout import RunDir
-from lora_analysis.train.sweep import checkpoint_progress
+from lora_analysis.train.sweep import checkpoint_progress, config_difference
 
 HALT = "halt=true"
 
@@ -49,9 +49,13 @@ def validation_curve(run_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(checkpoint_progress(run).get("evals", []), columns=columns)
 
 
-def reached(run_dir: Path, step: int) -> bool:
-    """Whether the run has finished, or has a checkpoint at ``step`` or beyond (paused there: nothing to redo)."""
+def reached(run_dir: Path, step: int, config: dict) -> bool:
+    """Whether the run of ``config`` (``sweep.planned_config``) has finished, or has a checkpoint at ``step`` or
+    beyond (paused there: nothing to redo). A folder whose saved config differs (reused by hand with other
+    settings) has not: the trainer starts it again, and the rung is never read off another config's curve."""
     run = RunDir(run_dir)
+    if config_difference(run, config) != "":
+        return False
     if run.is_done():
         return True
     return checkpoint_progress(run).get("step", 0) >= step

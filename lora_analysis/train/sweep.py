@@ -90,17 +90,15 @@ def prepare_run_dir(run_dir: Path, config: dict) -> str:
     config matches; otherwise its leftovers are removed and it starts again cleanly.
     """
     run = RunDir(run_dir)
-    saved = run.load_config()
-    # A key missing from an older run's config counts as null: a setting added later, left at its default.
-    diff = _first_difference(comparable(saved or {}), comparable(config))
-    same = saved is not None and not diff
+    diff = config_difference(run, config)
+    same = diff == ""
     if run.is_done() and config.get("method") == Method.lora.value and not (run.has_adapter() and run.has_weights()):
         log.warning("%s: finished, but its adapter files are missing; training the run again", run_dir)
         run.done_path.unlink()
     if run.is_done():
         if not same:
             raise LoraAnalysisError(
-                f"{run_dir} holds a finished run with a different config ({diff}); "
+                f"{run_dir} holds a finished run with a different config ({diff or 'its config.yaml is missing'}); "
                 "use another name=... or remove that folder"
             )
         return "skip"
@@ -110,6 +108,22 @@ def prepare_run_dir(run_dir: Path, config: dict) -> str:
         log.warning("%s: discarded an unreadable %s; starting the run again", run_dir, RunDir.CHECKPOINT)
     _remove_all_but_lock(run)
     return "start"
+
+
+def config_difference(run: RunDir, config: dict) -> str | None:
+    """The first setting in which the run's saved config differs from ``config`` ("" when none; volatile
+    keys such as threads or pause_at aside), None when the run saved no config. A key missing from an
+    older run's config counts as null: a setting added later, left at its default."""
+    saved = run.load_config()
+    return None if saved is None else _first_difference(comparable(saved), comparable(config))
+
+
+def planned_config(overrides: Sequence[str], name: str) -> dict:
+    """The config ``run_overrides(overrides, name)`` would train and compare with the run folder's."""
+    register_configs()
+    settings = settings_from(compose("train", overrides), name)
+    inherit_precision(settings, Path(settings.out_dir) / settings.name / name)
+    return plain_config(settings)
 
 
 def readable_checkpoint(run: RunDir) -> bool:
