@@ -180,3 +180,15 @@ def test_rank_pattern_keys_for_an_architecture_without_a_role_table():
         r"blocks\.3\.attn\.wq": 6, r"blocks\.\d+\.attn\.wq": 2, r"blocks\.\d+\.mlp\.w1": 8}
     with pytest.raises(LoraAnalysisError, match="role v"):
         rank_pattern(pd.DataFrame({"role": ["v"], "rank": [2]}), layers, modules)
+
+
+def test_a_role_with_no_task_specific_direction_is_named_with_how_to_leave_it_out():
+    from lora_analysis.derive.recommend import Recommendation
+
+    roles = pd.DataFrame({"role": ["q", "v", "ffn_in"], "rank": [0, 1, 0], "layers_min": [0, 0, 0],
+                          "layers_max": [0, 1, 0], "n_layers": [6, 6, 6], "seed_shared": [0.0, 0.5, 0.0],
+                          "rank_shared": [0.0, 1.0, 0.0]})
+    text = "\n".join(Recommendation(pd.DataFrame(), roles, "A_delta", "all", None, {"v": 1}).explain())
+    assert "q, ffn_in: no task-specific direction (rank 0)" in text and "(lora.targets=v)" in text
+    full = roles.assign(rank=[2, 1, 4])
+    assert "rank 0" not in "\n".join(Recommendation(pd.DataFrame(), full, "A_delta", "all", None, {}).explain())

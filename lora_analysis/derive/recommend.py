@@ -84,6 +84,12 @@ class Recommendation:
                 f"(medians {_count(row.seed_shared)} and {_count(row.rank_shared)}; layers need {row.layers_min} to "
                 f"{row.layers_max})."
             )
+        zero = [str(role) for role, rank in zip(self.roles["role"], self.roles["rank"], strict=True) if rank < 1]
+        if zero:
+            kept = "+".join(str(r) for r in self.roles.loc[self.roles["rank"] >= 1, "role"])
+            lines.append(f"{', '.join(zero)}: no task-specific direction (rank 0). PEFT needs r >= 1, so the "
+                         "rank_pattern gives them no key and they would train at LoraConfig's r; to train the "
+                         f"recommendation as stated, leave them out of the targets (lora.targets={kept}).")
         if self.plateau is None:
             lines.append("Accuracy cross-check: the sweep has no validation metric for two or more ranks of this "
                          "target set (runs trained before data.val_size are not read for it).")
