@@ -114,8 +114,8 @@ def planted_run(sweep, r, seed, accuracy):
 @pytest.fixture(scope="module")
 def planted_sweep(tmp_path_factory):
     sweep = tmp_path_factory.mktemp("planted") / "sweep"
-    for r, seed, accuracy in [(4, 0, 0.800), (4, 1, 0.796), (8, 0, 0.802), (8, 1, 0.798), (16, 0, 0.801),
-                              (16, 1, 0.799)]:
+    for r, seed, accuracy in [(4, 0, 0.7995), (4, 1, 0.8000), (8, 0, 0.8010), (8, 1, 0.8005), (16, 0, 0.8000),
+                              (16, 1, 0.8005)]:
         planted_run(sweep, r, seed, accuracy)
     write_sweep_table(sweep)
     analyze([sweep], w_tables=False, intruders=False, progress=False).save(sweep / "analysis")
@@ -136,8 +136,8 @@ def test_rank_pattern_is_what_peft_accepts(planted_sweep, tmp_path, capsys):
     out = tmp_path / "ranks.json"
     assert cli.main(["recommend", str(planted_sweep), f"rank_pattern={out}"]) == 0
     printed = capsys.readouterr().out
-    assert ("Validation accuracy stops improving at r=4 (the smallest rank whose 95% interval over seeds holds the "
-            "best mean, at r=") in printed and "supported); the largest recommended rank (4) is in agreement" in printed
+    assert ("Validation accuracy stops improving at r=4 (the smallest rank within 0.01 of the best, r=8, at 95%); "
+            "the largest recommended rank (4) is in agreement") in printed
     pattern = json.loads(out.read_text())
     config = LoraConfig(r=8, target_modules=["query", "intermediate.dense", "output.dense"], rank_pattern=pattern)
     from peft.utils.other import get_pattern_key

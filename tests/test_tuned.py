@@ -179,8 +179,8 @@ def test_the_rates_finding_states_each_choice_and_where_accuracy_stops_improving
 
     # validation and test disagree on where accuracy stops improving: validation decides
     runs = sweep({("all", 1): {1e-4: ([0.70, 0.71, 0.72], [0.70, 0.71, 0.72]), 1e-3: ([0.65], [0.66])},
-                  ("all", 8): {1e-4: ([0.70], [0.7]), 1e-3: ([0.79, 0.80, 0.81], [0.70, 0.70, 0.71])},
-                  ("all", 64): {1e-4: ([0.70], [0.7]), 1e-3: ([0.80, 0.80, 0.81], [0.80, 0.80, 0.81])}})
+                  ("all", 8): {1e-4: ([0.70], [0.7]), 1e-3: ([0.805, 0.806, 0.807], [0.70, 0.70, 0.71])},
+                  ("all", 64): {1e-4: ([0.70], [0.7]), 1e-3: ([0.807, 0.808, 0.809], [0.80, 0.80, 0.81])}})
     runs = pd.concat([runs, pd.DataFrame([{"run": f"full-lr{lr}", "method": "full", "optim.lr": lr, "seed": 0,
                                            "val_accuracy": v, "test_accuracy": v}
                                           for lr, v in ((1e-5, 0.79), (1e-4, 0.81))])], ignore_index=True)
@@ -191,7 +191,9 @@ def test_the_rates_finding_states_each_choice_and_where_accuracy_stops_improving
             "learnt") in text
     assert "3 of 3 cells chose a rate at an end of the grid" in text
     assert "chose 1e-03, full fine-tuning 1e-04: a ratio of 10x" in text
-    assert "all: validation accuracy stops improving at r=8" in text and ": supported." in text
+    assert "all: the best rank on validation is r=64 (0.808); shortfall from it: r=1 +0.098 [" in text
+    assert "Validation accuracy stops improving at r=8, the smallest rank within 0.01 of the best at 95%: " \
+           "supported." in text
     stuck = sweep({("all", 1): {1e-4: ([0.57], [0.575]), 1e-3: ([0.57], [0.575])},
                    ("all", 8): {1e-4: ([0.70], [0.7]), 1e-3: ([0.79], [0.80])}})
     text = " ".join(R.tuned_rates(stats.rate_choices(stuck), stats.validation_table(stuck), stuck).sentences)
@@ -308,23 +310,36 @@ def test_an_ablation_extended_with_ranks_controls_the_pair_the_report_will_analy
 
 
 def test_where_accuracy_stops_improving_is_one_rule_on_validation():
-    from lora_analysis.derive.plateau import CANNOT_TELL, NOT_SUPPORTED, SUPPORTED, plateau
+    from lora_analysis.derive.plateau import CANNOT_TELL, MARGIN, NOT_SUPPORTED, SUPPORTED, plateau
 
-    # test says r=64 is best and r=8 falls short; validation says r=8 is as good: validation decides
+    # test says r=8 falls short of r=64; validation says it is within a point of it: validation decides
     runs = sweep({("all", 1): {1e-3: ([0.70, 0.71, 0.72], [0.70, 0.71, 0.72])},
-                  ("all", 8): {1e-3: ([0.79, 0.80, 0.81], [0.70, 0.70, 0.71])},
-                  ("all", 64): {1e-3: ([0.80, 0.80, 0.81], [0.80, 0.80, 0.81])}})
+                  ("all", 8): {1e-3: ([0.805, 0.806, 0.807], [0.70, 0.70, 0.71])},
+                  ("all", 64): {1e-3: ([0.807, 0.808, 0.809], [0.80, 0.80, 0.81])}})
     found = plateau(runs, "all")
     assert (found.rank, found.best, found.verdict) == (8, 64, SUPPORTED)
+    r8 = found.shortfalls[1]
+    welch = scipy_stats.ttest_ind([0.807, 0.808, 0.809], [0.805, 0.806, 0.807], equal_var=False)
+    assert (r8.value, r8.low, r8.high) == pytest.approx((0.002, *welch.confidence_interval(0.95)))
+    assert r8.high <= MARGIN < found.shortfalls[0].low  # r=1 is below by more than the margin
+    # three seeds whose interval holds the best mean, but spans 5 points: not evidence of "as good"
+    wide = plateau(sweep({("all", 2): {1e-3: ([0.79, 0.80, 0.81], [0.8] * 3)},
+                          ("all", 64): {1e-3: ([0.814, 0.815, 0.816], [0.8] * 3)}}), "all")
     low, high = interval(pd.Series([0.79, 0.80, 0.81]))
-    assert (found.ci_low, found.ci_high) == pytest.approx((low, high)) and low <= found.best_mean <= high
-    # only the best rank's interval holds its mean: not supported
-    apart = sweep({("all", 1): {1e-3: ([0.70, 0.70, 0.71], [0.7] * 3)},
-                   ("all", 8): {1e-3: ([0.80, 0.80, 0.81], [0.8] * 3)}})
-    assert (plateau(apart, "all").rank, plateau(apart, "all").verdict) == (8, NOT_SUPPORTED)
-    # one rank on one seed: no interval, no claim; one rank only: not measured; another target set: none
-    thin = sweep({("all", 1): {1e-3: ([0.80], [0.8])}, ("all", 8): {1e-3: ([0.80, 0.81], [0.8] * 2)}})
-    thin = plateau(thin, "all")
+    assert low <= wide.best_mean <= high  # the rule this replaces called r=2 "supported"
+    assert (wide.rank, wide.verdict) == (None, CANNOT_TELL)
+    assert wide.shortfalls[0].low < 0 < MARGIN < wide.shortfalls[0].high
+    # every smaller rank below the best: still improving, so a smaller plateau is not supported
+    apart = plateau(sweep({("all", 1): {1e-3: ([0.70, 0.70, 0.71], [0.7] * 3)},
+                           ("all", 8): {1e-3: ([0.80, 0.80, 0.81], [0.8] * 3)}}), "all")
+    assert (apart.rank, apart.verdict) == (8, NOT_SUPPORTED)
+    # the smallest rank is the best: it stops improving there
+    first = plateau(sweep({("all", 1): {1e-3: ([0.80, 0.81, 0.80], [0.8] * 3)},
+                           ("all", 8): {1e-3: ([0.70, 0.70, 0.71], [0.7] * 3)}}), "all")
+    assert (first.rank, first.verdict, first.shortfalls) == (1, SUPPORTED, ())
+    # a rank on one seed: no interval, no claim; one rank only: not measured; another target set: none
+    thin = plateau(sweep({("all", 1): {1e-3: ([0.80], [0.8])}, ("all", 8): {1e-3: ([0.80, 0.81], [0.8] * 2)}}),
+                   "all")
     assert (thin.rank, thin.verdict, thin.best) == (None, CANNOT_TELL, 8)
     assert plateau(sweep({("all", 8): {1e-3: ([0.8, 0.8], [0.8] * 2)}}), "all") is None
     assert plateau(runs, "attn") is None and plateau(runs.drop(columns="val_accuracy"), "all") is None
@@ -336,11 +351,12 @@ def test_the_report_and_the_recommendation_read_the_same_plateau():
     from lora_analysis.show import run_findings as R
 
     runs = sweep({("all", 1): {1e-3: ([0.70, 0.71, 0.72], [0.7] * 3)},
-                  ("all", 8): {1e-3: ([0.79, 0.80, 0.81], [0.7] * 3)},
-                  ("all", 64): {1e-3: ([0.80, 0.80, 0.81], [0.8] * 3), 1e-4: ([0.7], [0.7])}})
+                  ("all", 8): {1e-3: ([0.805, 0.806, 0.807], [0.7] * 3)},
+                  ("all", 64): {1e-3: ([0.807, 0.808, 0.809], [0.8] * 3), 1e-4: ([0.7], [0.7])}})
     rates = " ".join(R.tuned_rates(stats.rate_choices(runs), stats.validation_table(runs), runs).sentences)
     roles = pd.DataFrame({"role": ["q"], "rank": [4], "layers_min": [4], "layers_max": [4], "n_layers": [2],
                           "seed_shared": [4.0], "rank_shared": [4.0]})
     explained = " ".join(Recommendation(pd.DataFrame(), roles, "A_delta", "all", plateau(runs, "all"), {}).explain())
-    assert "validation accuracy stops improving at r=8" in rates
-    assert "Validation accuracy stops improving at r=8" in explained and "is in agreement with it" in explained
+    assert "Validation accuracy stops improving at r=8, the smallest rank within 0.01" in rates
+    assert ("Validation accuracy stops improving at r=8 (the smallest rank within 0.01 of the best, r=64, at 95%)"
+            in explained and "is in agreement with it" in explained)

@@ -15,8 +15,8 @@ over its layers; a layer that needs more than twice or less than half of that ge
 When no role needs a direction (a sweep of shuffled-label runs only, or shared directions no larger
 than the controls) nothing is recommended and no rank_pattern is written, and the reason is given.
 The accuracy curve is the cross-check: where validation accuracy stops improving (``derive.plateau``, the
-rule the report's rates finding states: the smallest rank whose 95% interval over seeds holds the best
-rank's mean, each rank at its tuned rate; cannot tell with fewer than two seeds a rank).
+rule the report's rates finding states: the smallest rank whose shortfall from the best rank is within one
+point at 95%, each rank at its tuned rate; cannot tell where the intervals are too wide to say).
 
 The default subject is ``A_delta`` (A - A_init, what training wrote into A). With B = 0 at init and few
 steps, A stays close to its random init, and the input directions of dW = s B A inherit that init, which
@@ -40,7 +40,7 @@ import pandas as pd
 
 from lora_analysis.analysis.kinds import Comparison, Subject
 from lora_analysis.derive import controls, queries
-from lora_analysis.derive.plateau import Plateau
+from lora_analysis.derive.plateau import SUPPORTED, Plateau
 from lora_analysis.derive.plateau import plateau as find_plateau
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.layout import SweepDir
@@ -95,9 +95,9 @@ class Recommendation:
                          "target set (runs trained before data.val_size are not read for it).")
             return lines
         if self.plateau.rank is None:
-            lines.append("Accuracy cross-check: where validation accuracy stops improving cannot tell (a rank has "
-                         "fewer than two seeds, so no interval); the best validation mean is at "
-                         f"r={self.plateau.best}.")
+            lines.append("Accuracy cross-check: where validation accuracy stops improving cannot tell (no smaller "
+                         f"rank is shown within {self.plateau.margin:g} of the best at 95%, nor every one below it, "
+                         f"or a rank has one seed); the best validation mean is at r={self.plateau.best}.")
             return lines
         top = int(self.roles["rank"].max()) if not self.roles.empty else 0
         plateau = self.plateau.rank
@@ -110,9 +110,10 @@ class Recommendation:
                        f"r={plateau} where accuracy matters most")
         else:
             verdict = "in agreement with it (within a factor of 2)"
-        lines.append(f"Validation accuracy stops improving at r={plateau} (the smallest rank whose 95% interval over "
-                     f"seeds holds the best mean, at r={self.plateau.best}; {self.plateau.verdict}); the largest "
-                     f"recommended rank ({top}) is {verdict}.")
+        how = (f"the smallest rank within {self.plateau.margin:g} of the best, r={self.plateau.best}, at 95%"
+               if self.plateau.verdict == SUPPORTED else "every smaller rank is below it at 95%")
+        lines.append(f"Validation accuracy stops improving at r={plateau} ({how}); the largest recommended rank "
+                     f"({top}) is {verdict}.")
         return lines
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 from lora_analysis.analysis.kinds import Comparison, Subject
 from lora_analysis.atomic import write_text
 from lora_analysis.derive import controls
-from lora_analysis.derive.plateau import plateau
+from lora_analysis.derive.plateau import SUPPORTED, plateau
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.show.labels import fmt
 from lora_analysis.show.report import Study, study
@@ -45,10 +45,12 @@ def column(studied: Study) -> dict[str, str]:
     one_rate = not accuracy.empty and int(accuracy["lrs"].max()) == 1
     cells["validation accuracy stops improving at"] = (
         "not measured (fewer than two ranks with a validation metric)" if found_plateau is None else
-        f"cannot tell (a rank has fewer than two seeds; best mean at r={found_plateau.best})"
+        f"cannot tell (best mean at r={found_plateau.best}; no smaller rank shown within "
+        f"{found_plateau.margin:g} of it, nor every one below it, or a rank has one seed)"
         if found_plateau.rank is None else
-        f"r={found_plateau.rank}, {found_plateau.verdict} (its 95% interval holds the best mean, at "
-        f"r={found_plateau.best}; " + ("one learning rate for every rank)" if one_rate else "each at its tuned rate)"))
+        (f"r={found_plateau.rank} (within {found_plateau.margin:g} of the best, r={found_plateau.best}, at 95%; "
+         if found_plateau.verdict == SUPPORTED else f"not below r={found_plateau.best}: every smaller rank is "
+         "below it at 95% (") + ("one learning rate for every rank)" if one_rate else "each at its tuned rate)"))
     summary = controls.top_direction_summary(derived.controls)
     lo, hi = focus.rank_pair or (None, None)
     pair = summary[(summary["comparison"] == Comparison.rank) & (summary["r_a"] == lo) & (summary["r_b"] == hi)]

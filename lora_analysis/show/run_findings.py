@@ -12,7 +12,7 @@ import math
 import pandas as pd
 
 from lora_analysis.derive import stats
-from lora_analysis.derive.plateau import CANNOT_TELL, SUPPORTED, Plateau, plateaus
+from lora_analysis.derive.plateau import CANNOT_TELL, NOT_SUPPORTED, Plateau, plateaus
 from lora_analysis.derive.queries import LOWER_IS_BETTER, budgeted_runs, has_majority, lora_runs, metric_column
 from lora_analysis.derive.tuned import difference_interval, validation_metric
 from lora_analysis.layout import SweepDir
@@ -293,11 +293,22 @@ def tuned_rates(choices: pd.DataFrame, val: pd.DataFrame, runs: pd.DataFrame) ->
 
 
 def plateau_sentence(p: Plateau) -> str:
-    """``derive.plateau``'s answer for one target set, as the report states it."""
+    """``derive.plateau``'s answer for one target set, as the report states it, with each smaller rank's
+    shortfall from the best and its 95% interval over seeds."""
+    head = f"{p.targets}: the best rank on validation is r={p.best} ({fmt(p.best_mean, 3)})"
+    gaps = "; shortfall from it: " + ", ".join(
+        f"r={s.r} {s.value:+.3f}" + (" (one seed, no interval)" if math.isnan(s.low) else
+                                     f" [{s.low:+.3f}, {s.high:+.3f}]") for s in p.shortfalls) if p.shortfalls else ""
+    margin = f"{p.margin:.3f}".rstrip("0")
     if p.verdict == CANNOT_TELL:
-        return (f"{p.targets}: where validation accuracy stops improving cannot tell (fewer than two seeds per "
-                f"rank, so no interval); the best mean is at r={p.best}.")
-    why = "supported" if p.verdict == SUPPORTED else "not supported: only the best rank reaches it"
-    return (f"{p.targets}: validation accuracy stops improving at r={p.rank} (its 95% interval "
-            f"[{fmt(p.ci_low, 3)}, {fmt(p.ci_high, 3)}] over seeds holds the best mean {fmt(p.best_mean, 3)} at "
-            f"r={p.best}): {why}.")
+        return (f"{head}{gaps}. Where validation accuracy stops improving: cannot tell (no smaller rank is shown "
+                f"within {margin} of the best at 95%, nor is every one shown below it"
+                + (", or a rank has one seed" if any(math.isnan(s.low) for s in p.shortfalls) or not p.shortfalls
+                   else "") + ").")
+    if p.verdict == NOT_SUPPORTED:
+        return (f"{head}{gaps}. Every smaller rank is below it: validation accuracy still improves up to "
+                f"r={p.best}, so that it stops improving at a smaller rank is not supported.")
+    if p.rank == p.best:
+        return f"{head}, the smallest rank tried: validation accuracy stops improving at r={p.rank}: supported."
+    return (f"{head}{gaps}. Validation accuracy stops improving at r={p.rank}, the smallest rank within {margin} "
+            "of the best at 95%: supported.")
