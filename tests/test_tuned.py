@@ -340,7 +340,8 @@ def test_where_accuracy_stops_improving_is_one_rule_on_validation():
     # a rank on one seed: no interval, no claim; one rank only: not measured; another target set: none
     thin = plateau(sweep({("all", 1): {1e-3: ([0.80], [0.8])}, ("all", 8): {1e-3: ([0.80, 0.81], [0.8] * 2)}}),
                    "all")
-    assert (thin.rank, thin.verdict, thin.best) == (None, CANNOT_TELL, 8)
+    assert (thin.rank, thin.verdict, thin.best, thin.one_seed) == (None, CANNOT_TELL, 8, True)
+    assert thin.why_not == "a rank has one seed, so no interval" and not wide.one_seed
     assert plateau(sweep({("all", 8): {1e-3: ([0.8, 0.8], [0.8] * 2)}}), "all") is None
     assert plateau(runs, "attn") is None and plateau(runs.drop(columns="val_accuracy"), "all") is None
 

@@ -48,6 +48,13 @@ class Plateau:
     verdict: str
     shortfalls: tuple[Shortfall, ...] = ()
     margin: float = MARGIN
+    one_seed: bool = False  # a rank has one seed: no interval
+
+    @property
+    def why_not(self) -> str:
+        """Why a ``CANNOT_TELL`` is one, in words."""
+        return ("a rank has one seed, so no interval" if self.one_seed else
+                f"no smaller rank is shown within {self.margin:g} of the best at 95%, nor is every one shown below it")
 
 
 def plateaus(validation: pd.DataFrame, higher: bool = True, margin: float = MARGIN) -> dict[str, Plateau]:
@@ -73,7 +80,7 @@ def plateaus(validation: pd.DataFrame, higher: bool = True, margin: float = MARG
         else:
             rank, verdict = None, CANNOT_TELL
         out[str(targets)] = Plateau(str(targets), rank, int(best["r"]), float(best["mean"]), verdict, shortfalls,
-                                    margin)
+                                    margin, bool(t["n"].min() < 2))
     return out
 
 

@@ -95,9 +95,8 @@ class Recommendation:
                          "target set (runs trained before data.val_size are not read for it).")
             return lines
         if self.plateau.rank is None:
-            lines.append("Accuracy cross-check: where validation accuracy stops improving cannot tell (no smaller "
-                         f"rank is shown within {self.plateau.margin:g} of the best at 95%, nor every one below it, "
-                         f"or a rank has one seed); the best validation mean is at r={self.plateau.best}.")
+            lines.append(f"Accuracy cross-check: where validation accuracy stops improving cannot tell "
+                         f"({self.plateau.why_not}); the best validation mean is at r={self.plateau.best}.")
             return lines
         top = int(self.roles["rank"].max()) if not self.roles.empty else 0
         plateau = self.plateau.rank

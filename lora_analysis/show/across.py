@@ -45,8 +45,7 @@ def column(studied: Study) -> dict[str, str]:
     one_rate = not accuracy.empty and int(accuracy["lrs"].max()) == 1
     cells["validation accuracy stops improving at"] = (
         "not measured (fewer than two ranks with a validation metric)" if found_plateau is None else
-        f"cannot tell (best mean at r={found_plateau.best}; no smaller rank shown within "
-        f"{found_plateau.margin:g} of it, nor every one below it, or a rank has one seed)"
+        f"cannot tell (best mean at r={found_plateau.best}; {found_plateau.why_not})"
         if found_plateau.rank is None else
         (f"r={found_plateau.rank} (within {found_plateau.margin:g} of the best, r={found_plateau.best}, at 95%; "
          if found_plateau.verdict == SUPPORTED else f"not below r={found_plateau.best}: every smaller rank is "

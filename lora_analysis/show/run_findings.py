@@ -299,12 +299,9 @@ def plateau_sentence(p: Plateau) -> str:
     gaps = "; shortfall from it: " + ", ".join(
         f"r={s.r} {s.value:+.3f}" + (" (one seed, no interval)" if math.isnan(s.low) else
                                      f" [{s.low:+.3f}, {s.high:+.3f}]") for s in p.shortfalls) if p.shortfalls else ""
-    margin = f"{p.margin:.3f}".rstrip("0")
+    margin = f"{p.margin:g}"
     if p.verdict == CANNOT_TELL:
-        return (f"{head}{gaps}. Where validation accuracy stops improving: cannot tell (no smaller rank is shown "
-                f"within {margin} of the best at 95%, nor is every one shown below it"
-                + (", or a rank has one seed" if any(math.isnan(s.low) for s in p.shortfalls) or not p.shortfalls
-                   else "") + ").")
+        return f"{head}{gaps}. Where validation accuracy stops improving: cannot tell ({p.why_not})."
     if p.verdict == NOT_SUPPORTED:
         return (f"{head}{gaps}. Every smaller rank is below it: validation accuracy still improves up to "
                 f"r={p.best}, so that it stops improving at a smaller rank is not supported.")
