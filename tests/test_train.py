@@ -213,6 +213,22 @@ def test_runs_from_before_a_new_setting_are_still_skipped(tiny, tmp_path):
         run_overrides(overrides(tiny, tmp_path))
 
 
+def test_a_run_evaluated_at_another_batch_size_is_skipped_not_refused(tiny, tmp_path):
+    """optim.eval_batch_size changes speed only: a finished run saved with another value (the old default 256)
+    is skipped; the same edit to a setting that changes the run (optim.batch_size) is still refused."""
+    from lora_analysis.errors import LoraAnalysisError
+
+    run_dir, metrics = run_overrides(overrides(tiny, tmp_path))
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    saved["optim"]["eval_batch_size"] = 256
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert run_overrides(overrides(tiny, tmp_path))[1] == metrics
+    saved["optim"]["batch_size"] = saved["optim"]["batch_size"] + 1
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(LoraAnalysisError, match=r"different config \(optim.batch_size"):
+        run_overrides(overrides(tiny, tmp_path))
+
+
 def test_run_folder_records_its_provenance_and_a_resume_elsewhere_says_so(tiny, tmp_path):
     import json
 

@@ -189,7 +189,7 @@ class OptimConfig:
     max_grad_norm: float = 1.0  # 0 disables clipping
     precision: Precision = Precision.auto  # resolved once per run; config.yaml records the result
     fast_dropout: bool = True  # the model's dropout masks from 15-bit random integers on the CPU (train.dropout)
-    eval_batch_size: int = 256
+    eval_batch_size: int = 32  # texts per evaluation forward; speed only (benchmarks/eval_batch.py)
     checkpoint_every: int = 100  # steps between resumable checkpoints; 0: never
     log_every: int = 10  # steps between history rows
 

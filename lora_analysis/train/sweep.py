@@ -41,6 +41,9 @@ _VALUE_ONLY = {"lora.targets", "method", "lora.init", "lora.init_stream", "data.
 _ORDER = ["method", "lora.r", "seed", "lora.targets"]
 # Config keys that may differ between a finished run and a re-launch of it.
 _VOLATILE = {"progress", "threads", "device", "out_dir", "logger", "pause_at", "halt"}
+# Nested keys that change speed and memory only, not what a run computes, so a run trained with another value is
+# skipped or resumed, not refused: how many texts an evaluation forwards at once (the scores agree to rounding).
+_VOLATILE_NESTED = {("optim", "eval_batch_size")}
 
 
 def run_name(overrides: Iterable[str], sweep_keys: Iterable[str] | None = None) -> str:
@@ -115,7 +118,16 @@ def config_difference(run: RunDir, config: dict) -> str | None:
     keys such as threads or pause_at aside), None when the run saved no config. A key missing from an
     older run's config counts as null: a setting added later, left at its default."""
     saved = run.load_config()
-    return None if saved is None else _first_difference(comparable(saved), comparable(config))
+    return None if saved is None else _first_difference(_resumable(saved), _resumable(config))
+
+
+def _resumable(config: dict) -> dict:
+    """``comparable`` without the nested keys that change speed only (``_VOLATILE_NESTED``)."""
+    out = comparable(config)
+    for section, key in _VOLATILE_NESTED:
+        if isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if k != key}
+    return out
 
 
 def planned_config(overrides: Sequence[str], name: str) -> dict:
