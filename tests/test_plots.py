@@ -91,7 +91,7 @@ def test_accuracy_against_rank_with_references(runs):
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_xticklabels()] == ["4", "8", "64"]
     labels = ax.get_legend_handles_labels()[1]
-    assert "all" in labels and any("full fine-tuning (0.801" in label for label in labels)
+    assert "all" in labels and any("full fine-tuning at 5e-05 (0.801" in label for label in labels)
     dotted = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
     assert len(dotted) == 1 and dotted[0].get_ydata()[0] == pytest.approx(0.575)
     png = io.BytesIO()

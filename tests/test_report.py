@@ -75,7 +75,7 @@ def test_findings_are_the_planted_numbers_beside_the_papers(report):
                      "q shares 6.0 directions across seeds on average, v 2.0",
                      "q shows a higher intrinsic rank than v", "is 20.0 at r=4 against 2.0 at r=64",
                      "A moved ||A − A_init||_F / ||A_init||_F = 5% at r=4", "shared directions 0.0 on average",
-                     "1.00 per module at r=8", "full fine-tuning 0.801 (n=1)",
+                     "1.00 per module at r=8", "full fine-tuning 0.801 (n=1 at lr 5e-05)",
                      "5 of 6 runs converged, 1 reached the step ceiling still improving",
                      "r64-seed0 best at step 150 of 150 (ceiling)",
                      "1 of 5 real LoRA runs reached the step ceiling still improving on validation"):
@@ -171,7 +171,7 @@ def test_ablation_section_for_several_target_sets(tmp_path):
     runs = pd.DataFrame(rows)
     html, markdown = write_report("Rank ablation", [ablation_section(runs)], tmp_path)
     text = markdown.read_text()
-    assert "| targets | r=1 | r=4 | r=16 |" in text and "Full fine-tuning reference: 0.900 (n=1)." in text
+    assert "| targets | r=1 | r=4 | r=16 |" in text and "Full fine-tuning reference, at its own rate: 0.900 (n=1)." in text
     assert r"0.712 \[0.707, 0.717\] (3)" in text  # q at r=1: 0.71 + 0.002 * seed over seeds 0, 1, 2; t-interval
     assert (tmp_path / "figures" / "accuracy_rank.png").is_file() and "base64" in html.read_text()
     assert experiment_table(runs).set_index("setting").loc["rank r", "value"] == "1, 4, 16"

@@ -190,7 +190,9 @@ def test_the_rates_finding_states_each_choice_and_where_accuracy_stops_improving
     assert ("all: r=1 1e-04 (edge), r=8 1e-03 (edge), r=64 1e-03 (edge); 2 different rates over 3 ranks that "
             "learnt") in text
     assert "3 of 3 cells chose a rate at an end of the grid" in text
-    assert "chose 1e-03, full fine-tuning 1e-04: a ratio of 10x" in text
+    assert ("chose 1e-03, full fine-tuning 1e-04 (of 2 rates): a ratio of 10x (anchor: about 10x). Each is a point "
+            "of its grid, so the ratio is only as fine as the grids' steps; all r=64 and full fine-tuning chose a rate "
+            "at an end of its grid") in text
     assert "all: the best rank on validation is r=64 (0.808); shortfall from it: r=1 +0.098 [" in text
     assert "Validation accuracy stops improving at r=8, the smallest rank within 0.01 of the best at 95%: " \
            "supported." in text
@@ -361,3 +363,24 @@ def test_the_report_and_the_recommendation_read_the_same_plateau():
     assert "Validation accuracy stops improving at r=8, the smallest rank within 0.01" in rates
     assert ("Validation accuracy stops improving at r=8 (the smallest rank within 0.01 of the best, r=64, at 95%)"
             in explained and "is in agreement with it" in explained)
+
+
+def test_full_fine_tuning_is_a_cell_at_its_rate_chosen_on_validation():
+    """The reference line and the difference read full fine-tuning at the rate best on validation, over the
+    seeds run there: never the mean over its whole grid, and never the rate best on test."""
+    from lora_analysis.show import run_findings as R
+
+    lora = sweep({("all", 8): {1e-4: ([0.78, 0.79, 0.80], [0.78, 0.79, 0.80])}})
+    full = pd.DataFrame([{"run": f"full-seed{seed}-lr{lr}", "method": "full", "optim.lr": lr, "seed": seed,
+                          "val_accuracy": val, "test_accuracy": test}
+                         for lr, seed, val, test in ((1e-5, 0, 0.70, 0.84), (3e-5, 0, 0.80, 0.78), (3e-5, 1, 0.81, 0.79),
+                                                     (3e-5, 2, 0.82, 0.80), (1e-4, 0, 0.60, 0.60))])
+    runs = pd.concat([lora, full], ignore_index=True)
+    ref = stats.full_reference(runs)
+    assert ref["lr"] == 3e-5 and ref["n"] == 3 and ref["lrs"] == 3 and not ref["at_edge"]
+    assert ref["mean"] == pytest.approx(0.79)  # the whole grid's mean would be 0.762, the best on test 0.84
+    assert (ref["ci_low"], ref["ci_high"]) == pytest.approx(scipy_stats.t.interval(0.95, 2, 0.79, 0.01 / 3 ** 0.5))
+    found = R.accuracy(runs, stats.accuracy_table(lora), stats.validation_table(lora))
+    low, high = scipy_stats.ttest_ind([0.78, 0.79, 0.80], [0.78, 0.79, 0.80], equal_var=False).confidence_interval()
+    assert (f"full fine-tuning 0.790 [0.765, 0.815] (n=3 at lr 3e-05, chosen on validation from 3 rates), difference "
+            f"+0.000 [{low:+.3f}, {high:+.3f}]") in found.sentences[-1]

@@ -258,14 +258,17 @@ def _rank_cells(runs: pd.DataFrame) -> pd.DataFrame | None:
                        lora_params=lora.get("lora_params", np.nan))
 
 
-def full_reference(runs: pd.DataFrame, metric: str | None = None) -> dict[str, float] | None:
-    """Mean, std and count of the test metric over the full fine-tuning runs; None without any."""
+def full_reference(runs: pd.DataFrame, metric: str | None = None) -> dict | None:
+    """Full fine-tuning as one more cell at its tuned rate (``tuned.tuned_table``: the rate best on validation,
+    the test metric over the seeds run at it): ``mean``, ``std``, ``n``, ``ci_low``, ``ci_high``, ``lr``,
+    ``lrs`` (rates tried), ``at_edge``, ``collapsed``; None without a full fine-tuning run with a test metric.
+    Its grid's other rates never enter the mean."""
     metric = metric or metric_column(runs)
     full = runs[runs["method"] == "full"] if "method" in runs else runs.iloc[0:0]
-    if metric is None or full.empty:
+    if metric is None or full.empty or full[metric].isna().all():
         return None
-    values = full[metric].dropna()
-    return {"mean": values.mean(), "std": values.std(), "n": len(values)} if len(values) else None
+    table = tuned_table(full.dropna(subset=[metric]), ["method"], metric)
+    return None if table.empty else table.iloc[0].to_dict()
 
 
 def stuck_runs(runs: pd.DataFrame, tolerance: float = 0.005) -> pd.DataFrame:

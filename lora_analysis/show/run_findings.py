@@ -39,9 +39,12 @@ def accuracy(runs: pd.DataFrame, table: pd.DataFrame, validation: pd.DataFrame, 
             for row in t.itertuples()) + ".")
     full = stats.full_reference(runs, metric)
     tail = f"Best LoRA cell ({chosen_on}): targets {best['targets']} at r={int(best['r'])}, {fmt(best['mean'], 3)}"
-    if full:
-        gap = best["mean"] - full["mean"]
-        tail += f"; full fine-tuning {fmt(full['mean'], 3)} (n={full['n']}), difference {fmt(gap, 3)}"
+    if full and not full["collapsed"]:
+        gap, low, high = difference_interval(pd.DataFrame([best]), pd.DataFrame([full]))
+        spread = "" if math.isnan(low) else f" [{low:+.3f}, {high:+.3f}]"
+        tail += f"; full fine-tuning {full_text(full)}, difference {gap:+.3f}{spread}"
+    elif full:
+        tail += f"; full fine-tuning {full_text(full)}"
     else:
         tail += "; no full fine-tuning run in the sweep to compare with"
     if has_majority(runs) and metric == "test_accuracy":
@@ -49,8 +52,20 @@ def accuracy(runs: pd.DataFrame, table: pd.DataFrame, validation: pd.DataFrame, 
     sentences.append(tail + ".")
     sentences += stuck_at_majority(runs) if metric == "test_accuracy" else []
     values = {"best": float(best["mean"]), "chosen_on_validation": float(chosen_on == ON_VALIDATION)} | (
-        {"full": float(full["mean"])} if full else {})
+        {"full": float(full["mean"])} if full and not full["collapsed"] else {})
     return Finding(key, title, sentences, table, values)
+
+
+def full_text(full: dict) -> str:
+    """Full fine-tuning's cell (``stats.full_reference``) as the report states a cell: mean [95% interval] (n at
+    its rate, chosen on validation when several were tried; edge: the rate is at an end of the grid)."""
+    where = f"n={int(full['n'])}" + (f" at lr {full['lr']:.0e}" if pd.notna(full["lr"]) else "")
+    where += f", chosen on validation from {int(full['lrs'])} rates" if full["lrs"] > 1 else ""
+    where += ", at an end of the grid" if full["at_edge"] else ""
+    if full["collapsed"]:
+        return f"collapsed (every learning rate predicted the majority class; {where})"
+    spread = f" [{fmt(full['ci_low'], 3)}, {fmt(full['ci_high'], 3)}]" if full["n"] > 1 else ""
+    return f"{fmt(full['mean'], 3)}{spread} ({where})"
 
 
 ON_VALIDATION = "chosen on validation"
@@ -275,18 +290,20 @@ def tuned_rates(choices: pd.DataFrame, val: pd.DataFrame, runs: pd.DataFrame) ->
         sentences.append(f"Successive halving stopped {len(halved)} of {len(choices)} (cell, rate) searches{rung} (the "
                          "worse half of each cell's rates on validation there): their points are their validation "
                          "at that step, and none of them could be chosen.")
-    full = runs[runs["method"] == "full"] if "method" in runs else runs.iloc[0:0]
-    full_scores = full.groupby("optim.lr")["val_accuracy"].mean().dropna() if {"optim.lr", "val_accuracy"} <= set(
-        full) else pd.Series(dtype=float)
+    full = stats.full_reference(runs)  # the same choice as the accuracy finding's: the rate best on validation
     higher = validation_metric(runs)[1]
-    if len(full_scores) > 1:
-        full_rate = float(full_scores.idxmax())
+    if full and full["lrs"] > 1 and not full["collapsed"]:
         scores = val["mean"] if higher else -val["mean"]
         best = val.loc[scores.idxmax()] if scores.notna().any() else None  # the best cell on validation
         if best is not None:
-            sentences.append(f"LoRA's best cell ({best['targets']}, r={int(best['r'])}) chose {best['lr']:.0e}, "
-                             f"full fine-tuning {full_rate:.0e}: a ratio of {best['lr'] / full_rate:.0f}x (anchor: "
-                             "about 10x).")
+            edges = [name for name, edge in ((f"{best['targets']} r={int(best['r'])}", best["at_edge"]),
+                                             ("full fine-tuning", full["at_edge"])) if edge]
+            sentences.append(
+                f"LoRA's best cell ({best['targets']}, r={int(best['r'])}) chose {best['lr']:.0e}, full fine-tuning "
+                f"{full['lr']:.0e} (of {int(full['lrs'])} rates): a ratio of {best['lr'] / full['lr']:.2g}x (anchor: "
+                "about 10x). Each is a point of its grid, so the ratio is only as fine as the grids' steps"
+                + (f"; {' and '.join(edges)} chose a rate at an end of its grid, so the ratio may be further off."
+                   if edges else "."))
     sentences += [plateau_sentence(p) for p in plateaus(val, higher).values()]
     return Finding(key, title, sentences, chosen.reset_index(drop=True), {"cells": float(len(chosen)),
                                                                         "at_edge": float(edge)})

@@ -19,11 +19,13 @@ from lora_analysis.show.plots import new_figure, styled
 
 
 def _reference_lines(ax, runs: pd.DataFrame, metric: str) -> None:
-    full = full_reference(runs, metric)
-    if full:
-        ax.axhline(full["mean"], color="black", lw=1.2, label=f"full fine-tuning ({full['mean']:.3f}, n={full['n']})")
-        if full["n"] > 1:
-            ax.axhspan(full["mean"] - full["std"], full["mean"] + full["std"], color="black", alpha=0.08, lw=0)
+    full = full_reference(runs, metric)  # at its own rate chosen on validation, like every cell
+    if full and not full["collapsed"]:
+        rate = f" at {full['lr']:.0e}" if pd.notna(full["lr"]) else ""
+        ax.axhline(full["mean"], color="black", lw=1.2,
+                   label=f"full fine-tuning{rate} ({full['mean']:.3f}, n={int(full['n'])})")
+        if full["n"] > 1:  # its 95% interval over seeds, as the cells' error bars
+            ax.axhspan(full["ci_low"], full["ci_high"], color="black", alpha=0.08, lw=0)
     if draws_majority(runs, metric):
         majority = float(runs["majority_accuracy"].dropna().iloc[0])
         ax.axhline(majority, color="grey", ls=":", lw=1.2, label=f"majority class ({majority:.3f})")

@@ -120,7 +120,7 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str |
                   "t-interval] over seeds (number of seeds, the rate where several were tried; edge: the rate is at "
                   "an end of the grid; collapsed: every rate predicted the majority class on validation)")
     full = full_reference(runs, metric)
-    section.text(f"Full fine-tuning reference: {fmt(full['mean'], 3)} (n={full['n']})." if full else
+    section.text(f"Full fine-tuning reference, at its own rate: {R.full_text(full)}." if full else
                  "No full fine-tuning run in this sweep: no reference line.")
     lines = (["black: full fine-tuning"] if full else []) + (
         ["dotted: majority class"] if run_plots.draws_majority(runs, metric) else [])
