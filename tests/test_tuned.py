@@ -87,6 +87,13 @@ def test_the_u_curves_and_the_table_show_the_choice():
     assert cells["attn"] == "0.800 (1, lr 0.0003)" and cells["ffn"].startswith("collapsed (1, lr 0.0001 edge")
     with pytest.raises(LoraAnalysisError, match="more than one learning rate"):
         run_plots.lr_curves(stats.rate_choices(sweep({("q", 2): {1e-3: ([0.8], [0.8])}})))
+    full = pd.DataFrame([{"run": f"full-lr{lr}", "method": "full", "optim.lr": lr, "seed": 0, "val_accuracy": v,
+                          "test_accuracy": v} for lr, v in ((1e-5, 0.78), (3e-5, 0.81), (1e-4, 0.79))])
+    fig = run_plots.lr_curves(stats.rate_choices(runs), stats.full_choices(pd.concat([runs, full])))
+    for ax in fig.axes:  # full fine-tuning's own curve in every panel, its chosen rate ringed
+        (line,) = [line for line in ax.get_lines() if line.get_label() == "full fine-tuning"]
+        assert list(line.get_xdata()) == [1e-5, 3e-5, 1e-4] and list(line.get_ydata()) == [0.78, 0.81, 0.79]
+        assert any(list(c.get_offsets()[:, 0]) == [3e-5] for c in ax.collections)
 
 
 def test_one_rate_for_the_compared_ranks_is_the_best_on_validation_over_them():

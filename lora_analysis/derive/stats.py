@@ -208,6 +208,14 @@ def rate_choices(runs: pd.DataFrame) -> pd.DataFrame:
     return lr_choices(lora, ["targets", "r"])
 
 
+def full_choices(runs: pd.DataFrame) -> pd.DataFrame:
+    """``tuned.lr_choices`` of the full fine-tuning runs, one cell: what ``full_reference`` chose from."""
+    full = runs[runs["method"] == "full"] if "method" in runs else runs.iloc[0:0]
+    if full.empty or "optim.lr" not in full:
+        return pd.DataFrame(columns=["method", *CHOICE_COLUMNS])
+    return lr_choices(full, ["method"])
+
+
 PATTERN_COLUMNS = ["targets", "pattern", "lr", "lrs", "n", "mean", "std", "ci_low", "ci_high", "at_edge",
                    "collapsed", "lora_params"]
 
@@ -303,6 +311,7 @@ class Derived:
     same cells' validation metric (what the best cell and the rank plateau are chosen by); ``lr_choices``:
     the validation metric of every (target set, rank, learning rate), what the choice read;
     ``budget_accuracy``: of the budget-matched runs;
+    ``full_choices``: the same for full fine-tuning (one cell, its own grid);
     ``patterns``: ``pattern_table`` (rank patterns under test); ``a_moved``: ``a_moved_table``; ``controls``:
     ``controls.direction_controls`` (every direction of every real pair against the strongest control;
     the shuffled-label pairs are its controls), ``task``: ``controls.task_directions`` of it.
@@ -314,6 +323,7 @@ class Derived:
     accuracy: pd.DataFrame
     validation: pd.DataFrame
     lr_choices: pd.DataFrame
+    full_choices: pd.DataFrame
     budget_accuracy: pd.DataFrame
     patterns: pd.DataFrame
     a_moved: pd.DataFrame
@@ -331,7 +341,7 @@ class Derived:
         metric = metric or metric_column(runs)
         per_direction = direction_controls(phi if control_phi is None else control_phi, shuffled)
         return cls(targets, metric, shared_directions(phi), accuracy_table(runs, metric),
-                   validation_table(runs), rate_choices(runs),
+                   validation_table(runs), rate_choices(runs), full_choices(runs),
                    accuracy_table(budgeted_runs(runs), metric), pattern_table(runs, metric), a_moved_table(modules),
                    per_direction, task_directions(per_direction))
 

@@ -134,9 +134,11 @@ def accuracy_vs_params(runs: pd.DataFrame, table: pd.DataFrame, patterns: pd.Dat
 
 
 @styled
-def lr_curves(choices: pd.DataFrame) -> Figure:
+def lr_curves(choices: pd.DataFrame, full: pd.DataFrame | None = None) -> Figure:
     """Validation metric against learning rate (log), one line per rank, one panel per target set: the U-curves
-    each cell's rate was chosen from (``stats.rate_choices``); the chosen rate ringed."""
+    each cell's rate was chosen from (``stats.rate_choices``); the chosen rate ringed. ``full``
+    (``stats.full_choices``): full fine-tuning's own curve, in black in every panel, where it tried several rates:
+    how far LoRA's best rates sit from full fine-tuning's, at a glance."""
     if choices.empty or choices.groupby(["targets", "r"])["lr"].nunique().max() < 2:
         raise LoraAnalysisError("no cell was trained at more than one learning rate")
     sets = sorted(choices["targets"].astype(str).unique())
@@ -151,11 +153,19 @@ def lr_curves(choices: pd.DataFrame) -> Figure:
             ax.scatter(best["lr"], best["val_mean"], s=90, facecolors="none", edgecolors=f"C{index}", zorder=3)
             dropped = t[t["halved"].astype(bool)] if "halved" in t else t.iloc[:0]
             ax.scatter(dropped["lr"], dropped["val_mean"], s=60, marker="x", color=f"C{index}", zorder=3)
+        if full is not None and full["lr"].nunique() > 1:
+            f = full.sort_values("lr")
+            ax.plot(f["lr"], f["val_mean"], marker="s", lw=1.2, ls="--", color="black", label="full fine-tuning")
+            ax.scatter(f.loc[f["chosen"], "lr"], f.loc[f["chosen"], "val_mean"], s=90, facecolors="none",
+                       edgecolors="black", zorder=3)
+            cut = f[f["halved"].astype(bool)]
+            ax.scatter(cut["lr"], cut["val_mean"], s=60, marker="x", color="black", zorder=3)
         ax.set_xscale("log")
         ranks = cell["r"].unique()  # one rank per set (a budget sweep): named in its panel's title
         ax.set(title=f"{targets}, r={int(ranks[0])}" if len(ranks) == 1 else targets, xlabel="learning rate")
     axes[0].set_ylabel("validation metric\n(mean over the seeds every rate has)")
-    if choices.groupby("targets")["r"].nunique().max() > 1:  # else each panel's title names its one rank
+    with_full = full is not None and full["lr"].nunique() > 1
+    if choices.groupby("targets")["r"].nunique().max() > 1 or with_full:  # else each title names its one rank
         axes[-1].legend(frameon=False, fontsize=7)
     halved = "halved" in choices and choices["halved"].astype(bool).any()
     fig.suptitle("Validation metric against learning rate per cell\nringed: the rate chosen"
