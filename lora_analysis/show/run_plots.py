@@ -142,6 +142,7 @@ def lr_curves(choices: pd.DataFrame, full: pd.DataFrame | None = None) -> Figure
     if choices.empty or choices.groupby(["targets", "r"])["lr"].nunique().max() < 2:
         raise LoraAnalysisError("no cell was trained at more than one learning rate")
     sets = sorted(choices["targets"].astype(str).unique())
+    with_full = full is not None and full["lr"].nunique() > 1
     fig = new_figure(min(max(3.2 * len(sets), 5.2), 13.0), 3.6)
     axes = np.atleast_1d(fig.subplots(1, len(sets), sharey=True, squeeze=False)[0])
     for ax, targets in zip(axes, sets, strict=True):
@@ -153,7 +154,7 @@ def lr_curves(choices: pd.DataFrame, full: pd.DataFrame | None = None) -> Figure
             ax.scatter(best["lr"], best["val_mean"], s=90, facecolors="none", edgecolors=f"C{index}", zorder=3)
             dropped = t[t["halved"].astype(bool)] if "halved" in t else t.iloc[:0]
             ax.scatter(dropped["lr"], dropped["val_mean"], s=60, marker="x", color=f"C{index}", zorder=3)
-        if full is not None and full["lr"].nunique() > 1:
+        if with_full:
             f = full.sort_values("lr")
             ax.plot(f["lr"], f["val_mean"], marker="s", lw=1.2, ls="--", color="black", label="full fine-tuning")
             ax.scatter(f.loc[f["chosen"], "lr"], f.loc[f["chosen"], "val_mean"], s=90, facecolors="none",
@@ -164,7 +165,6 @@ def lr_curves(choices: pd.DataFrame, full: pd.DataFrame | None = None) -> Figure
         ranks = cell["r"].unique()  # one rank per set (a budget sweep): named in its panel's title
         ax.set(title=f"{targets}, r={int(ranks[0])}" if len(ranks) == 1 else targets, xlabel="learning rate")
     axes[0].set_ylabel("validation metric\n(mean over the seeds every rate has)")
-    with_full = full is not None and full["lr"].nunique() > 1
     if choices.groupby("targets")["r"].nunique().max() > 1 or with_full:  # else each title names its one rank
         axes[-1].legend(frameon=False, fontsize=7)
     halved = "halved" in choices and choices["halved"].astype(bool).any()
