@@ -13,8 +13,8 @@ import statistics
 import time
 
 import torch
-
 from profile_step import setup  # run as a script: benchmarks/ is on sys.path
+
 from lora_analysis.train import trainer
 
 
@@ -42,7 +42,8 @@ def main() -> None:
     base = results.get(256, next(iter(results.values())))[0]
     print(f"{'eval_batch_size':>15} {'seconds':>8} {'vs 256':>7} {'val_loss':>10} {'val_accuracy':>12}")
     for size, (seconds, scores) in results.items():
-        print(f"{size:>15} {seconds:8.2f} {base / seconds:6.2f}x {scores['val_loss']:10.6f} {scores['val_accuracy']:12.4f}")
+        print(f"{size:>15} {seconds:8.2f} {base / seconds:6.2f}x {scores['val_loss']:10.6f} "
+              f"{scores['val_accuracy']:12.4f}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from lora_analysis.show import run_findings as R
 from lora_analysis.show import run_plots
 from lora_analysis.show.document import Section, code
 from lora_analysis.show.focus import Focus
-from lora_analysis.show.labels import fmt
 from lora_analysis.show.sweep import SweepData
 
 SETTINGS = [
