@@ -171,7 +171,8 @@ def test_ablation_section_for_several_target_sets(tmp_path):
     runs = pd.DataFrame(rows)
     html, markdown = write_report("Rank ablation", [ablation_section(runs)], tmp_path)
     text = markdown.read_text()
-    assert "| targets | r=1 | r=4 | r=16 |" in text and "Full fine-tuning reference, at its own rate: 0.900 (n=1)." in text
+    assert "| targets | r=1 | r=4 | r=16 |" in text
+    assert "Full fine-tuning reference, at its own rate: 0.900 (n=1)." in text
     assert r"0.712 \[0.707, 0.717\] (3)" in text  # q at r=1: 0.71 + 0.002 * seed over seeds 0, 1, 2; t-interval
     assert (tmp_path / "figures" / "accuracy_rank.png").is_file() and "base64" in html.read_text()
     assert experiment_table(runs).set_index("setting").loc["rank r", "value"] == "1, 4, 16"
@@ -228,3 +229,21 @@ def test_the_report_opens_with_each_verdict_and_its_number(report):
             "excess +0.68") in short and "shared beyond the control (task-specific in 12)" in short
     assert "ΔW, two seeds at r=64" in short and "5 of 6 runs converged, 1 reached the step ceiling" in short
     assert short.count("\n- ") == 6  # a line per verdict, not the detail
+
+
+def test_an_adapter_at_the_majority_class_is_left_out_of_the_pairs_and_the_report_says_so(tmp_path):
+    from fabricate import fabricate_sweep
+
+    from lora_analysis.show.report import study
+
+    sweep = fabricate_sweep(tmp_path / "sweep", layers=(0,), modules=("q",))
+    table = pd.read_parquet(sweep / "runs.parquet")
+    table.loc[table["run"] == "r4-seed0", "val_accuracy"] = 0.576  # one class predicted on validation
+    table.to_parquet(sweep / "runs.parquet", index=False)
+    studied = study(sweep)
+    assert any("r4-seed0" in note and "majority class" in note for note in studied.focus.notes)
+    phi = studied.tables["phi"]
+    assert not phi.empty and "r4-seed0" not in set(phi["run_a"]) | set(phi["run_b"])
+    assert "r4-seed0" in set(studied.data.runs["run"])  # its accuracy is still shown
+    assert not any("majority class" in note for note in study(fabricate_sweep(tmp_path / "fine", layers=(0,),
+                                                                              modules=("q",))).focus.notes)

@@ -120,6 +120,28 @@ def test_one_rate_for_the_compared_ranks_is_the_best_on_validation_over_them():
     assert runs_not_analysed(both, "all") == runs_off_rate(runs, 1e-3) | {"pattern", "twin"}
 
 
+def test_an_adapter_at_the_majority_class_is_left_out_of_the_subspace_analyses_with_its_twin():
+    from lora_analysis.derive.rates import analysed_rate, collapsed_runs, runs_not_analysed
+
+    # 3e-4 is best on validation over the ranks together, and r=1 predicts the majority class there
+    runs = sweep({("all", 1): {1e-4: ([0.79], [0.79]), 3e-4: ([0.577], [0.575])},
+                  ("all", 8): {1e-4: ([0.78], [0.78]), 3e-4: ([0.81], [0.80])},
+                  ("all", 64): {1e-4: ([0.60], [0.60]), 3e-4: ([0.80], [0.80])}})
+    assert analysed_rate(runs, "all")[0] == 3e-4
+    twin = {"data.shuffle_labels": True, "val_accuracy": 0.575}
+    twins = pd.DataFrame([{**runs.iloc[1].to_dict(), "run": "twin-r1", **twin},
+                          {**runs.iloc[3].to_dict(), "run": "twin-r8", **twin}])  # both at the majority
+    both = pd.concat([runs.assign(**{"data.shuffle_labels": False}), twins], ignore_index=True)
+    out, note = collapsed_runs(both)
+    assert out == {"all-r1-lr0.0003-s0", "twin-r1"}  # r=8's twin is a control: at the majority by design
+    assert "all-r1-lr0.0003-s0" in note and "majority class" in note
+    assert runs_not_analysed(both, "all") == {*runs.loc[runs["optim.lr"] == 1e-4, "run"], *out}
+    fine = runs[runs["lora.r"] != 1]
+    assert collapsed_runs(fine) == (set(), None)
+    # a run without a validation metric (saved before the split existed) is never called collapsed
+    assert collapsed_runs(runs.drop(columns="val_accuracy")) == (set(), None)
+
+
 @pytest.mark.slow  # 8 tiny runs, two analyses and reports: about two minutes
 def test_the_ablation_command_searches_on_seed_0_then_trains_the_seeds_at_the_chosen_rate(tiny, tmp_path, capsys,
                                                                                          monkeypatch):
@@ -316,6 +338,10 @@ def test_an_ablation_extended_with_ranks_controls_the_pair_the_report_will_analy
     rows += [{**row, "run": row["run"].replace("-all-", "-attn-"), "lora.targets": "attn"} for row in list(rows)]
     both = AblateConfig(targets=["attn", "all"], ranks=[2], lrs=[1e-3, 1e-2])
     assert sorted(dict(ablate.controls(both, tmp_path, ["experiment=rank_ablation"]))) == sorted(planned)
+    # a real run at the majority class on validation is left out of the report's pairs: no twin to control it
+    rows = [{**row, "val_accuracy": 0.576} if row["run"] == "r8-seed1-all-lr0.001" else row for row in rows]
+    assert sorted(dict(ablate.controls(cfg, tmp_path, ["experiment=rank_ablation"]))) == [
+        "r64-seed0-all-shuffled-lr0.001", "r8-seed0-all-shuffled-lr0.001"]
 
 
 def test_where_accuracy_stops_improving_is_one_rule_on_validation():
@@ -380,8 +406,9 @@ def test_full_fine_tuning_is_a_cell_at_its_rate_chosen_on_validation():
     lora = sweep({("all", 8): {1e-4: ([0.78, 0.79, 0.80], [0.78, 0.79, 0.80])}})
     full = pd.DataFrame([{"run": f"full-seed{seed}-lr{lr}", "method": "full", "optim.lr": lr, "seed": seed,
                           "val_accuracy": val, "test_accuracy": test}
-                         for lr, seed, val, test in ((1e-5, 0, 0.70, 0.84), (3e-5, 0, 0.80, 0.78), (3e-5, 1, 0.81, 0.79),
-                                                     (3e-5, 2, 0.82, 0.80), (1e-4, 0, 0.60, 0.60))])
+                         for lr, seed, val, test in ((1e-5, 0, 0.70, 0.84), (3e-5, 0, 0.80, 0.78),
+                                                     (3e-5, 1, 0.81, 0.79), (3e-5, 2, 0.82, 0.80),
+                                                     (1e-4, 0, 0.60, 0.60))])
     runs = pd.concat([lora, full], ignore_index=True)
     ref = stats.full_reference(runs)
     assert ref["lr"] == 3e-5 and ref["n"] == 3 and ref["lrs"] == 3 and not ref["at_edge"]

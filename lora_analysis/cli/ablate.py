@@ -184,15 +184,17 @@ def controls(cfg: AblateConfig, sweep: Path, common: list[str]) -> list[tuple[st
 
     Only for ``all`` where the cells hold it: the report's subspace analyses read one target set, ``all`` where
     present (``queries.main_targets``), so twins of the other sets would control nothing it says. A pair with no
-    real twin at that rate (a collapsed cell, no seeds) gets none."""
+    real twin at that rate (no seeds), or whose twin predicts the majority class (``rates.collapsed_runs``: the
+    report leaves it out of the pairs), gets none."""
     from lora_analysis.cli.reproduce import MATCHED
     from lora_analysis.derive.controls import shuffled_run_labels
-    from lora_analysis.derive.rates import analysed_rate
+    from lora_analysis.derive.rates import analysed_rate, collapsed_runs
     from lora_analysis.show.focus import preferred_pair
     from lora_analysis.show.paper import SEED_RANK
     runs = collect_runs(sweep)
     runs = runs[~runs["run"].astype(str).isin(shuffled_run_labels(runs))]  # twins are controls, not cells
     finished = set(runs["run"].astype(str)) if "run" in runs else set()
+    finished -= collapsed_runs(runs)[0]  # at the majority class: the report leaves it out of the pairs
     by_targets: dict[str, list[int | None]] = {}
     for cell in cells(cfg):
         values = dict(o.split("=", 1) for o in cell)

@@ -1,5 +1,7 @@
 """Which adapters the subspace analyses read in a sweep that tried several learning rates (an ablation's
-search): one rate per target set, so that a rank pair never differs in rank and rate at once.
+search): one rate per target set, so that a rank pair never differs in rank and rate at once; and, at that
+rate, none that predicts the majority class (``collapsed_runs``): an adapter that learnt nothing of the task
+has no task subspace to compare.
 
 The report (``show.report.study``), the shuffled-label controls of ``lora-analysis ablate`` and the rank
 recommendation (``derive.recommend``) all read the rate from here, so they cannot disagree. A rank pattern
@@ -13,7 +15,7 @@ import pandas as pd
 from lora_analysis.derive.controls import shuffled_run_labels
 from lora_analysis.derive.queries import patterned_runs
 from lora_analysis.derive.stats import rate_choices
-from lora_analysis.derive.tuned import joint_rate, validation_metric
+from lora_analysis.derive.tuned import at_majority, joint_rate, validation_metric
 
 
 def analysed_rate(runs: pd.DataFrame, targets: str | None) -> tuple[float | None, str | None]:
@@ -50,9 +52,35 @@ def runs_off_rate(runs: pd.DataFrame, rate: float) -> set[str]:
     return set(runs.loc[lora & lr.notna() & (lr != rate), "run"].astype(str))
 
 
+_TWIN_KEYS = ("method", "lora.targets", "lora.r", "lora.rank_pattern", "optim.lr", "seed")
+
+
+def collapsed_runs(runs: pd.DataFrame) -> tuple[set[str], str | None]:
+    """The real LoRA runs of ``runs`` whose validation accuracy sits at the majority class (``tuned.at_majority``)
+    with their shuffled-label twins (same target set, rank, rate and seed), and a note naming the real ones;
+    (set(), None) when there are none. Such an adapter learnt nothing of the task, so what it shares with
+    another says nothing about what the task needs: the subspace analyses leave it out. The shuffled-label
+    controls themselves predict the majority class by design and are kept (their real twins decide)."""
+    if runs.empty or "run" not in runs:
+        return set(), None
+    twins = runs["run"].astype(str).isin(shuffled_run_labels(runs))
+    lora = runs["method"] == "lora" if "method" in runs else pd.Series(True, index=runs.index)
+    stuck = runs[~twins & lora & at_majority(runs)]
+    if stuck.empty:
+        return set(), None
+    keys = [k for k in _TWIN_KEYS if k in runs]
+    ident = runs[keys].astype(str).agg("|".join, axis=1)
+    out = set(stuck["run"].astype(str)) | set(runs.loc[twins & ident.isin(set(ident[stuck.index])), "run"].astype(str))
+    named = ", ".join(sorted(stuck["run"].astype(str)))
+    return out, (f"left out of the subspace analyses: {named} (validation accuracy at the majority class: an "
+                 "adapter that predicts one class learnt nothing of the task to compare)")
+
+
 def runs_not_analysed(runs: pd.DataFrame, targets: str | None) -> set[str]:
     """The runs (real or shuffled) the subspace analyses of ``targets`` leave out: those off its analysed rate
-    (chosen on the real runs), and the rank patterns."""
+    (chosen on the real runs), the collapsed ones at that rate with their twins (``collapsed_runs``), and the
+    rank patterns."""
     rate, _ = analysed_rate(runs[~runs["run"].astype(str).isin(shuffled_run_labels(runs))], targets)
     off = runs_off_rate(runs, rate) if rate is not None else set()
-    return off | set(patterned_runs(runs).get("run", pd.Series(dtype=str)).astype(str))
+    stuck, _ = collapsed_runs(runs[~runs["run"].astype(str).isin(off)])
+    return off | stuck | set(patterned_runs(runs).get("run", pd.Series(dtype=str)).astype(str))

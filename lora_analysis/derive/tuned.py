@@ -141,12 +141,28 @@ def _choose(group: pd.DataFrame, key: dict) -> _Choice:
         rate = eligible.idxmax() if higher else eligible.idxmin()
     else:
         rate = scores.index[0]
-    # the validation split's own majority class; runs saved before it was recorded: the test split's
-    column = "val_majority" if "val_majority" in group and group["val_majority"].notna().any() else "majority_accuracy"
+    column = majority_column(group)
     majority = group[column].max() if column in group else math.nan
     collapsed = bool(metric == "val_accuracy" and math.isfinite(majority) and scores.notna().any()
                      and (scores.dropna() <= majority + COLLAPSE_TOLERANCE).all())
     return _Choice(means, rate, halved, len(rates) > 1 and rate in (rates[0], rates[-1]), collapsed)
+
+
+def majority_column(runs: pd.DataFrame) -> str:
+    """The column holding the majority-class accuracy a run's validation accuracy is judged against: the
+    validation split's own (``val_majority``); for runs saved before it was recorded, the test split's."""
+    return "val_majority" if "val_majority" in runs and runs["val_majority"].notna().any() else "majority_accuracy"
+
+
+def at_majority(runs: pd.DataFrame) -> pd.Series:
+    """Per run, whether its validation accuracy sits at the majority class (within ``COLLAPSE_TOLERANCE``): a
+    run that predicts one class. False where either number is missing, or for a metric other than accuracy."""
+    column = majority_column(runs)
+    if "val_accuracy" not in runs or column not in runs:
+        return pd.Series(False, index=runs.index)
+    accuracy = pd.to_numeric(runs["val_accuracy"], errors="coerce")
+    majority = pd.to_numeric(runs[column], errors="coerce")
+    return (accuracy <= majority + COLLAPSE_TOLERANCE) & accuracy.notna() & majority.notna()
 
 
 def _halved_rates(group: pd.DataFrame) -> set[float]:
