@@ -159,6 +159,14 @@ def test_target_sets_under_budget_are_compared_with_welch_intervals_against_the_
     assert "attention-only is above: the anchor is not supported" in reversed_.sentences[-1]
     single = under_budget(budget_runs({"attn": [0.80], "ffn": [0.81]}))
     assert "cannot tell (a set has one seed" in single.sentences[-1]
+    roles = under_budget(budget_runs({"q": [0.70, 0.71, 0.72], "v": [0.80, 0.81, 0.80], "q+v": [0.71, 0.70, 0.72]}))
+    v_q = next(s for s in roles.sentences if s.startswith("v against q (Hu et al. 2021, Table 5"))
+    assert v_q.endswith("q alone is below: the anchor is supported.")
+    qv_q = next(s for s in roles.sentences if s.startswith("q+v against q"))
+    assert qv_q.endswith("cannot tell (the interval holds 0).")
+    assert not any(s.startswith("ffn against attn") for s in roles.sentences)  # neither set was run
+    flipped = under_budget(budget_runs({"q": [0.80, 0.81, 0.80], "v": [0.70, 0.71, 0.72]}))
+    assert "q alone is above: the anchor is not supported" in " ".join(flipped.sentences)
     no_budget = budget_runs({"q": [0.8]}).drop(columns="lora.budget")
     assert R.ffn_under_budget(no_budget, S.accuracy_table(pd.DataFrame())).sentences[0].startswith("No")
 

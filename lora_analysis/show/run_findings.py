@@ -108,20 +108,24 @@ def stuck_at_majority(runs: pd.DataFrame) -> list[str]:
             "accuracy says the optimisation failed, not how much rank the task needs."]
 
 
-# (a, b, label, the anchor's sign of a - b or None): LoRA Without Regret (2025) finds attention-only LoRA
-# below MLP-only at matched parameters
-_BUDGET_PAIRS = (("ffn", "attn", "ffn against attn (the two halves of a block)", 1.0),
-                 ("all", "attn", "all against attn", None), ("all", "ffn", "all against ffn", None))
+# (a, b, label, the anchor's sign of a - b or None, the set the anchor puts below): LoRA Without Regret (2025)
+# finds attention-only LoRA below MLP-only at matched parameters; Hu et al. (2021, Table 5, GPT-3 at 18M
+# parameters) the budget in Wq alone below Wv alone (WikiSQL 70.4 against 73.0) and below Wq with Wv (73.7)
+_BUDGET_PAIRS = (("ffn", "attn", "ffn against attn (the two halves of a block)", 1.0, "attention-only"),
+                 ("all", "attn", "all against attn", None, None), ("all", "ffn", "all against ffn", None, None),
+                 ("v", "q", "v against q (Hu et al. 2021, Table 5: q alone below v alone)", 1.0, "q alone"),
+                 ("q+v", "q", "q+v against q (Hu et al. 2021, Table 5: q alone below q with v)", 1.0, "q alone"))
 
 
 def ffn_under_budget(runs: pd.DataFrame, table: pd.DataFrame, metric: str | None = None) -> Finding:
     """Which matrices at one parameter budget? Each target set at its tuned rate over its seeds (``table``: the
     budget-matched runs' ``stats.accuracy_table``, the report's ``Derived.budget_accuracy``); ffn against attn,
     all against each, and the sets with FFN matrices against those without, each difference with its 95% Welch
-    interval over seeds (``tuned.difference_interval``). A difference is stated where the interval excludes 0
-    and "cannot tell" where it holds 0 or a set has one seed; ffn against attn is judged against the anchor
-    (LoRA Without Regret, 2025: attention-only below MLP-only at matched parameters). Collapsed sets (every
-    rate at the majority class) are named and left out of the differences."""
+    interval over seeds (``tuned.difference_interval``); v and q+v against q where the sweep has them. A difference
+    is stated where the interval excludes 0 and "cannot tell" where it holds 0 or a set has one seed; ffn against
+    attn is judged against LoRA Without Regret (2025: attention-only below MLP-only at matched parameters), v and
+    q+v against q against Hu et al. (2021, Table 5: the budget in Wq alone below Wv alone and below Wq with Wv).
+    Collapsed sets (every rate at the majority class) are named and left out of the differences."""
     from lora_analysis.targets import PRESETS, expand_roles
 
     metric = metric or metric_column(runs)
@@ -141,33 +145,34 @@ def ffn_under_budget(runs: pd.DataFrame, table: pd.DataFrame, metric: str | None
     budgets = ", ".join(sorted(map(str, budgeted["lora.budget"].unique()))) if not budgeted.empty else "?"
     sentences = [f"Budget {budgets}, each set at its rate chosen on validation, {metric} mean [95% interval over "
                  f"seeds]: {cells}."]
-    named = {targets: live[live["targets"] == targets] for targets in ("ffn", "attn", "all")}
-    pairs = [(named[a], named[b], label, anchor) for a, b, label, anchor in _BUDGET_PAIRS]
+    pairs = [(live[live["targets"] == a], live[live["targets"] == b], label, anchor, below)
+             for a, b, label, anchor, below in _BUDGET_PAIRS]
     if live["ffn"].any() and (~live["ffn"]).any() and len(live) > 2:
         pairs.append((live[live["ffn"]], live[~live["ffn"]], "sets with FFN matrices against attention-only sets",
-                      None))
+                      None, None))
     values = {}
-    for a, b, label, anchor in pairs:
+    for a, b, label, anchor, below in pairs:
         if a.empty or b.empty:
             continue
         diff, low, high = difference_interval(a, b)
         values[label] = float(diff)
         sentences.append(f"{label}: {fmt(a['mean'].mean(), 3)} against {fmt(b['mean'].mean(), 3)}, difference "
                          f"{diff:+.3f}" + ("" if math.isnan(low) else f" [{low:+.3f}, {high:+.3f}]") + ": "
-                         + _budget_verdict(diff, low, high, anchor if higher else None) + ".")
+                         + _budget_verdict(diff, low, high, anchor if higher else None, below) + ".")
     return Finding(key, title, sentences, table.drop(columns="ffn"), values)
 
 
-def _budget_verdict(diff: float, low: float, high: float, anchor: float | None) -> str:
-    """Supported / not supported / cannot tell for the anchor's pair; above / below / cannot tell otherwise."""
+def _budget_verdict(diff: float, low: float, high: float, anchor: float | None, below: str | None = None) -> str:
+    """Supported / not supported / cannot tell for an anchor's pair (``below``: the set the anchor puts below);
+    above / below / cannot tell otherwise."""
     if math.isnan(low):
         return "cannot tell (a set has one seed: no interval over seeds)"
     if low <= 0 <= high:
         return "cannot tell (the interval holds 0)"
     if anchor is None:
         return "the first is above" if diff > 0 else "the first is below"
-    return ("attention-only is below: the anchor is supported" if anchor * diff > 0 else
-            "attention-only is above: the anchor is not supported")
+    return (f"{below} is below: the anchor is supported" if anchor * diff > 0 else
+            f"{below} is above: the anchor is not supported")
 
 
 def rank_patterns(table: pd.DataFrame, patterns: pd.DataFrame, metric: str | None = None) -> Finding:
