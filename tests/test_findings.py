@@ -97,7 +97,7 @@ def test_findings_state_the_planted_numbers(tables, shared, sweep):
     assert F.intruder_counts(tables.intruders).values == {f"r{r}": float(n) for r, n in INTRUDERS.items()}
 
     all_runs = pd.read_parquet(sweep / "runs.parquet")
-    acc = R.accuracy(all_runs, S.accuracy_table(all_runs), S.validation_table(all_runs))
+    acc = R.accuracy(all_runs, S.accuracy_table(all_runs), S.validation_table(all_runs), S.full_reference(all_runs))
     assert acc.values == pytest.approx({"best": 0.778, "chosen_on_validation": 1.0, "full": 0.801})
     assert "full fine-tuning 0.801" in acc.sentences[-1] and "majority class 0.575" in acc.sentences[-1]
 
@@ -108,7 +108,7 @@ def test_missing_data_gives_a_sentence_not_an_error(tables):
                     F.init_control(empty_phi, S.shared_directions(empty_phi)), F.a_moved(tables.modules.iloc[0:0]),
                     F.amplification(tables.dw_vs_w.iloc[0:0], layer=0), F.intruder_counts(tables.intruders.iloc[0:0]),
                     F.w_dw_overlap(tables.w_dw_phi.iloc[0:0], layer=0), R.accuracy(no_runs, S.accuracy_table(no_runs),
-                                                                          S.validation_table(no_runs)),
+                                                                          S.validation_table(no_runs), None),
                     R.trained_enough(pd.DataFrame({"run": []}), {})):
         assert finding.table is None and len(finding.sentences) == 1 and finding.sentences[0]
     assert F.top_direction(tables.phi, r_small=4, r_large=64).values["A_delta"] == pytest.approx(DELTA_TOP)
@@ -200,7 +200,8 @@ def test_runs_stuck_at_the_majority_class_are_named():
     (sentence,) = R.stuck_at_majority(runs)
     assert sentence.startswith("1 of 3 LoRA runs predict the majority class (r1-seed0): LoRA scale alpha/r 8 "
                                "(the largest in the sweep); final training loss 0.690")
-    assert sentence in R.accuracy(runs, S.accuracy_table(runs), S.validation_table(runs)).sentences
+    found = R.accuracy(runs, S.accuracy_table(runs), S.validation_table(runs), S.full_reference(runs))
+    assert sentence in found.sentences
     assert R.stuck_at_majority(runs.assign(test_accuracy=0.7)) == []
 
 
@@ -224,9 +225,10 @@ def test_the_best_cell_is_chosen_on_validation_and_reported_on_test():
 
     runs = sweep({("all", 8): {1e-3: ([0.82, 0.81, 0.83], [0.78, 0.79, 0.78])},
                   ("all", 64): {1e-3: ([0.80, 0.79, 0.80], [0.81, 0.82, 0.81])}})
-    found = R.accuracy(runs, S.accuracy_table(runs), S.validation_table(runs))
+    found = R.accuracy(runs, S.accuracy_table(runs), S.validation_table(runs), S.full_reference(runs))
     assert "Best LoRA cell (chosen on validation): targets all at r=8, 0.783" in found.sentences[-1]
     assert found.values["best"] == pytest.approx(0.7833, abs=1e-4) and found.values["chosen_on_validation"] == 1.0
     test_only = runs.drop(columns="val_accuracy")
-    no_val = R.accuracy(test_only, S.accuracy_table(test_only), S.validation_table(test_only))
+    no_val = R.accuracy(test_only, S.accuracy_table(test_only), S.validation_table(test_only),
+                        S.full_reference(test_only))
     assert "(the best on test: no validation metric to choose by): targets all at r=64" in no_val.sentences[-1]

@@ -11,7 +11,7 @@ from fabricate import DELTA_TOP
 from matplotlib.figure import Figure
 
 from lora_analysis.derive.queries import budgeted_runs
-from lora_analysis.derive.stats import accuracy_table
+from lora_analysis.derive.stats import accuracy_table, full_reference
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.show import plots, run_plots
 
@@ -87,7 +87,7 @@ def test_controls_show_every_subject_for_the_same_pair(tables):
 
 
 def test_accuracy_against_rank_with_references(runs):
-    fig = run_plots.accuracy_vs_rank(runs, accuracy_table(runs))
+    fig = run_plots.accuracy_vs_rank(runs, accuracy_table(runs), full=full_reference(runs))
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_xticklabels()] == ["4", "8", "64"]
     labels = ax.get_legend_handles_labels()[1]
@@ -101,11 +101,12 @@ def test_accuracy_against_rank_with_references(runs):
 
 def test_budget_matched_accuracy_states_parameters(runs):
     with pytest.raises(LoraAnalysisError, match="budget"):
-        run_plots.accuracy_by_targets(runs, accuracy_table(runs))
+        run_plots.accuracy_by_targets(runs, accuracy_table(runs), full=None)
     budgeted = runs.assign(**{"lora.budget": np.where(runs["method"] == "lora", "r32@q", None)})
     budgeted["lora.targets"] = ["q", "q+v", "all", "q", "q+v", "all"]
     budgeted["lora.r"] = [32, 16, 3, 32, 16, 3]
-    fig = run_plots.accuracy_by_targets(budgeted, accuracy_table(budgeted_runs(budgeted)))
+    fig = run_plots.accuracy_by_targets(budgeted, accuracy_table(budgeted_runs(budgeted)),
+                                      full=full_reference(budgeted))
     ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert len(ticks) == 3 and all("k" in t and "r=" in t for t in ticks)
     assert "r32@q" in fig.get_suptitle()
@@ -128,7 +129,8 @@ def test_nothing_to_draw_names_what_is_missing(tables, runs):
     with pytest.raises(LoraAnalysisError, match="w_dw_phi"):
         plots.fig8_w_dw_similarity(tables.w_dw_phi.iloc[0:0], layer=0)
     with pytest.raises(LoraAnalysisError, match="no finished LoRA run"):
-        run_plots.accuracy_vs_rank(runs[runs["method"] == "full"], accuracy_table(runs[runs["method"] == "full"]))
+        run_plots.accuracy_vs_rank(runs[runs["method"] == "full"], accuracy_table(runs[runs["method"] == "full"]),
+                                   full=None)
     with pytest.raises(LoraAnalysisError, match="history"):
         run_plots.loss_curves({})
 

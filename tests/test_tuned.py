@@ -214,7 +214,7 @@ def test_the_rates_finding_states_each_choice_and_where_accuracy_stops_improving
                                            "val_accuracy": v, "test_accuracy": v}
                                           for lr, v in ((1e-5, 0.79), (1e-4, 0.81))])], ignore_index=True)
     lora = runs[runs["method"] == "lora"]
-    found = R.tuned_rates(stats.rate_choices(lora), stats.validation_table(lora), runs)
+    found = R.tuned_rates(stats.rate_choices(lora), stats.validation_table(lora), runs, stats.full_reference(runs))
     text = " ".join(found.sentences)
     assert ("all: r=1 1e-04 (edge), r=8 1e-03 (edge), r=64 1e-03 (edge); 2 different rates over 3 ranks that "
             "learnt") in text
@@ -227,12 +227,13 @@ def test_the_rates_finding_states_each_choice_and_where_accuracy_stops_improving
            "supported." in text
     stuck = sweep({("all", 1): {1e-4: ([0.57], [0.575]), 1e-3: ([0.57], [0.575])},
                    ("all", 8): {1e-4: ([0.70], [0.7]), 1e-3: ([0.79], [0.80])}})
-    text = " ".join(R.tuned_rates(stats.rate_choices(stuck), stats.validation_table(stuck), stuck).sentences)
+    text = " ".join(R.tuned_rates(stats.rate_choices(stuck), stats.validation_table(stuck), stuck,
+                                    stats.full_reference(stuck)).sentences)
     assert "all: r=1 collapsed at every rate, r=8 1e-03 (edge); the same rate at every rank that learnt." in text
     assert "1 of 2 cells chose a rate at an end of the grid" in text  # a collapsed cell's "choice" is no choice
     one_rate = sweep({("all", 8): {1e-3: ([0.8], [0.8])}})
     assert "one learning rate" in R.tuned_rates(stats.rate_choices(one_rate), stats.validation_table(one_rate),
-                                                one_rate).sentences[0]
+                                                one_rate, None).sentences[0]
 
 
 def test_a_rank_pattern_is_its_own_cell_and_is_judged_against_the_uniform_ranks_beside_it(tmp_path):
@@ -266,7 +267,7 @@ def test_a_rank_pattern_is_its_own_cell_and_is_judged_against_the_uniform_ranks_
     assert ("rank_pattern q2 v4 on all: not validated: 2 uniform rank(s) with at least its parameters are "
             "above it.") in text
     assert R.rank_patterns(uniform, stats.pattern_table(runs.iloc[:9])).sentences[0].startswith("No run with")
-    figure = run_plots.accuracy_vs_params(runs, uniform, patterns)
+    figure = run_plots.accuracy_vs_params(runs, uniform, patterns, full=None)
     figure.savefig(tmp_path / "params.png")
     assert figure.axes[0].get_xscale() == "log" and (tmp_path / "params.png").stat().st_size > 0
 
@@ -389,7 +390,8 @@ def test_the_report_and_the_recommendation_read_the_same_plateau():
     runs = sweep({("all", 1): {1e-3: ([0.70, 0.71, 0.72], [0.7] * 3)},
                   ("all", 8): {1e-3: ([0.805, 0.806, 0.807], [0.7] * 3)},
                   ("all", 64): {1e-3: ([0.807, 0.808, 0.809], [0.8] * 3), 1e-4: ([0.7], [0.7])}})
-    rates = " ".join(R.tuned_rates(stats.rate_choices(runs), stats.validation_table(runs), runs).sentences)
+    rates = " ".join(R.tuned_rates(stats.rate_choices(runs), stats.validation_table(runs), runs,
+                                   stats.full_reference(runs)).sentences)
     roles = pd.DataFrame({"role": ["q"], "rank": [4], "layers_min": [4], "layers_max": [4], "n_layers": [2],
                           "seed_shared": [4.0], "rank_shared": [4.0]})
     explained = " ".join(Recommendation(pd.DataFrame(), roles, "A_delta", "all", plateau(runs, "all"), {}).explain())
@@ -414,7 +416,7 @@ def test_full_fine_tuning_is_a_cell_at_its_rate_chosen_on_validation():
     assert ref["lr"] == 3e-5 and ref["n"] == 3 and ref["lrs"] == 3 and not ref["at_edge"]
     assert ref["mean"] == pytest.approx(0.79)  # the whole grid's mean would be 0.762, the best on test 0.84
     assert (ref["ci_low"], ref["ci_high"]) == pytest.approx(scipy_stats.t.interval(0.95, 2, 0.79, 0.01 / 3 ** 0.5))
-    found = R.accuracy(runs, stats.accuracy_table(lora), stats.validation_table(lora))
+    found = R.accuracy(runs, stats.accuracy_table(lora), stats.validation_table(lora), stats.full_reference(runs))
     low, high = scipy_stats.ttest_ind([0.78, 0.79, 0.80], [0.78, 0.79, 0.80], equal_var=False).confidence_interval()
     assert (f"full fine-tuning 0.790 [0.765, 0.815] (n=3 at lr 3e-05, chosen on validation from 3 rates), difference "
             f"+0.000 [{low:+.3f}, {high:+.3f}]") in found.sentences[-1]

@@ -311,7 +311,8 @@ class Derived:
     same cells' validation metric (what the best cell and the rank plateau are chosen by); ``lr_choices``:
     the validation metric of every (target set, rank, learning rate), what the choice read;
     ``budget_accuracy``: of the budget-matched runs;
-    ``full_choices``: the same for full fine-tuning (one cell, its own grid);
+    ``full_choices``: the same for full fine-tuning (one cell, its own grid); ``full``: ``full_reference``, the
+    full fine-tuning cell at its rate (the reference line, the accuracy and rates findings read it);
     ``patterns``: ``pattern_table`` (rank patterns under test); ``a_moved``: ``a_moved_table``; ``controls``:
     ``controls.direction_controls`` (every direction of every real pair against the strongest control;
     the shuffled-label pairs are its controls), ``task``: ``controls.task_directions`` of it.
@@ -324,6 +325,7 @@ class Derived:
     validation: pd.DataFrame
     lr_choices: pd.DataFrame
     full_choices: pd.DataFrame
+    full: dict | None
     budget_accuracy: pd.DataFrame
     patterns: pd.DataFrame
     a_moved: pd.DataFrame
@@ -341,7 +343,7 @@ class Derived:
         metric = metric or metric_column(runs)
         per_direction = direction_controls(phi if control_phi is None else control_phi, shuffled)
         return cls(targets, metric, shared_directions(phi), accuracy_table(runs, metric),
-                   validation_table(runs), rate_choices(runs), full_choices(runs),
+                   validation_table(runs), rate_choices(runs), full_choices(runs), full_reference(runs, metric),
                    accuracy_table(budgeted_runs(runs), metric), pattern_table(runs, metric), a_moved_table(modules),
                    per_direction, task_directions(per_direction))
 

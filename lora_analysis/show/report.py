@@ -83,10 +83,10 @@ def compute_findings(data: SweepData, focus: Focus, tables: dict[str, pd.DataFra
         w_dw_overlap=_or_missing(tables["w_dw_phi"], "w_dw_overlap", "Figure 8",
                                  lambda t: F.w_dw_overlap(t, layer=layer, module=role)),
         intruders=_or_missing(tables["intruders"], "intruders", "Intruder dimensions", F.intruder_counts),
-        accuracy=R.accuracy(data.runs, derived.accuracy, derived.validation, derived.metric),
+        accuracy=R.accuracy(data.runs, derived.accuracy, derived.validation, derived.full, derived.metric),
         budget=R.ffn_under_budget(data.runs, derived.budget_accuracy, derived.metric),
         patterns=R.rank_patterns(derived.accuracy, derived.patterns, derived.metric),
-        rates=R.tuned_rates(derived.lr_choices, derived.validation, data.runs),
+        rates=R.tuned_rates(derived.lr_choices, derived.validation, data.runs, derived.full),
         loss=R.trained_enough(data.runs if all_runs is None else all_runs, data.histories),
     )
 

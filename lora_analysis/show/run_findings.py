@@ -21,10 +21,12 @@ from lora_analysis.show.labels import fmt
 from lora_analysis.stopping import FIXED, HALVED, VERDICTS
 
 
-def accuracy(runs: pd.DataFrame, table: pd.DataFrame, validation: pd.DataFrame, metric: str | None = None) -> Finding:
+def accuracy(runs: pd.DataFrame, table: pd.DataFrame, validation: pd.DataFrame, full: dict | None,
+             metric: str | None = None) -> Finding:
     """Test metric against rank and target set, beside full fine-tuning and the majority class, from the
     report's one accuracy table (``table``: ``stats.accuracy_table``, each cell at its tuned rate); the best
-    cell is the best of ``validation`` (``stats.validation_table``)."""
+    cell is the best of ``validation`` (``stats.validation_table``); ``full``: the full fine-tuning cell
+    (``stats.full_reference``), or None."""
     metric = metric or metric_column(runs)
     key, title = "accuracy", "Test metric against rank and target set (Tables 5 and 6)"
     if table.empty or table["mean"].isna().all():
@@ -37,7 +39,6 @@ def accuracy(runs: pd.DataFrame, table: pd.DataFrame, validation: pd.DataFrame, 
                                   else fmt(row.mean, 3) + (f" [{fmt(row.ci_low, 3)}, {fmt(row.ci_high, 3)}]"
                                                            if row.n > 1 else "")) + f" (n={row.n})"
             for row in t.itertuples()) + ".")
-    full = stats.full_reference(runs, metric)
     tail = f"Best LoRA cell ({chosen_on}): targets {best['targets']} at r={int(best['r'])}, {fmt(best['mean'], 3)}"
     if full and not full["collapsed"]:
         gap, low, high = difference_interval(pd.DataFrame([best]), pd.DataFrame([full]))
@@ -262,12 +263,13 @@ def trained_enough(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> Fi
     return Finding(key, title, sentences, table, values)
 
 
-def tuned_rates(choices: pd.DataFrame, val: pd.DataFrame, runs: pd.DataFrame) -> Finding:
+def tuned_rates(choices: pd.DataFrame, val: pd.DataFrame, runs: pd.DataFrame, full: dict | None) -> Finding:
     """The learning rates chosen on validation, against the anchors (LoRA Without Regret, 2025: the optimal
     rate roughly independent of rank under alpha/r, LoRA's about 10x full fine-tuning's), and from which
     rank validation accuracy stops improving (``derive.plateau``, each rank at its own rate).
 
-    ``choices``: ``stats.rate_choices``; ``val``: ``stats.validation_table`` (the report's ``Derived``)."""
+    ``choices``: ``stats.rate_choices``; ``val``: ``stats.validation_table``; ``full``: ``stats.full_reference``,
+    the rate the accuracy finding's full fine-tuning cell was chosen at (all three: the report's ``Derived``)."""
     key, title = "rates", "Learning rates tuned on validation, against the anchors"
     tuned = choices.groupby(["targets", "r"])["lr"].nunique() if not choices.empty else pd.Series(dtype=int)
     if tuned.empty or tuned.max() < 2:
@@ -295,7 +297,6 @@ def tuned_rates(choices: pd.DataFrame, val: pd.DataFrame, runs: pd.DataFrame) ->
         sentences.append(f"Successive halving stopped {len(halved)} of {len(choices)} (cell, rate) searches{rung} (the "
                          "worse half of each cell's rates on validation there): their points are their validation "
                          "at that step, and none of them could be chosen.")
-    full = stats.full_reference(runs)  # the same choice as the accuracy finding's: the rate best on validation
     higher = validation_metric(runs)[1]
     if full and full["lrs"] > 1 and not full["collapsed"]:
         scores = val["mean"] if higher else -val["mean"]

@@ -12,14 +12,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 
 from lora_analysis.derive.queries import has_majority, lora_runs, metric_column
-from lora_analysis.derive.stats import full_reference
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.layout import RunDir, SweepDir
 from lora_analysis.show.plots import new_figure, styled
 
 
-def _reference_lines(ax, runs: pd.DataFrame, metric: str) -> None:
-    full = full_reference(runs, metric)  # at its own rate chosen on validation, like every cell
+def _reference_lines(ax, runs: pd.DataFrame, metric: str, full: dict | None) -> None:
+    """Full fine-tuning's cell (``stats.full_reference``: at its own rate chosen on validation, like every cell)
+    with its 95% interval, and the majority class."""
     if full and not full["collapsed"]:
         rate = f" at {full['lr']:.0e}" if pd.notna(full["lr"]) else ""
         ax.axhline(full["mean"], color="black", lw=1.2,
@@ -37,10 +37,12 @@ def draws_majority(runs: pd.DataFrame, metric: str | None) -> bool:
 
 
 @styled
-def accuracy_vs_rank(runs: pd.DataFrame, table: pd.DataFrame, *, metric: str | None = None) -> Figure:
+def accuracy_vs_rank(runs: pd.DataFrame, table: pd.DataFrame, *, full: dict | None, metric: str | None = None
+                     ) -> Figure:
     """Tables 5/6 analogue: test metric against rank (log2), one line per target set, each cell at its tuned
     learning rate with its 95% interval over seeds (``table``: ``stats.accuracy_table``); a collapsed cell
-    (every rate at the majority class) is a cross at the majority class, not a point of the line."""
+    (every rate at the majority class) is a cross at the majority class, not a point of the line. ``full``: the
+    full fine-tuning cell (``stats.full_reference``, the report's ``Derived.full``), a black line, or None."""
     metric = metric or metric_column(runs)
     if table.empty:
         raise LoraAnalysisError("no finished LoRA run with a test metric")
@@ -53,7 +55,7 @@ def accuracy_vs_rank(runs: pd.DataFrame, table: pd.DataFrame, *, metric: str | N
         if not collapsed.empty and "majority_accuracy" in runs:
             ax.scatter(collapsed["r"], [runs["majority_accuracy"].max()] * len(collapsed), marker="x", s=40,
                        color=f"C{index}", zorder=3)
-    _reference_lines(ax, runs, metric)
+    _reference_lines(ax, runs, metric, full)
     ranks = sorted(int(r) for r in table["r"].unique())
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_locator(FixedLocator(ranks))
@@ -73,9 +75,11 @@ def _half_interval(table: pd.DataFrame) -> np.ndarray:
 
 
 @styled
-def accuracy_by_targets(runs: pd.DataFrame, table: pd.DataFrame, *, metric: str | None = None) -> Figure:
+def accuracy_by_targets(runs: pd.DataFrame, table: pd.DataFrame, *, full: dict | None, metric: str | None = None
+                        ) -> Figure:
     """Table 5 analogue: test metric per target set at one trainable-parameter budget (``lora.budget``), each at
-    its tuned learning rate with its 95% interval (``table``: ``stats.accuracy_table`` of the budget-matched runs).
+    its tuned learning rate with its 95% interval (``table``: ``stats.accuracy_table`` of the budget-matched runs;
+    ``full``: as ``accuracy_vs_rank``'s).
     """
     metric = metric or metric_column(runs)
     lora = lora_runs(runs)
@@ -87,7 +91,7 @@ def accuracy_by_targets(runs: pd.DataFrame, table: pd.DataFrame, *, metric: str 
     ax = fig.subplots()
     x = np.arange(len(table))
     ax.errorbar(x, table["mean"], yerr=_half_interval(table), fmt="o", capsize=3, color="C0")
-    _reference_lines(ax, runs, metric)
+    _reference_lines(ax, runs, metric, full)
     ax.set_xticks(x, [f"{t}\nr={int(r)}\n{p / 1e3:.0f}k" for t, r, p in
                       zip(table["targets"], table["r"], table["lora_params"], strict=True)])
     ax.set(xlabel="target set, rank, trainable LoRA parameters", ylabel=metric)
@@ -99,7 +103,7 @@ def accuracy_by_targets(runs: pd.DataFrame, table: pd.DataFrame, *, metric: str 
 
 
 @styled
-def accuracy_vs_params(runs: pd.DataFrame, table: pd.DataFrame, patterns: pd.DataFrame, *,
+def accuracy_vs_params(runs: pd.DataFrame, table: pd.DataFrame, patterns: pd.DataFrame, *, full: dict | None,
                        metric: str | None = None) -> Figure:
     """Test metric against trainable LoRA parameters (log): uniform ranks as one line per target set (each point
     labelled with its r), rank patterns (``stats.pattern_table``) as stars, every cell at its tuned learning rate
@@ -124,7 +128,7 @@ def accuracy_vs_params(runs: pd.DataFrame, table: pd.DataFrame, patterns: pd.Dat
         if not p.empty:
             ax.errorbar(p["lora_params"], p["mean"], yerr=_half_interval(p), fmt="*", markersize=12, capsize=3,
                         color=color, markeredgecolor="black", label=f"{targets}, rank pattern")
-    _reference_lines(ax, runs, metric)
+    _reference_lines(ax, runs, metric, full)
     ax.set_xscale("log")
     ax.set(xlabel="trainable LoRA parameters", ylabel=metric)
     ax.legend(frameon=False, fontsize=7.5)

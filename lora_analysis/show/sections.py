@@ -11,7 +11,7 @@ from importlib import metadata
 import pandas as pd
 
 from lora_analysis.derive.queries import budgeted_runs, full_runs, lora_runs, main_targets
-from lora_analysis.derive.stats import Derived, full_reference
+from lora_analysis.derive.stats import Derived
 from lora_analysis.embedded import describe
 from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.layout import RunDir, SweepDir
@@ -118,7 +118,7 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str |
     section.table(accuracy_pivot(table), f"{metric} at each cell's learning rate chosen on validation: mean [95% "
                   "t-interval] over seeds (number of seeds, the rate where several were tried; edge: the rate is at "
                   "an end of the grid; collapsed: every rate predicted the majority class on validation)")
-    full = full_reference(runs, metric)
+    full = derived.full
     section.text(f"Full fine-tuning reference, at its own rate: {R.full_text(full)}." if full else
                  "No full fine-tuning run in this sweep: no reference line.")
     lines = (["black: full fine-tuning"] if full else []) + (
@@ -129,13 +129,13 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str |
                      "validation; the test split is scored only at it"
                      + ("; black, dashed: full fine-tuning on its own grid." if derived.full_choices["lr"].nunique() > 1
                         else "."))
-    section.plot("accuracy_rank", lambda: run_plots.accuracy_vs_rank(runs, table, metric=metric),
+    section.plot("accuracy_rank", lambda: run_plots.accuracy_vs_rank(runs, table, full=full, metric=metric),
                  f"{metric} against rank, one line per target set" + "".join(f"; {x}" for x in lines) + ".")
     if not derived.patterns.empty:
         section.table(derived.patterns.rename(columns={"lora_params": "trainable LoRA parameters"}),
                       "Rank patterns under test (lora.rank_pattern), each at its learning rate chosen on validation")
         section.plot("accuracy_params", lambda: run_plots.accuracy_vs_params(runs, table, derived.patterns,
-                                                                             metric=metric),
+                                                                             full=full, metric=metric),
                      f"{metric} against trainable LoRA parameters: uniform ranks and rank patterns.")
         if sentences:
             section.bullets(R.rank_patterns(table, derived.patterns, metric).sentences)
@@ -144,10 +144,10 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str |
         budget = derived.budget_accuracy
         section.table(budget.rename(columns={"lora_params": "trainable LoRA parameters"}),
                       f"Budget-matched runs ({', '.join(sorted(map(str, budgeted['lora.budget'].unique())))})")
-        section.plot("accuracy_budget", lambda: run_plots.accuracy_by_targets(runs, budget, metric=metric),
+        section.plot("accuracy_budget", lambda: run_plots.accuracy_by_targets(runs, budget, full=full, metric=metric),
                      "Test metric per target set at one parameter budget, with each set's rank and parameter count.")
     if sentences:
-        section.bullets(R.accuracy(runs, table, derived.validation, metric).sentences)
+        section.bullets(R.accuracy(runs, table, derived.validation, full, metric).sentences)
         if not budgeted.empty:
             section.bullets(R.ffn_under_budget(runs, derived.budget_accuracy, metric).sentences)
     return section
