@@ -136,6 +136,9 @@ def test_an_adapter_at_the_majority_class_is_left_out_of_the_subspace_analyses_w
     assert out == {"all-r1-lr0.0003-s0", "twin-r1"}  # r=8's twin is a control: at the majority by design
     assert "all-r1-lr0.0003-s0" in note and "majority class" in note
     assert runs_not_analysed(both, "all") == {*runs.loc[runs["optim.lr"] == 1e-4, "run"], *out}
+    # a sweep table read from Parquet holds string columns with missing values (no rank pattern)
+    typed = both.assign(**{"lora.rank_pattern": pd.array([None] * len(both), dtype="string")})
+    assert collapsed_runs(typed)[0] == out
     fine = runs[runs["lora.r"] != 1]
     assert collapsed_runs(fine) == (set(), None)
     # a run without a validation metric (saved before the split existed) is never called collapsed

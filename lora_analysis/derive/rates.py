@@ -69,7 +69,7 @@ def collapsed_runs(runs: pd.DataFrame) -> tuple[set[str], str | None]:
     if stuck.empty:
         return set(), None
     keys = [k for k in _TWIN_KEYS if k in runs]
-    ident = runs[keys].astype(str).agg("|".join, axis=1)
+    ident = pd.Series(["|".join(map(str, row)) for row in runs[keys].itertuples(index=False)], index=runs.index)
     out = set(stuck["run"].astype(str)) | set(runs.loc[twins & ident.isin(set(ident[stuck.index])), "run"].astype(str))
     named = ", ".join(sorted(stuck["run"].astype(str)))
     return out, (f"left out of the subspace analyses: {named} (validation accuracy at the majority class: an "
