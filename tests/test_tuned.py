@@ -139,6 +139,9 @@ def test_an_adapter_at_the_majority_class_is_left_out_of_the_subspace_analyses_w
     # a sweep table read from Parquet holds string columns with missing values (no rank pattern)
     typed = both.assign(**{"lora.rank_pattern": pd.array([None] * len(both), dtype="string")})
     assert collapsed_runs(typed)[0] == out
+    # where every adapter analysed is at the majority class nothing is left out, and the note says so
+    alone, note = collapsed_runs(runs[(runs["lora.r"] == 1) & (runs["optim.lr"] == 3e-4)])
+    assert alone == set() and note.startswith("every adapter analysed (1) predicts the majority class")
     fine = runs[runs["lora.r"] != 1]
     assert collapsed_runs(fine) == (set(), None)
     # a run without a validation metric (saved before the split existed) is never called collapsed

@@ -186,6 +186,9 @@ def controls(cfg: AblateConfig, sweep: Path, common: list[str]) -> list[tuple[st
     present (``queries.main_targets``), so twins of the other sets would control nothing it says. A pair with no
     real twin at that rate (no seeds), or whose twin predicts the majority class (``rates.collapsed_runs``: the
     report leaves it out of the pairs), gets none."""
+    import numpy as np
+    import pandas as pd
+
     from lora_analysis.cli.reproduce import MATCHED
     from lora_analysis.derive.controls import shuffled_run_labels
     from lora_analysis.derive.rates import analysed_rate, collapsed_runs
@@ -194,7 +197,6 @@ def controls(cfg: AblateConfig, sweep: Path, common: list[str]) -> list[tuple[st
     runs = collect_runs(sweep)
     runs = runs[~runs["run"].astype(str).isin(shuffled_run_labels(runs))]  # twins are controls, not cells
     finished = set(runs["run"].astype(str)) if "run" in runs else set()
-    finished -= collapsed_runs(runs)[0]  # at the majority class: the report leaves it out of the pairs
     by_targets: dict[str, list[int | None]] = {}
     for cell in cells(cfg):
         values = dict(o.split("=", 1) for o in cell)
@@ -209,6 +211,10 @@ def controls(cfg: AblateConfig, sweep: Path, common: list[str]) -> list[tuple[st
         rate = analysed_rate(runs, targets)[0]  # the rate the report's subspace analyses will read
         rate = rate if rate is not None else cfg.lrs[0]
         lr = next((x for x in cfg.lrs if math.isclose(x, rate, rel_tol=1e-9)), rate)  # as the search spelt it
+        if "optim.lr" in runs and "lora.targets" in runs:  # at the majority class: the report leaves it out
+            at_rate = runs[(runs["lora.targets"].astype(str) == targets)
+                           & np.isclose(pd.to_numeric(runs["optim.lr"], errors="coerce"), rate, rtol=1e-9)]
+            finished = finished - collapsed_runs(at_rate)[0]
 
         def real(r: int | None, seed: int, targets=targets, lr=lr) -> list[str]:
             return [f"lora.targets={targets}", *([f"lora.r={r}"] if r is not None else []), f"optim.lr={lr}",

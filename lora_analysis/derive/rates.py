@@ -60,14 +60,22 @@ def collapsed_runs(runs: pd.DataFrame) -> tuple[set[str], str | None]:
     with their shuffled-label twins (same target set, rank, rate and seed), and a note naming the real ones;
     (set(), None) when there are none. Such an adapter learnt nothing of the task, so what it shares with
     another says nothing about what the task needs: the subspace analyses leave it out. The shuffled-label
-    controls themselves predict the majority class by design and are kept (their real twins decide)."""
+    controls themselves predict the majority class by design and are kept (their real twins decide).
+
+    ``runs``: the runs one analysis reads (a target set at its analysed rate). Where every real one is at the
+    majority class nothing is left out (there would be nothing to analyse) and the note says that every
+    verdict then compares adapters that learnt nothing."""
     if runs.empty or "run" not in runs:
         return set(), None
     twins = runs["run"].astype(str).isin(shuffled_run_labels(runs))
     lora = runs["method"] == "lora" if "method" in runs else pd.Series(True, index=runs.index)
-    stuck = runs[~twins & lora & at_majority(runs)]
+    real = runs[~twins & lora]
+    stuck = real[at_majority(real)]
     if stuck.empty:
         return set(), None
+    if len(stuck) == len(real):
+        return set(), (f"every adapter analysed ({len(real)}) predicts the majority class on validation: the "
+                       "subspace verdicts below compare adapters that learnt nothing of the task")
     keys = [k for k in _TWIN_KEYS if k in runs]
     ident = pd.Series(["|".join(map(str, row)) for row in runs[keys].itertuples(index=False)], index=runs.index)
     out = set(stuck["run"].astype(str)) | set(runs.loc[twins & ident.isin(set(ident[stuck.index])), "run"].astype(str))
@@ -82,5 +90,8 @@ def runs_not_analysed(runs: pd.DataFrame, targets: str | None) -> set[str]:
     rank patterns."""
     rate, _ = analysed_rate(runs[~runs["run"].astype(str).isin(shuffled_run_labels(runs))], targets)
     off = runs_off_rate(runs, rate) if rate is not None else set()
-    stuck, _ = collapsed_runs(runs[~runs["run"].astype(str).isin(off)])
+    analysed = runs[~runs["run"].astype(str).isin(off)]
+    if targets is not None and "lora.targets" in analysed:
+        analysed = analysed[analysed["lora.targets"].astype(str) == str(targets)]
+    stuck, _ = collapsed_runs(analysed)
     return off | stuck | set(patterned_runs(runs).get("run", pd.Series(dtype=str)).astype(str))

@@ -326,6 +326,7 @@ def study(sweep_dir: str | Path, layer: int | None = None) -> Study:
     stuck, why = collapsed_runs(analysed)
     if stuck:
         loaded, data = without_runs(loaded, stuck, tables_only=True), without_runs(data, stuck, tables_only=True)
+    if why:
         notes.append(why)
     if notes:
         focus = choose_focus(data, layer)
