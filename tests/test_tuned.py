@@ -122,6 +122,7 @@ def test_one_rate_for_the_compared_ranks_is_the_best_on_validation_over_them():
 
 def test_an_adapter_at_the_majority_class_is_left_out_of_the_subspace_analyses_with_its_twin():
     from lora_analysis.derive.rates import analysed_rate, collapsed_runs, runs_not_analysed
+    from lora_analysis.derive.tuned import at_majority
 
     # 3e-4 is best on validation over the ranks together, and r=1 predicts the majority class there
     runs = sweep({("all", 1): {1e-4: ([0.79], [0.79]), 3e-4: ([0.577], [0.575])},
@@ -139,6 +140,13 @@ def test_an_adapter_at_the_majority_class_is_left_out_of_the_subspace_analyses_w
     # a sweep table read from Parquet holds string columns with missing values (no rank pattern)
     typed = both.assign(**{"lora.rank_pattern": pd.array([None] * len(both), dtype="string")})
     assert collapsed_runs(typed)[0] == out
+    # not above the majority beyond chance on its validation texts: 0.62 on 40 texts is 1.8 texts above 0.575's
+    # 23; on 1,000 texts 0.62 is above it (the margins 0.129 and 0.026: scipy's one-sided 95% normal quantile)
+    margin = scipy_stats.norm.ppf(0.95) * math.sqrt(0.575 * 0.425 / 40)
+    small = runs.assign(val_accuracy=0.62, val_majority=0.575)
+    assert at_majority(small.assign(val_examples=40)).all() and 0.62 < 0.575 + margin
+    assert not at_majority(small.assign(val_examples=1000)).any()
+    assert at_majority(small.assign(val_accuracy=0.578)).all()  # no count recorded: the tolerance alone
     # where every adapter analysed is at the majority class nothing is left out, and the note says so
     alone, note = collapsed_runs(runs[(runs["lora.r"] == 1) & (runs["optim.lr"] == 3e-4)])
     assert alone == set() and note.startswith("every adapter analysed (1) predicts the majority class")
