@@ -185,13 +185,10 @@ def controls(cfg: AblateConfig, sweep: Path, common: list[str]) -> list[tuple[st
     Only for ``all`` where the cells hold it: the report's subspace analyses read one target set, ``all`` where
     present (``queries.main_targets``), so twins of the other sets would control nothing it says. A pair with no
     real twin at that rate (no seeds), or whose twin predicts the majority class (``rates.collapsed_runs``: the
-    report leaves it out of the pairs), gets none."""
-    import numpy as np
-    import pandas as pd
-
+    report leaves it out of the pairs; ``rates.collapsed_at_rate``), gets none."""
     from lora_analysis.cli.reproduce import MATCHED
     from lora_analysis.derive.controls import shuffled_run_labels
-    from lora_analysis.derive.rates import analysed_rate, collapsed_runs
+    from lora_analysis.derive.rates import analysed_rate, collapsed_at_rate
     from lora_analysis.show.focus import preferred_pair
     from lora_analysis.show.paper import SEED_RANK
     runs = collect_runs(sweep)
@@ -211,10 +208,7 @@ def controls(cfg: AblateConfig, sweep: Path, common: list[str]) -> list[tuple[st
         rate = analysed_rate(runs, targets)[0]  # the rate the report's subspace analyses will read
         rate = rate if rate is not None else cfg.lrs[0]
         lr = next((x for x in cfg.lrs if math.isclose(x, rate, rel_tol=1e-9)), rate)  # as the search spelt it
-        if "optim.lr" in runs and "lora.targets" in runs:  # at the majority class: the report leaves it out
-            at_rate = runs[(runs["lora.targets"].astype(str) == targets)
-                           & np.isclose(pd.to_numeric(runs["optim.lr"], errors="coerce"), rate, rtol=1e-9)]
-            finished = finished - collapsed_runs(at_rate)[0]
+        finished = finished - collapsed_at_rate(runs, targets, rate)[0]  # the report leaves these out of its pairs
 
         def real(r: int | None, seed: int, targets=targets, lr=lr) -> list[str]:
             return [f"lora.targets={targets}", *([f"lora.r={r}"] if r is not None else []), f"optim.lr={lr}",

@@ -84,14 +84,22 @@ def collapsed_runs(runs: pd.DataFrame) -> tuple[set[str], str | None]:
                  "adapter that predicts one class learnt nothing of the task to compare)")
 
 
+def collapsed_at_rate(runs: pd.DataFrame, targets: str | None, rate: float | None) -> tuple[set[str], str | None]:
+    """``collapsed_runs`` of the runs one analysis reads: those of ``targets`` (every set where None) at the
+    analysed ``rate`` (every rate where None). The report, the recommendation and ``ablate``'s controls call it."""
+    if runs.empty or "run" not in runs:
+        return set(), None
+    analysed = runs[~runs["run"].astype(str).isin(runs_off_rate(runs, rate))] if rate is not None else runs
+    if targets is not None and "lora.targets" in analysed:
+        analysed = analysed[analysed["lora.targets"].astype(str) == str(targets)]
+    return collapsed_runs(analysed)
+
+
 def runs_not_analysed(runs: pd.DataFrame, targets: str | None) -> set[str]:
     """The runs (real or shuffled) the subspace analyses of ``targets`` leave out: those off its analysed rate
     (chosen on the real runs), the collapsed ones at that rate with their twins (``collapsed_runs``), and the
     rank patterns."""
     rate, _ = analysed_rate(runs[~runs["run"].astype(str).isin(shuffled_run_labels(runs))], targets)
     off = runs_off_rate(runs, rate) if rate is not None else set()
-    analysed = runs[~runs["run"].astype(str).isin(off)]
-    if targets is not None and "lora.targets" in analysed:
-        analysed = analysed[analysed["lora.targets"].astype(str) == str(targets)]
-    stuck, _ = collapsed_runs(analysed)
+    stuck, _ = collapsed_at_rate(runs, targets, rate)
     return off | stuck | set(patterned_runs(runs).get("run", pd.Series(dtype=str)).astype(str))

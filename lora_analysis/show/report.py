@@ -18,7 +18,7 @@ from lora_analysis.analysis.kinds import Comparison, Subject
 from lora_analysis.atomic import write_parquet, write_text
 from lora_analysis.derive.controls import shuffled_run_labels
 from lora_analysis.derive.queries import empty_phi, patterned_runs
-from lora_analysis.derive.rates import analysed_rate, collapsed_runs, runs_off_rate
+from lora_analysis.derive.rates import analysed_rate, collapsed_at_rate, runs_off_rate
 from lora_analysis.derive.stats import SHARED_RULE, Derived
 from lora_analysis.embedded import describe
 from lora_analysis.layout import AnalysisDir, SweepDir
@@ -312,18 +312,14 @@ def study(sweep_dir: str | Path, layer: int | None = None) -> Study:
         data = without_runs(data, patterned, tables_only=True)
     focus = choose_focus(data, layer)
     rate, note = analysed_rate(data.runs, focus.targets)
-    notes, off = [], set()
+    notes = []
     if rate is not None:  # an ablation's search: the pairs at one rate; the other rates feed the U-curves only
         off = runs_off_rate(loaded.runs, rate)
         loaded, data = without_runs(loaded, off, tables_only=True), without_runs(data, off, tables_only=True)
         notes.append(note)
     # at that rate, an adapter of the focus set at the majority class has no task subspace to compare
-    analysed = loaded.runs
-    if "run" in analysed:
-        analysed = analysed[~analysed["run"].astype(str).isin(off | patterned)]
-    if focus.targets is not None and "lora.targets" in analysed:
-        analysed = analysed[analysed["lora.targets"].astype(str) == str(focus.targets)]
-    stuck, why = collapsed_runs(analysed)
+    unpatterned = loaded.runs[~loaded.runs["run"].astype(str).isin(patterned)] if "run" in loaded.runs else loaded.runs
+    stuck, why = collapsed_at_rate(unpatterned, focus.targets, rate)
     if stuck:
         loaded, data = without_runs(loaded, stuck, tables_only=True), without_runs(data, stuck, tables_only=True)
     if why:
