@@ -9,6 +9,7 @@ one line naming what it holds: nothing in it is emptied, replaced or moved aside
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -37,11 +38,20 @@ def plain_dir(entry: Path) -> bool:
 
 
 def foreign_entries(folder: str | Path, owns: Owns) -> list[Path]:
-    """The entries of ``folder`` that ``owns`` does not recognise as the toolkit's (none if it is absent)."""
+    """The entries of ``folder`` that ``owns`` does not recognise as the toolkit's (none if it is absent).
+
+    An entry that is gone by the time it is judged is nobody's to protect: another process of the toolkit
+    (a second sweep into the same folder) removed it between the listing and the check (a released lock, a
+    checkpoint at the end of a run, a refused run's empty folder). Judged foreign, it refused a sweep.
+    """
     folder = Path(folder)
     if not plain_dir(folder):
         return []
-    return sorted(p for p in folder.iterdir() if not (is_temporary(p) or owns(p)))
+    try:
+        entries = list(folder.iterdir())
+    except FileNotFoundError:  # removed since plain_dir looked
+        return []
+    return sorted(p for p in entries if not (is_temporary(p) or owns(p)) and os.path.lexists(p))
 
 
 def all_ours(folder: Path, owns: Owns) -> bool:
@@ -79,4 +89,5 @@ def remove_own(folder: str | Path, owns: Owns, keep: Callable[[Path], bool] = la
         if plain_dir(entry):
             shutil.rmtree(entry)
         else:
-            entry.unlink()
+            entry.unlink(missing_ok=True)
+

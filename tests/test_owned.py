@@ -105,6 +105,35 @@ def test_a_relaunch_with_another_config_removes_only_the_trainers_files(trained,
     assert sorted(p.name for p in copy.path.iterdir()) == [RunDir.LOCK, "README.md", "thesis.tex"]
 
 
+def test_what_another_sweep_removes_while_it_is_judged_is_not_foreign(tmp_path):
+    """Two sweeps into one folder: between one's listing of a folder and its judging an entry, the other
+    releases a run's lock (the file goes) or drops a refused run's empty folder. Judged foreign, that
+    refused the sweep (exit 2, CI of stop 33); a user's file beside it still is."""
+    sweep = tmp_path / "sweep"
+    (sweep / "r1").mkdir(parents=True)
+    (sweep / "r2").mkdir()
+    (sweep / "r1" / RunDir.LOCK).write_text("1\n")
+    (sweep / "r1" / "thesis.tex").write_text("mine")
+
+    def released_meanwhile(entry):
+        if entry.name == RunDir.LOCK:
+            entry.unlink()
+        return RunDir.owns(entry)
+
+    assert [p.name for p in foreign_entries(sweep / "r1", released_meanwhile)] == ["thesis.tex"]
+    (sweep / "r1" / "thesis.tex").unlink()
+    (sweep / "r1" / RunDir.LOCK).write_text("1\n")
+    assert foreign_entries(sweep / "r1", released_meanwhile) == []
+
+    def dropped_meanwhile(entry):
+        if entry.name == "r2":
+            entry.rmdir()
+        return SweepDir.owns(entry)
+
+    check_ours(sweep, "sweep", dropped_meanwhile)
+    assert not (sweep / "r2").exists()
+
+
 def test_peft_model_card_is_the_trainers_and_a_symlink_never_is(trained, tmp_path):
     _, run = trained
     assert (run.path / "README.md").is_file() and RunDir.owns(run.path / "README.md")
