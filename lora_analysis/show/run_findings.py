@@ -283,9 +283,12 @@ def tuned_rates(choices: pd.DataFrame, val: pd.DataFrame, runs: pd.DataFrame, fu
                           for row in t.sort_values("r").itertuples())
         live = t[~t["collapsed"].astype(bool)]
         same = live["lr"].nunique() <= 1
-        sentences.append(f"{targets}: {rates}; " + ("the same rate at every rank that learnt." if same else
-                         f"{live['lr'].nunique()} different rates over {len(live)} ranks that learnt (anchor: about "
-                         "one rate for every rank under alpha/r)."))
+        rslora = stats.uses_rslora(lora_runs(runs))
+        anchor = ("rsLoRA, Kalajdzievski 2023: alpha/sqrt(r) keeps the update's size stable across ranks" if rslora
+                  else "about one rate for every rank under alpha/r")
+        sentences.append(f"{targets}: {rates}; " + ("the same rate at every rank that learnt" if same else
+                         f"{live['lr'].nunique()} different rates over {len(live)} ranks that learnt (anchor: "
+                         f"{anchor})") + _step_sizes(live, runs, targets) + ".")
     edge = int((chosen["at_edge"] & ~chosen["collapsed"].astype(bool)).sum())
     if edge:
         sentences.append(f"{edge} of {len(chosen)} cells chose a rate at an end of the grid: their optimum may lie "
@@ -313,6 +316,31 @@ def tuned_rates(choices: pd.DataFrame, val: pd.DataFrame, runs: pd.DataFrame, fu
     sentences += [plateau_sentence(p) for p in plateaus(val, higher).values()]
     return Finding(key, title, sentences, chosen.reset_index(drop=True), {"cells": float(len(chosen)),
                                                                         "at_edge": float(edge)})
+
+
+def _step_sizes(live: pd.DataFrame, runs: pd.DataFrame, targets: str) -> str:
+    """The chosen rate times the LoRA scale at each rank that learnt (``live``: chosen rows of one target set):
+    under Adam a step moves B's entries by about the rate, so dW = scale B A by about rate x scale. Whichever
+    of the two spans less over the ranks is what the optimum holds fixed. Empty without two such ranks or the
+    runs' ``lora.alpha``."""
+    lora = lora_runs(runs)
+    if len(live) < 2 or "lora.alpha" not in lora or "lora.r" not in lora:
+        return ""
+    lora = lora[lora.get("lora.targets", pd.Series("n/a", index=lora.index)).astype(str) == str(targets)]
+    lora = lora.dropna(subset=["lora.alpha", "lora.r"])
+    if lora.empty:
+        return ""
+    scale = stats.lora_scales(lora).groupby(lora["lora.r"].astype(int)).median()
+    steps = {int(row.r): row.lr * scale[int(row.r)] for row in live.itertuples() if int(row.r) in scale.index}
+    if len(steps) < 2:
+        return ""
+    rule = "alpha/sqrt(r)" if stats.uses_rslora(lora) else "alpha/r"
+    rates = live.loc[live["r"].astype(int).isin(list(steps)), "lr"]
+    edge = " (a rate at an end of its grid may be further off)" if live["at_edge"].astype(bool).any() else ""
+    return (f"; the rate times the scale {rule} (how far a step moves dW under Adam): "
+            + ", ".join(f"r={r} {v:.1e}" for r, v in sorted(steps.items()))
+            + f", a span of {max(steps.values()) / min(steps.values()):.2g}x over these ranks against "
+            f"{rates.max() / rates.min():.2g}x for the rate alone{edge}")
 
 
 def plateau_sentence(p: Plateau) -> str:
