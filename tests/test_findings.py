@@ -142,6 +142,8 @@ def under_budget(runs: pd.DataFrame) -> F.Finding:
 def test_target_sets_under_budget_are_compared_with_welch_intervals_against_the_anchor():
     from scipy import stats as sp
 
+    from lora_analysis.derive.tuned import difference_interval
+
     scores = {"q": [0.80, 0.81, 0.79], "attn": [0.80, 0.81, 0.82], "ffn": [0.84, 0.85, 0.87],
               "all": [0.85, 0.86, 0.84]}
     found = under_budget(budget_runs(scores))
@@ -154,7 +156,13 @@ def test_target_sets_under_budget_are_compared_with_welch_intervals_against_the_
     all_ffn = next(s for s in found.sentences if s.startswith("all against ffn"))
     assert all_ffn.startswith("all against ffn: 0.850 against 0.853, difference -0.003 [")
     assert all_ffn.endswith("cannot tell (the interval holds 0).")
-    assert "sets with FFN matrices against attention-only sets" in text  # q and attn against ffn and all
+    pooled = next(s for s in found.sentences if s.startswith(R.FFN_ONLY))  # ffn against q and attn; all is neither
+    low, high = difference_interval(*(S.accuracy_table(budget_runs({k: scores[k] for k in keys}))
+                                      for keys in (["ffn"], ["q", "attn"])))[1:]
+    assert pooled == (f"{R.FFN_ONLY}: 0.853 against 0.805, difference +0.048 [{low:+.3f}, {high:+.3f}]: "
+                      "attention-only is below: the anchor is supported.")
+    assert not any(s.startswith(R.FFN_ONLY) for s in under_budget(budget_runs(
+        {k: scores[k] for k in ("attn", "ffn", "all")})).sentences)  # the ffn against attn pair again: not repeated
     reversed_ = under_budget(budget_runs({"attn": [0.86, 0.87, 0.88], "ffn": [0.80, 0.81, 0.80]}))
     assert "attention-only is above: the anchor is not supported" in reversed_.sentences[-1]
     single = under_budget(budget_runs({"attn": [0.80], "ffn": [0.81]}))
@@ -215,9 +223,11 @@ def test_the_opening_lines_give_every_pair_of_target_sets_at_one_budget():
     nothing = F.Finding.missing("none", "none", "not measured")
     found = SimpleNamespace(accuracy=nothing, rates=nothing, budget=budget, patterns=nothing, controls=nothing,
                             loss=nothing)
-    heads = [line.split(":")[0] for line in in_short(found, None, None)]
-    assert heads == ["ffn against attn (the two halves of a block)", "all against attn", "all against ffn",
-                     "sets with FFN matrices against attention-only sets"]
+    pairs = ["ffn against attn (the two halves of a block)", "all against attn", "all against ffn", R.FFN_ONLY]
+    assert [line[:len(pair)] for line, pair in zip(in_short(found, None, None), pairs, strict=True)] == pairs
+    roles = under_budget(budget_runs({"q": [0.70, 0.71, 0.72], "v": [0.80, 0.81, 0.80], "q+v": [0.71, 0.70, 0.72]}))
+    lines = in_short(SimpleNamespace(**{**vars(found), "budget": roles}), None, None)
+    assert [line.split(" (")[0] for line in lines] == ["v against q", "q+v against q"]  # labels with a colon
 
 
 def test_the_best_cell_is_chosen_on_validation_and_reported_on_test():

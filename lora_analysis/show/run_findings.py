@@ -116,15 +116,18 @@ _BUDGET_PAIRS = (("ffn", "attn", "ffn against attn (the two halves of a block)",
                  ("all", "attn", "all against attn", None, None), ("all", "ffn", "all against ffn", None, None),
                  ("v", "q", "v against q (Hu et al. 2021, Table 5: q alone below v alone)", 1.0, "q alone"),
                  ("q+v", "q", "q+v against q (Hu et al. 2021, Table 5: q alone below q with v)", 1.0, "q alone"))
+# every set of FFN matrices only against every set of attention matrices only (each set's mean counts once)
+FFN_ONLY = "FFN-only sets against attention-only sets (LoRA Without Regret: attention-only below)"
 
 
 def ffn_under_budget(runs: pd.DataFrame, table: pd.DataFrame, metric: str | None = None) -> Finding:
     """Which matrices at one parameter budget? Each target set at its tuned rate over its seeds (``table``: the
     budget-matched runs' ``stats.accuracy_table``, the report's ``Derived.budget_accuracy``); ffn against attn,
-    all against each, and the sets with FFN matrices against those without, each difference with its 95% Welch
-    interval over seeds (``tuned.difference_interval``); v and q+v against q where the sweep has them. A difference
-    is stated where the interval excludes 0 and "cannot tell" where it holds 0 or a set has one seed; ffn against
-    attn is judged against LoRA Without Regret (2025: attention-only below MLP-only at matched parameters), v and
+    all against each, and the sets of FFN matrices only against those of attention matrices only (``all``, both
+    kinds, is neither), each difference with its 95% Welch interval over seeds (``tuned.difference_interval``); v
+    and q+v against q where the sweep has them. A difference is stated where the interval excludes 0 and "cannot
+    tell" where it holds 0 or a set has one seed; ffn against attn and the FFN-only against the attention-only sets
+    are judged against LoRA Without Regret (2025: attention-only below MLP-only at matched parameters), v and
     q+v against q against Hu et al. (2021, Table 5: the budget in Wq alone below Wv alone and below Wq with Wv).
     Collapsed sets (every rate at the majority class) are named and left out of the differences."""
     from lora_analysis.targets import PRESETS, expand_roles
@@ -136,7 +139,9 @@ def ffn_under_budget(runs: pd.DataFrame, table: pd.DataFrame, metric: str | None
         return Finding.missing(key, title, "No budget-matched runs (lora.budget) in this sweep.")
     higher = metric not in LOWER_IS_BETTER
     table = table.copy()
-    table["ffn"] = [bool(set(PRESETS["ffn"]) & set(expand_roles(str(t)))) for t in table["targets"]]
+    roles = [set(expand_roles(str(t))) for t in table["targets"]]
+    table["ffn"] = [bool(set(PRESETS["ffn"]) & r) for r in roles]
+    table["ffn_only"] = [r <= set(PRESETS["ffn"]) for r in roles]
     live = table[~table["collapsed"].astype(bool)].dropna(subset=["mean"])
     cells = ", ".join(
         f"{row.targets} (r={int(row.r)}, {int(row.lora_params):,} parameters, rate {row.lr:.0e}) "
@@ -148,9 +153,9 @@ def ffn_under_budget(runs: pd.DataFrame, table: pd.DataFrame, metric: str | None
                  f"seeds]: {cells}."]
     pairs = [(live[live["targets"] == a], live[live["targets"] == b], label, anchor, below)
              for a, b, label, anchor, below in _BUDGET_PAIRS]
-    if live["ffn"].any() and (~live["ffn"]).any() and len(live) > 2:
-        pairs.append((live[live["ffn"]], live[~live["ffn"]], "sets with FFN matrices against attention-only sets",
-                      None, None))
+    ffn_only, attn_only = live[live["ffn_only"]], live[~live["ffn"]]  # a set of both kinds (all) is neither
+    if not ffn_only.empty and not attn_only.empty and len(ffn_only) + len(attn_only) > 2:
+        pairs.append((ffn_only, attn_only, FFN_ONLY, 1.0, "attention-only"))
     values = {}
     for a, b, label, anchor, below in pairs:
         if a.empty or b.empty:
@@ -160,7 +165,7 @@ def ffn_under_budget(runs: pd.DataFrame, table: pd.DataFrame, metric: str | None
         sentences.append(f"{label}: {fmt(a['mean'].mean(), 3)} against {fmt(b['mean'].mean(), 3)}, difference "
                          f"{diff:+.3f}" + ("" if math.isnan(low) else f" [{low:+.3f}, {high:+.3f}]") + ": "
                          + _budget_verdict(diff, low, high, anchor if higher else None, below) + ".")
-    return Finding(key, title, sentences, table.drop(columns="ffn"), values)
+    return Finding(key, title, sentences, table.drop(columns=["ffn", "ffn_only"]), values)
 
 
 def _budget_verdict(diff: float, low: float, high: float, anchor: float | None, below: str | None = None) -> str:

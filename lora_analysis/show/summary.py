@@ -21,7 +21,8 @@ def in_short(found, rank_pair: tuple[int, int] | None, seed_rank: int | None) ->
     and seeded rank."""
     lines = _accuracy(found.accuracy)
     lines += [s for s in found.rates.sentences if "stops improving" in s]
-    lines += [s for s in found.budget.sentences if s.split(":")[0] in found.budget.values]  # each pair of sets
+    lines += [s for s in found.budget.sentences  # each pair of sets (a label may hold a colon: "Table 5: q ...")
+              if any(s.startswith(f"{pair}: ") for pair in found.budget.values)]
     lines += [s for s in found.patterns.sentences if s.startswith("rank_pattern ") and "Difference" not in s]
     lines += _subspaces(found.controls.table, rank_pair, seed_rank)
     lines += [s for s in found.loss.sentences if " runs converged" in s]
