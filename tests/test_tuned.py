@@ -245,6 +245,10 @@ def test_the_rates_finding_states_each_choice_and_where_accuracy_stops_improving
                                     stats.full_reference(stuck)).sentences)
     assert "all: r=1 collapsed at every rate, r=8 1e-03 (edge); the same rate at every rank that learnt." in text
     assert "1 of 2 cells chose a rate at an end of the grid" in text  # a collapsed cell's "choice" is no choice
+    budget = sweep({("q", 32): {1e-4: ([0.70], [0.7]), 1e-3: ([0.79], [0.80])},
+                    ("all", 3): {1e-4: ([0.80], [0.8]), 1e-3: ([0.72], [0.72])}})
+    sentences = R.tuned_rates(stats.rate_choices(budget), stats.validation_table(budget), budget, None).sentences
+    assert sentences[:2] == ["all: r=3 1e-04 (edge).", "q: r=32 1e-03 (edge)."]  # one rank each: no claim across
     one_rate = sweep({("all", 8): {1e-3: ([0.8], [0.8])}})
     assert "one learning rate" in R.tuned_rates(stats.rate_choices(one_rate), stats.validation_table(one_rate),
                                                 one_rate, None).sentences[0]

@@ -291,6 +291,9 @@ def tuned_rates(choices: pd.DataFrame, val: pd.DataFrame, runs: pd.DataFrame, fu
         rslora = stats.uses_rslora(lora_runs(runs))
         anchor = ("rsLoRA, Kalajdzievski 2023: alpha/sqrt(r) keeps the update's size stable across ranks" if rslora
                   else "about one rate for every rank under alpha/r")
+        if len(t) == 1:  # one rank (a budget experiment's cell): nothing to say about rates across ranks
+            sentences.append(f"{targets}: {rates}.")
+            continue
         sentences.append(f"{targets}: {rates}; " + ("the same rate at every rank that learnt" if same else
                          f"{live['lr'].nunique()} different rates over {len(live)} ranks that learnt (anchor: "
                          f"{anchor})") + _step_sizes(live, runs, targets) + ".")
