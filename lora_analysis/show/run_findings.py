@@ -281,6 +281,10 @@ def tuned_rates(choices: pd.DataFrame, val: pd.DataFrame, runs: pd.DataFrame, fu
         return Finding.missing(key, title, "Every cell was trained at one learning rate: whether the best rate "
                                "depends on rank is not measured here (lora-analysis ablate tunes one per cell).")
     chosen = choices[choices["chosen"]]
+    lora = lora_runs(runs)
+    rslora = stats.uses_rslora(lora)
+    anchor = ("rsLoRA, Kalajdzievski 2023: alpha/sqrt(r) keeps the update's size stable across ranks" if rslora
+              else "about one rate for every rank under alpha/r")
     sentences = []
     for targets, t in chosen.groupby("targets"):
         rates = ", ".join(f"r={int(row.r)} " + ("collapsed at every rate" if row.collapsed else
@@ -288,15 +292,12 @@ def tuned_rates(choices: pd.DataFrame, val: pd.DataFrame, runs: pd.DataFrame, fu
                           for row in t.sort_values("r").itertuples())
         live = t[~t["collapsed"].astype(bool)]
         same = live["lr"].nunique() <= 1
-        rslora = stats.uses_rslora(lora_runs(runs))
-        anchor = ("rsLoRA, Kalajdzievski 2023: alpha/sqrt(r) keeps the update's size stable across ranks" if rslora
-                  else "about one rate for every rank under alpha/r")
         if len(t) == 1:  # one rank (a budget experiment's cell): nothing to say about rates across ranks
             sentences.append(f"{targets}: {rates}.")
             continue
         sentences.append(f"{targets}: {rates}; " + ("the same rate at every rank that learnt" if same else
                          f"{live['lr'].nunique()} different rates over {len(live)} ranks that learnt (anchor: "
-                         f"{anchor})") + _step_sizes(live, runs, targets) + ".")
+                         f"{anchor})") + _step_sizes(live, lora, targets, rslora) + ".")
     edge = int((chosen["at_edge"] & ~chosen["collapsed"].astype(bool)).sum())
     if edge:
         sentences.append(f"{edge} of {len(chosen)} cells chose a rate at an end of the grid: their optimum may lie "
@@ -326,12 +327,11 @@ def tuned_rates(choices: pd.DataFrame, val: pd.DataFrame, runs: pd.DataFrame, fu
                                                                         "at_edge": float(edge)})
 
 
-def _step_sizes(live: pd.DataFrame, runs: pd.DataFrame, targets: str) -> str:
-    """The chosen rate times the LoRA scale at each rank that learnt (``live``: chosen rows of one target set):
-    under Adam a step moves B's entries by about the rate, so dW = scale B A by about rate x scale. Whichever
-    of the two spans less over the ranks is what the optimum holds fixed. Empty without two such ranks or the
-    runs' ``lora.alpha``."""
-    lora = lora_runs(runs)
+def _step_sizes(live: pd.DataFrame, lora: pd.DataFrame, targets: str, rslora: bool) -> str:
+    """The chosen rate times the LoRA scale at each rank that learnt (``live``: chosen rows of one target set;
+    ``lora``: the sweep's LoRA runs; ``rslora``: they scale by alpha/sqrt(r)): under Adam a step moves B's
+    entries by about the rate, so dW = scale B A by about rate x scale. Whichever of the two spans less over
+    the ranks is what the optimum holds fixed. Empty without two such ranks or the runs' ``lora.alpha``."""
     if len(live) < 2 or "lora.alpha" not in lora or "lora.r" not in lora:
         return ""
     lora = lora[lora.get("lora.targets", pd.Series("n/a", index=lora.index)).astype(str) == str(targets)]
@@ -342,7 +342,7 @@ def _step_sizes(live: pd.DataFrame, runs: pd.DataFrame, targets: str) -> str:
     steps = {int(row.r): row.lr * scale[int(row.r)] for row in live.itertuples() if int(row.r) in scale.index}
     if len(steps) < 2:
         return ""
-    rule = "alpha/sqrt(r)" if stats.uses_rslora(lora) else "alpha/r"
+    rule = "alpha/sqrt(r)" if rslora else "alpha/r"
     rates = live.loc[live["r"].astype(int).isin(list(steps)), "lr"]
     edge = " (a rate at an end of its grid may be further off)" if live["at_edge"].astype(bool).any() else ""
     return (f"; the rate times the scale {rule} (how far a step moves dW under Adam): "
