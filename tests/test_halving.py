@@ -112,8 +112,8 @@ def test_the_ablation_halves_its_search_at_the_rung_and_resumes_without_redoing_
     monkeypatch.setattr(tuned, "COLLAPSE_TOLERANCE", -1.0)  # a few tiny steps stay at the majority class
     train = [o for o in tiny_overrides(model, csv, tmp_path / "runs", 12) if not o.startswith("out_dir=")]
     command = ["ablate", "experiment=rank_ablation", "targets=[q]", "ranks=[2]", "lrs=[1e-4,1e-3,1e-2,1e-1]",
-               "seeds=1", "controls=false", "halving=0.3", f"out_dir={tmp_path / 'runs'}", "workers=1", "name=sh",
-               "optim.patience=0", *train]
+               "seeds=1", "controls=false", "halving=0.3", "extend=0", f"out_dir={tmp_path / 'runs'}", "workers=1",
+               "name=sh", "optim.patience=0", *train]
     assert cli.main(command) == 0
     err = capsys.readouterr().err
     assert "search to the rung, step 4 of 12" in err and "2 runs go on to their optimum; 2 stop at the rung" in err

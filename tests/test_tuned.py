@@ -170,7 +170,7 @@ def test_the_ablation_command_searches_on_seed_0_then_trains_the_seeds_at_the_ch
     (tmp_path / "ranks.json").write_text('{"query": 3}')  # a recommendation under test: a cell of its own
     command = ["ablate", "experiment=rank_ablation", "targets=[q]", "ranks=[2,4]", "lrs=[1e-3,1e-2]", "seeds=2",
                f"out_dir={tmp_path / 'runs'}", "workers=1", "name=abl", f"patterns=[{tmp_path / 'ranks.json'}]",
-               "halving=0", *train]  # the full grid (test_halving: the halved search)
+               "halving=0", "extend=0", *train]  # the full grid (test_halving: the halved search), not extended
     sweep_dir = tmp_path / "runs" / "abl"
     # six steps of the tiny model stay at the majority class on validation: no seeds for a collapsed cell
     assert cli.main(command) == 0
@@ -320,11 +320,59 @@ def test_bad_ablation_settings_get_one_line_before_any_run(tmp_path, capsys):
     for argument, says in (("lrs=[1e-3,0]", "lrs and full_lrs must be learning rates > 0"),
                            ("full_lrs=[-1e-5]", "lrs and full_lrs must be learning rates > 0"),
                            (f"patterns=[{tmp_path / 'none.json'}]", "patterns: lora.rank_pattern: "),
-                           (f"patterns=[{tmp_path / 'zero.json'}]", "must be an integer >= 1, got 0")):
+                           (f"patterns=[{tmp_path / 'zero.json'}]", "must be an integer >= 1, got 0"),
+                           ("extend=-1", "extend must be a number of grid steps >= 0")):
         assert cli.main(["ablate", argument, f"out_dir={tmp_path / 'runs'}"]) == 2
         err = capsys.readouterr().err
         assert says in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_rate_chosen_at_an_end_of_the_grid_gets_the_next_rate_past_it_until_it_sits_inside(tmp_path,
+                                                                                             monkeypatch):
+    """Scripted validation curves: attn peaks at 3e-5, below its grid 1e-4..1e-3; the first extension (3e-5)
+    is chosen and again at the end, the second (1e-5) is worse, so 3e-5 sits inside. ffn peaks inside its grid,
+    and a collapsed cell (majority class at every rate) gets no extension. A rerun trains nothing again."""
+    from lora_analysis.cli import ablate
+    from lora_analysis.cli.schemas import AblateConfig
+
+    peaks = {"attn": 3e-5, "ffn": 3e-4, "q": None}
+    rows: dict[str, dict] = {}
+    trained: list[list[str]] = []
+
+    def val(targets: str, lr: float) -> float:
+        peak = peaks[targets]
+        return 0.575 if peak is None else 0.80 - 0.02 * abs(math.log10(lr / peak))
+
+    def train(cfg, plan, sweep, overrides):
+        trained.append([name for name, _ in plan if name not in rows])
+        for name, o in plan:
+            values = dict(x.split("=", 1) for x in o)
+            lr = float(values["optim.lr"])
+            rows[name] = {"run": name, "method": "lora", "lora.targets": values["lora.targets"], "optim.lr": lr,
+                          "seed": 0, "val_accuracy": val(values["lora.targets"], lr), "majority_accuracy": 0.575}
+
+    monkeypatch.setattr(ablate, "collect_runs", lambda sweep: pd.DataFrame(list(rows.values())))
+    monkeypatch.setattr(ablate, "_train", train)
+    cfg = AblateConfig(targets=["attn", "ffn", "q"], ranks=[8], lrs=[1e-4, 3e-4, 1e-3], extend=3)
+    grid = {tuple(cell): ablate._plan([], [[*cell, f"optim.lr={lr}"] for lr in cfg.lrs], [0])
+            for cell in ablate.cells(cfg)}
+    train(cfg, [run for plan in grid.values() for run in plan], tmp_path, [])
+    ablate._extend(cfg, grid, tmp_path, [], [], ablate._Clock())
+    assert trained[1:] == [["r8-seed0-attn-lr3e-05"], ["r8-seed0-attn-lr1e-05"]]
+    assert [ablate._rate(o) for _, o in grid[("lora.targets=attn", "lora.r=8")]] == [1e-4, 3e-4, 1e-3, 3e-5, 1e-5]
+    assert len(grid[("lora.targets=ffn", "lora.r=8")]) == len(grid[("lora.targets=q", "lora.r=8")]) == 3
+    assert ablate.chosen_rate(pd.DataFrame(list(rows.values())), [n for n, _ in grid[("lora.targets=attn",
+                                                                                      "lora.r=8")]])[0] == 3e-5
+    # one step allowed: the first extension only, still at the end (the report flags it)
+    rows = {name: row for name, row in rows.items() if "1e-05" not in name}
+    again = {cell: plan[:3] for cell, plan in grid.items()}
+    trained.clear()
+    ablate._extend(AblateConfig(targets=["attn", "ffn", "q"], ranks=[8], lrs=cfg.lrs, extend=1), again, tmp_path,
+                   [], [], ablate._Clock())
+    assert trained == [[]]  # its one extension was found finished, none trained again
+    assert ablate.beyond([1e-4, 3e-4, 1e-3], 1e-3) == 3e-3 and ablate.beyond([1e-4, 3e-4], 2e-4) is None
+    assert ablate.beyond([1e-4, 2e-4, 4e-4], 4e-4) == 8e-4  # off the 1-3 grid: its own ratio
 
 
 @pytest.mark.slow  # 5 tiny runs, an analysis and a report: under a minute
@@ -339,13 +387,18 @@ def test_a_budget_ablation_gets_a_shuffled_seed_pair_at_its_chosen_rate(tiny, tm
     monkeypatch.setattr(tuned, "COLLAPSE_TOLERANCE", -1.0)  # six tiny steps stay at the majority class
     train = [o for o in tiny_overrides(model, csv, tmp_path / "runs", 6) if not o.startswith(("lora.r=", "out_dir="))]
     assert cli.main(["ablate", "experiment=target_ablation", "targets=[attn]", "lrs=[1e-3,1e-2]", "seeds=2",
-                     f"out_dir={tmp_path / 'runs'}", "workers=1", "name=budget", *train]) == 0
+                     "extend=1", f"out_dir={tmp_path / 'runs'}", "workers=1", "name=budget", *train]) == 0
     sweep_dir = tmp_path / "runs" / "budget"
     runs = SweepDir(sweep_dir).read_table()
     shuffled = runs["data.shuffle_labels"].fillna(False).astype(bool)
     real, twins = runs[~shuffled], runs[shuffled]
     rate = real.loc[real["seed"] == 1, "optim.lr"].item()  # the cell's rate, chosen on validation
-    assert len(real) == 3 and sorted(twins["seed"]) == [0, 1] and set(twins["optim.lr"]) == {rate}
+    # a two-rate grid's choice sits at an end: one rate past it on seed 0 (extend=1), then the choice again
+    search = real[real["seed"] == 0].set_index("optim.lr")["val_accuracy"]
+    first = 1e-3 if search[1e-3] >= search[1e-2] else 1e-2
+    assert sorted(search.index) == sorted([1e-3, 1e-2, 3e-4 if first == 1e-3 else 3e-2])
+    assert rate == search.idxmax()
+    assert len(real) == 4 and sorted(twins["seed"]) == [0, 1] and set(twins["optim.lr"]) == {rate}
     assert set(twins["lora.r"]) == {8}  # r32@q priced on attn's four 32 x 32 matrices
     for _, twin in twins.iterrows():
         (best_step,) = real.loc[(real["seed"] == twin["seed"]) & (real["optim.lr"] == rate), "best_step"]

@@ -1,5 +1,5 @@
 """usage: lora-analysis ablate [experiment=rank_ablation|target_ablation] [lrs=[...]] [seeds=3] [patterns=[ranks.json]]
-                            [halving=0.2] [train overrides ...]
+                            [halving=0.2] [extend=2] [train overrides ...]
 
 An ablation as a reviewer accepts it, end to end:
 1) every cell of the experiment (target set x rank; a budget experiment: target set; and a cell per target set
@@ -7,7 +7,9 @@ An ablation as a reviewer accepts it, end to end:
    learning rate of ``lrs`` (full fine-tuning at ``full_lrs``), each run stopped at its validation optimum;
    with ``halving`` (the default, 0.2), successive halving: every rate to that fraction of the step ceiling,
    then only the better half of each cell's rates on validation goes on (``train.halving``);
-2) per cell, the rate with the best validation metric (``derive.tuned``: the test split is not read);
+2) per cell, the rate with the best validation metric (``derive.tuned``: the test split is not read); where it
+   sits at an end of the cell's grid, the next rate past that end on seed 0, and the choice made again, up to
+   ``extend`` (2) times: the optimum may lie outside the grid;
 3) seeds 1 .. seeds-1 of every cell at its rate (none for a cell at the majority class at every rate: its
    grid needs extending, which a rerun with more ``lrs`` does, the finished runs kept);
 4) with ``controls`` (the default), the shuffled-label twins of each target set's rank pair (seed 0) and seed
@@ -37,8 +39,8 @@ from lora_analysis.train.sweep import collect_runs, planned_config, run_name
 if TYPE_CHECKING:
     import pandas as pd
 
-_OWN_KEYS = ("targets", "ranks", "lrs", "full_lrs", "patterns", "halving", "seeds", "controls", "out_dir", "name",
-             "figures", "workers")
+_OWN_KEYS = ("targets", "ranks", "lrs", "full_lrs", "patterns", "halving", "extend", "seeds", "controls", "out_dir",
+             "name", "figures", "workers")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -80,6 +82,7 @@ def ablate(cfg: AblateConfig, train_overrides: Sequence[str] = ()) -> Path:
           file=sys.stderr)
     clock = _Clock()
     _search(cfg, search, sweep, common, train_overrides, clock)
+    _extend(cfg, search, sweep, common, train_overrides, clock)
     searched = collect_runs(sweep)  # once for every cell
     chosen = {cell: chosen_rate(searched, [name for name, _ in plan]) for cell, plan in search.items()}
     picked = [[*cell, f"optim.lr={rate}"] for cell, (rate, collapsed) in chosen.items() if not collapsed]
@@ -134,6 +137,57 @@ def _search(cfg: AblateConfig, search: dict[tuple, list[tuple[str, list[str]]]],
     _train(cfg, [(name, [*o, f"pause_at={rung}", halving.HALT]) for name, o in stop], sweep, train_overrides)
     _train(cfg, go_on, sweep, train_overrides)
     clock.lap("search past the rung")
+
+
+def _extend(cfg: AblateConfig, search: dict[tuple, list[tuple[str, list[str]]]], sweep: Path, common: list[str],
+            train_overrides, clock: _Clock) -> None:
+    """Up to ``cfg.extend`` times: every cell whose rate chosen on validation sits at an end of its grid gets the
+    next rate past it (``beyond``) on seed 0, trained to its optimum, added to its grid in ``search``. A collapsed
+    cell gets none (which side its optimum lies on, its validation cannot show); nor does one with a single
+    rate. Rerun, the same extensions are found finished and none is trained again."""
+    for _ in range(cfg.extend):
+        searched = collect_runs(sweep)
+        more: dict[tuple, list[tuple[str, list[str]]]] = {}
+        for cell, plan in search.items():
+            rates = sorted(_rate(o) for _, o in plan)
+            rate, collapsed = chosen_rate(searched, [name for name, _ in plan])
+            new = None if collapsed else beyond(rates, rate)
+            if new is not None:
+                more[cell] = _plan(common, [[*cell, f"optim.lr={new}"]], [0])
+        if not more:
+            return
+        print(f"1c) {len(more)} cell(s) chose a rate at an end of the grid; one step past it on seed 0: "
+              + "; ".join(f"{' '.join(cell)} {_rate(plan[0][1]):g}" for cell, plan in more.items()), file=sys.stderr)
+        _train(cfg, [run for plan in more.values() for run in plan], sweep, train_overrides)
+        for cell, plan in more.items():
+            search[cell] = [*search[cell], *plan]
+        clock.lap("grid extension")
+
+
+def beyond(rates: Sequence[float], rate: float) -> float | None:
+    """The learning rate one grid step past the end of ``rates`` (sorted) at which ``rate`` sits; None where it
+    sits inside (or the grid has one rate). On a 1-3 grid (every rate 1 or 3 times a power of ten) the next 1-3
+    value (3e-5 below 1e-4, 1e-2 above 3e-3); else the ratio of the two rates at that end, to 3 digits."""
+    if len(rates) < 2 or not any(math.isclose(rate, end, rel_tol=1e-9) for end in (rates[0], rates[-1])):
+        return None
+    down = math.isclose(rate, rates[0], rel_tol=1e-9)
+    if all(_on_one_three(r) for r in rates):
+        exponent = math.floor(math.log10(rate) + 1e-9)
+        mantissa = round(rate / 10**exponent)
+        nxt = (3 * 10 ** (exponent - 1) if mantissa == 1 else 10**exponent) if down else \
+            (3 * 10**exponent if mantissa == 1 else 10 ** (exponent + 1))
+    else:
+        nxt = rates[0] ** 2 / rates[1] if down else rates[-1] ** 2 / rates[-2]
+    return float(f"{nxt:.3g}")
+
+
+def _on_one_three(rate: float) -> bool:
+    mantissa = rate / 10 ** math.floor(math.log10(rate) + 1e-9)
+    return any(math.isclose(mantissa, m, rel_tol=1e-6) for m in (1, 3))
+
+
+def _rate(overrides: list[str]) -> float:
+    return float(next(o for o in reversed(overrides) if o.startswith("optim.lr=")).partition("=")[2])
 
 
 class _Clock:

@@ -88,6 +88,9 @@ class AblateConfig:
     # Successive halving of the search (train.halving): every rate of a cell trains to this fraction of the step
     # ceiling, then the better half on validation goes on to its optimum, the rest stop there; 0: no halving.
     halving: float = 0.2
+    # Grid extension: a cell whose rate chosen on validation sits at an end of its grid gets the next rate past
+    # that end (one grid step: on a 1-3 grid the next 1-3 value) on seed 0, up to this many times; 0: none.
+    extend: int = 2
     seeds: int = 3  # seeds per cell at its chosen rate (seed 0 from the search, 1.. trained after it)
     # Shuffled-label twins of the rank pair (seed 0; r=8 and 64 where swept) and seed pair (seeds 0 and 1; a
     # budget experiment: its one cell) of the target set the report analyses (all where swept, else each set),
@@ -102,6 +105,8 @@ class AblateConfig:
         rates = [*self.lrs, *self.full_lrs]
         if not self.lrs or any(not (isinstance(r, int | float) and 0 < r < float("inf")) for r in rates):
             raise LoraAnalysisError(f"lrs and full_lrs must be learning rates > 0 (lrs non-empty), got {rates}")
+        if self.extend < 0:
+            raise LoraAnalysisError(f"extend must be a number of grid steps >= 0 (0: no extension), got {self.extend}")
         if self.seeds < 1 or (self.workers is not None and self.workers < 1):
             raise LoraAnalysisError(f"seeds and workers must be >= 1, got {self.seeds} and {self.workers}")
         if not 0 <= self.halving < 1:
