@@ -47,13 +47,19 @@ def main(argv: Sequence[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(help_text(__doc__, "ablate"))
         return 0
+    cfg, train_overrides = parse(argv)
+    print(f"report: {ablate(cfg, train_overrides)}")
+    return 0
+
+
+def parse(argv: Sequence[str]) -> tuple[AblateConfig, list[str]]:
+    """The command line's ablation settings (checked) and its training overrides for every run."""
     own = [a for a in argv if a.partition("=")[0].lstrip("+~") in _OWN_KEYS]
     # experiment= is also train's config group: Hydra would read it as that group here, so it is taken by hand
     named = [a.partition("=")[2] for a in argv if a.startswith("experiment=")]
     cfg: AblateConfig = to_settings(compose("ablate", own))
     cfg.experiment = named[-1] if named else cfg.experiment
-    print(f"report: {ablate(cfg, [a for a in argv if a not in own and not a.startswith('experiment=')])}")
-    return 0
+    return cfg, [a for a in argv if a not in own and not a.startswith("experiment=")]
 
 
 def cells(cfg: AblateConfig) -> list[list[str]]:
