@@ -58,3 +58,27 @@ def test_each_readme_ablation_command_plans_its_runs(command, tmp_path, monkeypa
             assert config["lora"]["targets"] == values["lora.targets"], command
         if "lora.r" in values:
             assert config["lora"]["r"] == int(values["lora.r"]), command
+
+
+@pytest.mark.slow  # about 25 tiny runs (search, grid extension, seeds), an analysis and a report: about a minute
+def test_a_readme_ablation_command_runs_as_written_at_a_tiny_size(tiny, tmp_path, monkeypatch):
+    """The README's first target-ablation command, as written, with only the tiny model, data and step count
+    added: it searches, extends, seeds and reports every cell it names."""
+    from tiny import tiny_overrides
+
+    from lora_analysis import cli
+    from lora_analysis.derive import tuned
+    from lora_analysis.layout import SweepDir
+
+    (command,) = [c for c in ABLATE if "'targets=[q,v,q+v]'" in c]
+    model, csv = tiny
+    monkeypatch.setattr(tuned, "COLLAPSE_TOLERANCE", -1.0)  # six tiny steps stay at the majority class
+    tiny_settings = [o for o in tiny_overrides(model, csv, tmp_path / "runs", 6) if not o.startswith("lora.r=")]
+    assert cli.main([*shlex.split(command)[1:], *tiny_settings, "workers=1"]) == 0
+    runs = SweepDir(tmp_path / "runs" / "target_ablation_roles").read_table()
+    assert set(runs["lora.targets"]) == {"q", "v", "q+v"}
+    for targets, cell in runs.groupby("lora.targets"):
+        seeded = cell[cell["seed"] > 0]
+        assert sorted(seeded["seed"]) == [1, 2] and seeded["optim.lr"].nunique() == 1, targets
+        assert len(cell[cell["seed"] == 0]) >= 4  # the default grid, and any extension past its ends
+    assert (tmp_path / "runs" / "target_ablation_roles" / "report" / "report.md").is_file()
