@@ -331,18 +331,26 @@ def test_bad_ablation_settings_get_one_line_before_any_run(tmp_path, capsys):
 def test_a_rate_chosen_at_an_end_of_the_grid_gets_the_next_rate_past_it_until_it_sits_inside(tmp_path,
                                                                                              monkeypatch):
     """Scripted validation curves: attn peaks at 3e-5, below its grid 1e-4..1e-3; the first extension (3e-5)
-    is chosen and again at the end, the second (1e-5) is worse, so 3e-5 sits inside. ffn peaks inside its grid,
-    and a collapsed cell (majority class at every rate) gets no extension. A rerun trains nothing again."""
+    is chosen and again at the end, the second (1e-5) is worse, so 3e-5 sits inside. ffn peaks inside its grid.
+    Two cells at the majority class at every rate: k, whose validation loss falls toward the low end (learning
+    too slowly to show in accuracy), goes one step lower (3e-5, where it learns); q, at the prior's loss at
+    every rate, nowhere. A rerun trains nothing again."""
     from lora_analysis.cli import ablate
     from lora_analysis.cli.schemas import AblateConfig
 
-    peaks = {"attn": 3e-5, "ffn": 3e-4, "q": None}
+    peaks = {"attn": 3e-5, "ffn": 3e-4, "q": None, "k": None}
+    prior = -(0.575 * math.log(0.575) + 0.425 * math.log(0.425))
     rows: dict[str, dict] = {}
     trained: list[list[str]] = []
 
     def val(targets: str, lr: float) -> float:
         peak = peaks[targets]
+        if targets == "k":
+            return 0.575 if lr > 5e-5 else 0.78 - 0.02 * (lr < 2e-5)
         return 0.575 if peak is None else 0.80 - 0.02 * abs(math.log10(lr / peak))
+
+    def loss(targets: str, lr: float) -> float:
+        return prior - 0.05 * math.log10(1e-3 / lr) if targets == "k" else prior + 0.001 * (targets == "q")
 
     def train(cfg, plan, sweep, overrides):
         trained.append([name for name, _ in plan if name not in rows])
@@ -350,25 +358,29 @@ def test_a_rate_chosen_at_an_end_of_the_grid_gets_the_next_rate_past_it_until_it
             values = dict(x.split("=", 1) for x in o)
             lr = float(values["optim.lr"])
             rows[name] = {"run": name, "method": "lora", "lora.targets": values["lora.targets"], "optim.lr": lr,
-                          "seed": 0, "val_accuracy": val(values["lora.targets"], lr), "majority_accuracy": 0.575}
+                          "seed": 0, "val_accuracy": val(values["lora.targets"], lr), "majority_accuracy": 0.575,
+                          "val_loss": loss(values["lora.targets"], lr)}
 
     monkeypatch.setattr(ablate, "collect_runs", lambda sweep: pd.DataFrame(list(rows.values())))
     monkeypatch.setattr(ablate, "_train", train)
-    cfg = AblateConfig(targets=["attn", "ffn", "q"], ranks=[8], lrs=[1e-4, 3e-4, 1e-3], extend=3)
+    cfg = AblateConfig(targets=["attn", "ffn", "q", "k"], ranks=[8], lrs=[1e-4, 3e-4, 1e-3], extend=3)
     grid = {tuple(cell): ablate._plan([], [[*cell, f"optim.lr={lr}"] for lr in cfg.lrs], [0])
             for cell in ablate.cells(cfg)}
     train(cfg, [run for plan in grid.values() for run in plan], tmp_path, [])
     ablate._extend(cfg, grid, tmp_path, [], [], ablate._Clock())
-    assert trained[1:] == [["r8-seed0-attn-lr3e-05"], ["r8-seed0-attn-lr1e-05"]]
+    assert trained[1:] == [["r8-seed0-attn-lr3e-05", "r8-seed0-k-lr3e-05"],
+                           ["r8-seed0-attn-lr1e-05", "r8-seed0-k-lr1e-05"]]  # k then learns: its peak, as attn's
     assert [ablate._rate(o) for _, o in grid[("lora.targets=attn", "lora.r=8")]] == [1e-4, 3e-4, 1e-3, 3e-5, 1e-5]
     assert len(grid[("lora.targets=ffn", "lora.r=8")]) == len(grid[("lora.targets=q", "lora.r=8")]) == 3
     assert ablate.chosen_rate(pd.DataFrame(list(rows.values())), [n for n, _ in grid[("lora.targets=attn",
                                                                                       "lora.r=8")]])[0] == 3e-5
     # one step allowed: the first extension only, still at the end (the report flags it)
+    assert ablate.chosen_rate(pd.DataFrame(list(rows.values())), [n for n, _ in grid[("lora.targets=k",
+                                                                                      "lora.r=8")]]) == (3e-5, False)
     rows = {name: row for name, row in rows.items() if "1e-05" not in name}
     again = {cell: plan[:3] for cell, plan in grid.items()}
     trained.clear()
-    ablate._extend(AblateConfig(targets=["attn", "ffn", "q"], ranks=[8], lrs=cfg.lrs, extend=1), again, tmp_path,
+    ablate._extend(AblateConfig(targets=["attn", "ffn", "q", "k"], ranks=[8], lrs=cfg.lrs, extend=1), again, tmp_path,
                    [], [], ablate._Clock())
     assert trained == [[]]  # its one extension was found finished, none trained again
     assert ablate.beyond([1e-4, 3e-4, 1e-3], 1e-3) == 3e-3 and ablate.beyond([1e-4, 3e-4], 2e-4) is None

@@ -9,7 +9,8 @@ An ablation as a reviewer accepts it, end to end:
    then only the better half of each cell's rates on validation goes on (``train.halving``);
 2) per cell, the rate with the best validation metric (``derive.tuned``: the test split is not read); where it
    sits at an end of the cell's grid, the next rate past that end on seed 0, and the choice made again, up to
-   ``extend`` (2) times: the optimum may lie outside the grid;
+   ``extend`` (2) times: the optimum may lie outside the grid (a cell at the majority class at every rate: toward
+   its lowest validation loss, where that shows learning);
 3) seeds 1 .. seeds-1 of every cell at its rate (none for a cell at the majority class at every rate: its
    grid needs extending, which a rerun with more ``lrs`` does, the finished runs kept);
 4) with ``controls`` (the default), the shuffled-label twins of each target set's rank pair (seed 0) and seed
@@ -149,25 +150,52 @@ def _extend(cfg: AblateConfig, search: dict[tuple, list[tuple[str, list[str]]]],
             train_overrides, clock: _Clock) -> None:
     """Up to ``cfg.extend`` times: every cell whose rate chosen on validation sits at an end of its grid gets the
     next rate past it (``beyond``) on seed 0, trained to its optimum, added to its grid in ``search``. A collapsed
-    cell gets none (which side its optimum lies on, its validation cannot show); nor does one with a single
-    rate. Rerun, the same extensions are found finished and none is trained again."""
+    cell (the majority class at every rate) goes the way its validation loss points (``_collapsed_lead``), and
+    nowhere where no rate's loss is below what predicting the class prior gives; a cell with a single rate
+    nowhere. Rerun, the same extensions are found finished and none is trained again."""
     for _ in range(cfg.extend):
         searched = collect_runs(sweep)
         more: dict[tuple, list[tuple[str, list[str]]]] = {}
         for cell, plan in search.items():
             rates = sorted(_rate(o) for _, o in plan)
-            rate, collapsed = chosen_rate(searched, [name for name, _ in plan])
-            new = None if collapsed else beyond(rates, rate)
+            names = [name for name, _ in plan]
+            rate, collapsed = chosen_rate(searched, names)
+            lead = _collapsed_lead(searched, names) if collapsed else rate
+            new = None if lead is None else beyond(rates, lead)
             if new is not None:
                 more[cell] = _plan(common, [[*cell, f"optim.lr={new}"]], [0])
         if not more:
             return
-        print(f"1c) {len(more)} cell(s) chose a rate at an end of the grid; one step past it on seed 0: "
+        print(f"1c) {len(more)} cell(s) chose a rate at an end of the grid (or, at the majority class at every rate, "
+              "lost least at one): one step past it on seed 0: "
               + "; ".join(f"{' '.join(cell)} {_rate(plan[0][1]):g}" for cell, plan in more.items()), file=sys.stderr)
         _train(cfg, [run for plan in more.values() for run in plan], sweep, train_overrides)
         for cell, plan in more.items():
             search[cell] = [*search[cell], *plan]
         clock.lap("grid extension")
+
+
+PRIOR_MARGIN = 0.01  # nats below the class prior's cross-entropy: a rate whose validation loss shows learning
+
+
+def _collapsed_lead(runs: pd.DataFrame, names: list[str]) -> float | None:
+    """For a cell at the majority class at every rate: the rate of the lowest validation loss, where that loss is
+    below the class prior's cross-entropy (``- m log m - (1 - m) log(1 - m)``, m the majority rate: what
+    predicting the prior scores) by ``PRIOR_MARGIN``: learning under way that accuracy does not show yet (too low a
+    rate, too few steps). None where no rate gets there: a rate too high sits at the prior, as does one too low to
+    move, so the loss cannot say which way to go."""
+    from lora_analysis.derive.tuned import LR, majority_column
+
+    runs = runs[runs["run"].isin(names)] if "run" in runs else runs.iloc[0:0]
+    column = majority_column(runs)
+    if runs.empty or "val_loss" not in runs or column not in runs or runs["val_loss"].isna().all():
+        return None
+    m = float(runs[column].max())
+    if not 0 < m < 1:
+        return None
+    prior = -(m * math.log(m) + (1 - m) * math.log(1 - m))
+    best = runs.loc[runs["val_loss"].idxmin()]
+    return float(best[LR]) if best["val_loss"] < prior - PRIOR_MARGIN else None
 
 
 def beyond(rates: Sequence[float], rate: float) -> float | None:
