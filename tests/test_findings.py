@@ -20,6 +20,7 @@ from lora_analysis.derive import queries as Q
 from lora_analysis.derive import stats as S
 from lora_analysis.show import findings as F
 from lora_analysis.show import run_findings as R
+from lora_analysis.show import target_sets as T
 
 IDS = dict(comparison="seed", run_a="a", run_b="b", r_a=16, r_b=16, seed_a=0, seed_b=1, targets="all", layer=0,
            module="q", subject="A_delta")
@@ -136,7 +137,7 @@ def budget_runs(scores: dict[str, list[float]]) -> pd.DataFrame:
 
 
 def under_budget(runs: pd.DataFrame) -> F.Finding:
-    return R.ffn_under_budget(runs, S.accuracy_table(runs))
+    return T.ffn_under_budget(runs, S.accuracy_table(runs))
 
 
 def test_target_sets_under_budget_are_compared_with_welch_intervals_against_the_anchor():
@@ -156,12 +157,12 @@ def test_target_sets_under_budget_are_compared_with_welch_intervals_against_the_
     all_ffn = next(s for s in found.sentences if s.startswith("all against ffn"))
     assert all_ffn.startswith("all against ffn: 0.850 against 0.853, difference -0.003 [")
     assert all_ffn.endswith("cannot tell (the interval holds 0).")
-    pooled = next(s for s in found.sentences if s.startswith(R.FFN_ONLY))  # ffn against q and attn; all is neither
+    pooled = next(s for s in found.sentences if s.startswith(T.FFN_ONLY))  # ffn against q and attn; all is neither
     low, high = difference_interval(*(S.accuracy_table(budget_runs({k: scores[k] for k in keys}))
                                       for keys in (["ffn"], ["q", "attn"])))[1:]
-    assert pooled == (f"{R.FFN_ONLY}: 0.853 against 0.805, difference +0.048 [{low:+.3f}, {high:+.3f}]: "
+    assert pooled == (f"{T.FFN_ONLY}: 0.853 against 0.805, difference +0.048 [{low:+.3f}, {high:+.3f}]: "
                       "attention-only is below: the anchor is supported.")
-    assert not any(s.startswith(R.FFN_ONLY) for s in under_budget(budget_runs(
+    assert not any(s.startswith(T.FFN_ONLY) for s in under_budget(budget_runs(
         {k: scores[k] for k in ("attn", "ffn", "all")})).sentences)  # the ffn against attn pair again: not repeated
     reversed_ = under_budget(budget_runs({"attn": [0.86, 0.87, 0.88], "ffn": [0.80, 0.81, 0.80]}))
     assert "attention-only is above: the anchor is not supported" in reversed_.sentences[-1]
@@ -176,7 +177,7 @@ def test_target_sets_under_budget_are_compared_with_welch_intervals_against_the_
     flipped = under_budget(budget_runs({"q": [0.80, 0.81, 0.80], "v": [0.70, 0.71, 0.72]}))
     assert "q alone is above: the anchor is not supported" in " ".join(flipped.sentences)
     no_budget = budget_runs({"q": [0.8]}).drop(columns="lora.budget")
-    assert R.ffn_under_budget(no_budget, S.accuracy_table(pd.DataFrame())).sentences[0].startswith("No")
+    assert T.ffn_under_budget(no_budget, S.accuracy_table(pd.DataFrame())).sentences[0].startswith("No")
 
 
 def test_difference_interval_of_set_means_follows_welch_satterthwaite():
@@ -221,13 +222,58 @@ def test_the_opening_lines_give_every_pair_of_target_sets_at_one_budget():
     budget = under_budget(budget_runs({"q": [0.80, 0.81, 0.79], "attn": [0.80, 0.81, 0.82],
                                        "ffn": [0.84, 0.85, 0.87], "all": [0.85, 0.86, 0.84]}))
     nothing = F.Finding.missing("none", "none", "not measured")
-    found = SimpleNamespace(accuracy=nothing, rates=nothing, budget=budget, patterns=nothing, controls=nothing,
+    found = SimpleNamespace(accuracy=nothing, rates=nothing, sets=nothing, budget=budget, patterns=nothing,
+                            controls=nothing,
                             loss=nothing)
-    pairs = ["ffn against attn (the two halves of a block)", "all against attn", "all against ffn", R.FFN_ONLY]
+    pairs = ["ffn against attn (the two halves of a block)", "all against attn", "all against ffn", T.FFN_ONLY]
     assert [line[:len(pair)] for line, pair in zip(in_short(found, None, None), pairs, strict=True)] == pairs
     roles = under_budget(budget_runs({"q": [0.70, 0.71, 0.72], "v": [0.80, 0.81, 0.80], "q+v": [0.71, 0.70, 0.72]}))
     lines = in_short(SimpleNamespace(**{**vars(found), "budget": roles}), None, None)
     assert [line.split(" (")[0] for line in lines] == ["v against q", "q+v against q"]  # labels with a colon
+
+
+def test_target_sets_of_a_rank_ablation_are_compared_rank_by_rank_with_welch_intervals():
+    """attn and ffn at r=1, 8, 64 (ffn holding 1.25x attn's parameters at each rank), each cell at its one rate;
+    r=64 of attn collapsed (left out of the common ranks); q alone at r=8 only, v nowhere: no v pair."""
+    from types import SimpleNamespace
+
+    from scipy import stats as sp
+
+    from lora_analysis.derive.tuned import difference_interval
+    from lora_analysis.show.summary import in_short
+
+    scores = {("attn", 1): [0.78, 0.79, 0.77], ("attn", 8): [0.80, 0.81, 0.80], ("attn", 64): [0.575] * 3,
+              ("ffn", 1): [0.80, 0.81, 0.82], ("ffn", 8): [0.82, 0.83, 0.81], ("ffn", 64): [0.81, 0.80, 0.82],
+              ("q", 8): [0.70, 0.72, 0.71]}
+    rows = []
+    for (targets, r), values in scores.items():
+        for seed, value in enumerate(values):
+            collapsed = value == 0.575
+            rows.append({"run": f"{targets}-r{r}-s{seed}", "method": "lora", "lora.targets": targets, "lora.r": r,
+                         "seed": seed, "optim.lr": 1e-3, "test_accuracy": value, "majority_accuracy": 0.575,
+                         "val_accuracy": 0.571 if collapsed else value, "val_majority": 0.571,
+                         "lora_params": (3840 if targets == "ffn" else 3072 if targets == "attn" else 768) * r})
+    table = S.accuracy_table(pd.DataFrame(rows))
+    found = T.by_rank(table, "test_accuracy")
+    assert list(found.values) == ["ffn against attn (the two halves of a block)"]
+    (sentence,) = found.sentences
+    live = table[~table["collapsed"]]
+    a, b = (live[(live["targets"] == t) & live["r"].isin([1, 8])] for t in ("ffn", "attn"))
+    diff, low, high = difference_interval(a, b)
+    assert found.values["ffn against attn (the two halves of a block)"] == pytest.approx(diff)
+    assert sentence.startswith("ffn against attn (the two halves of a block): over r=1, 8 (each rank once; ffn holds "
+                               "1.25x attn's LoRA parameters at each rank (not matched: the budget experiment "
+                               f"matches them)), 0.815 against 0.792, difference {diff:+.3f} "
+                               f"[{low:+.3f}, {high:+.3f}]: attention-only is below: the anchor is supported. By "
+                               "rank: r=1 +0.030 [")
+    one = sp.ttest_ind(scores[("ffn", 8)], scores[("attn", 8)], equal_var=False).confidence_interval(0.95)
+    assert f"r=8 +0.017 [{one.low:+.3f}, {one.high:+.3f}]." in sentence and "r=64" not in sentence
+    nothing = F.Finding.missing("none", "none", "not measured")
+    found_all = SimpleNamespace(accuracy=nothing, rates=nothing, sets=found, budget=nothing, patterns=nothing,
+                                controls=nothing, loss=nothing)
+    (line,) = in_short(found_all, None, None)
+    assert line == sentence.split(". By rank: ")[0] + "."  # the opening line: the verdict, not every rank
+    assert not T.by_rank(table[table["targets"] == "q"], "test_accuracy").measured  # one set: nothing to compare
 
 
 def test_the_best_cell_is_chosen_on_validation_and_reported_on_test():

@@ -154,7 +154,7 @@ def test_side_by_side_keeps_rows_it_cannot_fill(report):
                      q_vs_v=F.q_vs_v(S.shared_directions(tables.phi.iloc[0:0])), init_control=unused, controls=unused,
                      a_moved=F.a_moved(tables.modules), amplification=F.amplification(one_rank, layer=0),
                      w_dw_overlap=F.w_dw_overlap(tables.w_dw_phi.iloc[0:0], layer=0), intruders=unused,
-                     accuracy=unused, budget=unused, patterns=unused, rates=unused,
+                     accuracy=unused, sets=unused, budget=unused, patterns=unused, rates=unused,
                      loss=unused)
     table = side_by_side(Focus("all", 0, "q", None, None), found).set_index("quantity")
     assert table.filter(like="Figure 3", axis=0).iloc[:, 1].str.startswith("not measured: No rank pair").all()

@@ -25,6 +25,7 @@ from lora_analysis.layout import AnalysisDir, SweepDir
 from lora_analysis.show import findings as F
 from lora_analysis.show import paper, plots
 from lora_analysis.show import run_findings as R
+from lora_analysis.show import target_sets as T
 from lora_analysis.show.document import Section, report_folder, write_report
 from lora_analysis.show.focus import Focus, choose_focus, focus_tables
 from lora_analysis.show.labels import SUBJECT_LABELS, fmt
@@ -54,6 +55,7 @@ class Findings:
     w_dw_overlap: F.Finding
     intruders: F.Finding
     accuracy: F.Finding
+    sets: F.Finding
     budget: F.Finding
     patterns: F.Finding
     rates: F.Finding
@@ -84,7 +86,8 @@ def compute_findings(data: SweepData, focus: Focus, tables: dict[str, pd.DataFra
                                  lambda t: F.w_dw_overlap(t, layer=layer, module=role)),
         intruders=_or_missing(tables["intruders"], "intruders", "Intruder dimensions", F.intruder_counts),
         accuracy=R.accuracy(data.runs, derived.accuracy, derived.validation, derived.full, derived.metric),
-        budget=R.ffn_under_budget(data.runs, derived.budget_accuracy, derived.metric),
+        sets=T.by_rank(derived.accuracy, derived.metric),
+        budget=T.ffn_under_budget(data.runs, derived.budget_accuracy, derived.metric),
         patterns=R.rank_patterns(derived.accuracy, derived.patterns, derived.metric),
         rates=R.tuned_rates(derived.lr_choices, derived.validation, data.runs, derived.full),
         loss=R.trained_enough(data.runs if all_runs is None else all_runs, data.histories),

@@ -17,6 +17,7 @@ from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.layout import RunDir, SweepDir
 from lora_analysis.show import run_findings as R
 from lora_analysis.show import run_plots
+from lora_analysis.show import target_sets as T
 from lora_analysis.show.document import Section, code
 from lora_analysis.show.focus import Focus
 from lora_analysis.show.sweep import SweepData
@@ -148,8 +149,11 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str |
                      "Test metric per target set at one parameter budget, with each set's rank and parameter count.")
     if sentences:
         section.bullets(R.accuracy(runs, table, derived.validation, full, metric).sentences)
+        by_rank = T.by_rank(table, metric)
+        if by_rank.measured:
+            section.bullets(by_rank.sentences)
         if not budgeted.empty:
-            section.bullets(R.ffn_under_budget(runs, derived.budget_accuracy, metric).sentences)
+            section.bullets(T.ffn_under_budget(runs, derived.budget_accuracy, metric).sentences)
     return section
 
 

@@ -21,8 +21,9 @@ def in_short(found, rank_pair: tuple[int, int] | None, seed_rank: int | None) ->
     and seeded rank."""
     lines = _accuracy(found.accuracy)
     lines += [s for s in found.rates.sentences if "stops improving" in s]
-    lines += [s for s in found.budget.sentences  # each pair of sets (a label may hold a colon: "Table 5: q ...")
-              if any(s.startswith(f"{pair}: ") for pair in found.budget.values)]
+    for sets in (found.sets, found.budget):  # each pair of sets (a label may hold a colon: "Table 5: q ...")
+        lines += [s.split(". By rank: ")[0] + "." if ". By rank: " in s else s for s in sets.sentences
+                  if any(s.startswith(f"{pair}: ") for pair in sets.values)]
     lines += [s for s in found.patterns.sentences if s.startswith("rank_pattern ") and "Difference" not in s]
     lines += _subspaces(found.controls.table, rank_pair, seed_rank)
     lines += [s for s in found.loss.sentences if " runs converged" in s]
