@@ -90,16 +90,21 @@ def _budget_verdict(diff: float, low: float, high: float, anchor: float | None, 
             f"{below} is above: the anchor is not supported")
 
 
-def by_rank(table: pd.DataFrame, metric: str) -> Finding:
+def by_rank(table: pd.DataFrame, metric: str, runs: pd.DataFrame | None = None) -> Finding:
     """The pairs of target sets of a rank ablation (ffn against attn, all against each, v and q+v against q),
     rank by rank: at each rank both sets learnt at (neither collapsed), the difference with its Welch interval,
     and over those ranks together (each rank's cell once: the mean over ranks of each set, its interval from
     every cell's spread). ``table``: the report's ``stats.accuracy_table``. At one rank the sets differ in
     parameters (ffn holds 1.25x attn's on a BERT block), and the sentence gives the ratio: the matched
-    comparison the anchor makes is a budget experiment's (``ffn_under_budget``)."""
+    comparison the anchor makes is a budget experiment's (``ffn_under_budget``): the cells of ``runs`` trained at
+    a budget (``lora.budget``) are that finding's, left out here."""
     key, title = "sets_by_rank", "Target sets compared rank by rank, each at its tuned rate, against the anchors"
     higher = metric not in LOWER_IS_BETTER
     live = table[~table["collapsed"].astype(bool)].dropna(subset=["mean"]) if not table.empty else table
+    budgeted = budgeted_runs(lora_runs(runs)) if runs is not None else pd.DataFrame()
+    if not budgeted.empty and not live.empty:
+        cells = set(zip(budgeted["lora.targets"].astype(str), budgeted["lora.r"].astype(int), strict=True))
+        live = live[[(str(t), int(r)) not in cells for t, r in zip(live["targets"], live["r"], strict=True)]]
     sentences, values, rows = [], {}, []
     for a_name, b_name, label, anchor, below in _BUDGET_PAIRS:
         a, b = (live[live["targets"] == name].set_index("r") for name in (a_name, b_name))
@@ -128,5 +133,6 @@ def by_rank(table: pd.DataFrame, metric: str) -> Finding:
                          + f". By rank: {', '.join(each)}.")
     if not sentences:
         return Finding.missing(key, title, "No two target sets of a compared pair (ffn and attn, all and either, q "
-                               "and v or q+v) learnt at a common rank: nothing to compare rank by rank.")
+                               "and v or q+v) learnt at a common rank outside a parameter budget (cells at one "
+                               "budget are compared as such): nothing to compare rank by rank.")
     return Finding(key, title, sentences, pd.DataFrame(rows), values)
