@@ -1,7 +1,8 @@
-"""The README's ablation commands are valid as written: each parses, names cells of its experiment, and every
-cell's first run composes a training config (a renamed key, an unknown experiment or a typo in an override
-fails here, not after an hour of a user's sweep). Training them is the tiny ablation tests' part
-(test_tuned, test_halving): the same command, at a tiny size."""
+"""The README's commands are valid as written. Each ablation command parses, names cells of its experiment,
+and every cell's first run composes a training config (a renamed key, an unknown experiment or a typo in an
+override fails here, not after an hour of a user's sweep); one runs as written at a tiny size, as the tiny
+ablation tests (test_tuned, test_halving) run the same command. Each report, recommend, across, analyze
+and compare command composes its typed config."""
 
 from __future__ import annotations
 
@@ -82,3 +83,24 @@ def test_a_readme_ablation_command_runs_as_written_at_a_tiny_size(tiny, tmp_path
         assert sorted(seeded["seed"]) == [1, 2] and seeded["optim.lr"].nunique() == 1, targets
         assert len(cell[cell["seed"] == 0]) >= 4  # the default grid, and any extension past its ends
     assert (tmp_path / "runs" / "target_ablation_roles" / "report" / "report.md").is_file()
+
+
+# the other commands of the README with a typed config: (command, its config, its positional key, many)
+_COMPOSED = (("report", "sweep", False), ("recommend", "sweep", False), ("across", "sweeps", True),
+             ("analyze", "inputs", True), ("compare", "inputs", True))
+OTHERS = [(tool, key, many, command) for tool, key, many in _COMPOSED for command in readme_commands(tool)]
+
+
+def test_the_readme_holds_its_other_commands():
+    assert {tool for tool, *_ in OTHERS} == {tool for tool, *_ in _COMPOSED}
+
+
+@pytest.mark.parametrize("tool,key,many,command", OTHERS, ids=[c for *_, c in OTHERS])
+def test_each_readme_command_composes_its_config(tool, key, many, command):
+    """Each parses to its command's typed config as written: its keys exist, its values have their types (the
+    paths it names are the README reader's, not checked here)."""
+    from lora_analysis.hydra_compose import compose, split_args, to_settings
+
+    overrides, wants_help = split_args(shlex.split(command)[2:], key, many=many)
+    assert not wants_help
+    to_settings(compose(tool, overrides))
