@@ -276,7 +276,7 @@ def test_target_sets_of_a_rank_ablation_are_compared_rank_by_rank_with_welch_int
     assert not T.by_rank(table[table["targets"] == "q"], "test_accuracy").measured  # one set: nothing to compare
     # cells trained at one budget are the budget finding's: at their common rank they are not compared here
     budget = budget_runs({"q": [0.80, 0.81, 0.79], "v": [0.84, 0.85, 0.87]})
-    assert not T.by_rank(S.accuracy_table(budget), "test_accuracy", budget).measured
+    assert not T.by_rank(S.accuracy_table(budget), "test_accuracy", S.accuracy_table(budget)).measured
     assert T.by_rank(S.accuracy_table(budget), "test_accuracy").measured  # without the runs, as any two sets
 
 

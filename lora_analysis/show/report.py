@@ -86,7 +86,7 @@ def compute_findings(data: SweepData, focus: Focus, tables: dict[str, pd.DataFra
                                  lambda t: F.w_dw_overlap(t, layer=layer, module=role)),
         intruders=_or_missing(tables["intruders"], "intruders", "Intruder dimensions", F.intruder_counts),
         accuracy=R.accuracy(data.runs, derived.accuracy, derived.validation, derived.full, derived.metric),
-        sets=T.by_rank(derived.accuracy, derived.metric, data.runs),
+        sets=T.by_rank(derived.accuracy, derived.metric, derived.budget_accuracy),
         budget=T.ffn_under_budget(data.runs, derived.budget_accuracy, derived.metric),
         patterns=R.rank_patterns(derived.accuracy, derived.patterns, derived.metric),
         rates=R.tuned_rates(derived.lr_choices, derived.validation, data.runs, derived.full),

@@ -149,7 +149,7 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str |
                      "Test metric per target set at one parameter budget, with each set's rank and parameter count.")
     if sentences:
         section.bullets(R.accuracy(runs, table, derived.validation, full, metric).sentences)
-        by_rank = T.by_rank(table, metric, runs)
+        by_rank = T.by_rank(table, metric, derived.budget_accuracy)
         if by_rank.measured:
             section.bullets(by_rank.sentences)
         if not budgeted.empty:

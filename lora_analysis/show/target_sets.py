@@ -71,10 +71,16 @@ def ffn_under_budget(runs: pd.DataFrame, table: pd.DataFrame, metric: str | None
             continue
         diff, low, high = difference_interval(a, b)
         values[label] = float(diff)
-        sentences.append(f"{label}: {fmt(a['mean'].mean(), 3)} against {fmt(b['mean'].mean(), 3)}, difference "
-                         f"{diff:+.3f}" + ("" if math.isnan(low) else f" [{low:+.3f}, {high:+.3f}]") + ": "
-                         + _budget_verdict(diff, low, high, anchor if higher else None, below) + ".")
+        sentences.append(f"{label}: {_compared(a, b, diff, low, high, anchor if higher else None, below)}.")
     return Finding(key, title, sentences, table.drop(columns=["ffn", "ffn_only"]), values)
+
+
+def _compared(a: pd.DataFrame, b: pd.DataFrame, diff: float, low: float, high: float, anchor: float | None,
+              below: str | None) -> str:
+    """"0.812 against 0.788, difference +0.024 [+0.006, +0.042]: <verdict>" for cells ``a`` against ``b``."""
+    return (f"{fmt(a['mean'].mean(), 3)} against {fmt(b['mean'].mean(), 3)}, difference {diff:+.3f}"
+            + ("" if math.isnan(low) else f" [{low:+.3f}, {high:+.3f}]") + ": "
+            + _budget_verdict(diff, low, high, anchor, below))
 
 
 def _budget_verdict(diff: float, low: float, high: float, anchor: float | None, below: str | None = None) -> str:
@@ -90,20 +96,19 @@ def _budget_verdict(diff: float, low: float, high: float, anchor: float | None, 
             f"{below} is above: the anchor is not supported")
 
 
-def by_rank(table: pd.DataFrame, metric: str, runs: pd.DataFrame | None = None) -> Finding:
+def by_rank(table: pd.DataFrame, metric: str, budget: pd.DataFrame | None = None) -> Finding:
     """The pairs of target sets of a rank ablation (ffn against attn, all against each, v and q+v against q),
     rank by rank: at each rank both sets learnt at (neither collapsed), the difference with its Welch interval,
     and over those ranks together (each rank's cell once: the mean over ranks of each set, its interval from
     every cell's spread). ``table``: the report's ``stats.accuracy_table``. At one rank the sets differ in
     parameters (ffn holds 1.25x attn's on a BERT block), and the sentence gives the ratio: the matched
-    comparison the anchor makes is a budget experiment's (``ffn_under_budget``): the cells of ``runs`` trained at
-    a budget (``lora.budget``) are that finding's, left out here."""
+    comparison the anchor makes is a budget experiment's (``ffn_under_budget``): the cells of ``budget`` (the
+    report's ``Derived.budget_accuracy``, runs trained at a ``lora.budget``) are that finding's, left out here."""
     key, title = "sets_by_rank", "Target sets compared rank by rank, each at its tuned rate, against the anchors"
     higher = metric not in LOWER_IS_BETTER
     live = table[~table["collapsed"].astype(bool)].dropna(subset=["mean"]) if not table.empty else table
-    budgeted = budgeted_runs(lora_runs(runs)) if runs is not None else pd.DataFrame()
-    if not budgeted.empty and not live.empty:
-        cells = set(zip(budgeted["lora.targets"].astype(str), budgeted["lora.r"].astype(int), strict=True))
+    if budget is not None and not budget.empty and not live.empty:
+        cells = set(zip(budget["targets"].astype(str), budget["r"].astype(int), strict=True))
         live = live[[(str(t), int(r)) not in cells for t, r in zip(live["targets"], live["r"], strict=True)]]
     sentences, values, rows = [], {}, []
     for a_name, b_name, label, anchor, below in _BUDGET_PAIRS:
@@ -127,10 +132,8 @@ def by_rank(table: pd.DataFrame, metric: str, runs: pd.DataFrame | None = None) 
         rows.append({"pair": label, "r": None, "difference": diff, "ci_low": low, "ci_high": high,
                      "n_a": int(a["n"].sum()), "n_b": int(b["n"].sum())})
         sentences.append(f"{label}: over r={', '.join(str(int(r)) for r in ranks)} (each rank once{params}), "
-                         f"{fmt(a['mean'].mean(), 3)} against {fmt(b['mean'].mean(), 3)}, difference {diff:+.3f}"
-                         + ("" if math.isnan(low) else f" [{low:+.3f}, {high:+.3f}]") + ": "
-                         + _budget_verdict(diff, low, high, anchor if higher else None, below)
-                         + f". By rank: {', '.join(each)}.")
+                         f"{_compared(a, b, diff, low, high, anchor if higher else None, below)}. By rank: "
+                         f"{', '.join(each)}.")
     if not sentences:
         return Finding.missing(key, title, "No two target sets of a compared pair (ffn and attn, all and either, q "
                                "and v or q+v) learnt at a common rank outside a parameter budget (cells at one "
