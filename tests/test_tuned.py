@@ -313,6 +313,48 @@ def test_a_rank_pattern_is_its_own_cell_and_is_judged_against_the_uniform_ranks_
     assert figure.axes[0].get_xscale() == "log" and (tmp_path / "params.png").stat().st_size > 0
 
 
+def test_a_pattern_on_fewer_roles_is_judged_against_the_uniform_ranks_of_every_set_holding_its_roles():
+    """A recommendation that leaves q and k out of attn trains on v+o: the set it was read from (attn) and any
+    other set holding v and o are its comparison; a set without o (q+v) and one of other roles (ffn) are not."""
+    from lora_analysis.show import run_findings as R
+
+    runs = sweep({("attn", 1): {1e-3: ([0.77, 0.78, 0.76], [0.77, 0.78, 0.76])},
+                  ("attn", 8): {1e-3: ([0.81, 0.82, 0.80], [0.81, 0.82, 0.80])},
+                  ("q+v", 8): {1e-3: ([0.70, 0.71, 0.69], [0.70, 0.71, 0.69])},
+                  ("ffn", 8): {1e-3: ([0.90, 0.91, 0.89], [0.90, 0.91, 0.89])}})
+    pattern = '{"value": 1, "attention\\\\.output\\\\.dense": 1}'
+    rows = [{"run": f"vo-s{seed}", "method": "lora", "lora.targets": "v+o", "lora.r": 8, "lora.rank_pattern": pattern,
+             "optim.lr": 1e-3, "seed": seed, "val_accuracy": acc, "test_accuracy": acc, "majority_accuracy": 0.575,
+             "lora_params": 50} for seed, acc in enumerate((0.81, 0.80, 0.82))]
+    runs = pd.concat([runs, pd.DataFrame(rows)], ignore_index=True)
+    found = R.rank_patterns(stats.accuracy_table(runs), stats.pattern_table(runs))
+    compared = found.table.set_index(["uniform_targets", "r"])["state"]
+    assert set(found.table["pattern"]) == {"v1 o1"} and set(compared.index) == {("attn", 1), ("attn", 8)}
+    assert compared["attn", 1] == "pattern above" and compared["attn", 8] == "cannot tell"
+    text = " ".join(found.sentences)
+    assert "attn r=1 (2x its parameters) +0.040 [" in text and "attn r=8 (16x its parameters) +0.000 [" in text
+    assert "validated: none of the 2 uniform rank(s) with at least its parameters is above it" in text
+    alone = runs[runs["lora.targets"].isin(["v+o", "ffn"])]  # nothing holding v and o: said, not compared
+    (sentence,) = R.rank_patterns(stats.accuracy_table(alone), stats.pattern_table(alone)).sentences
+    assert sentence.endswith("no uniform-rank cell of this target set, or of one holding its roles, to compare with.")
+
+
+def test_ranks_empty_trains_the_patterns_alone_and_nothing_else_is_one_line(tmp_path, capsys):
+    from lora_analysis import cli
+    from lora_analysis.cli import ablate
+    from lora_analysis.cli.schemas import AblateConfig
+
+    (tmp_path / "ranks.json").write_text('{"value": 1}')
+    spec = str(tmp_path / "ranks.json")
+    assert ablate.cells(AblateConfig(targets=["v+o"], ranks=[], patterns=[spec])) == [
+        ["lora.targets=v+o", f"lora.rank_pattern={spec}"]]
+    assert len(ablate.cells(AblateConfig(targets=["v+o"], ranks=[2], patterns=[spec]))) == 2
+    assert cli.main(["ablate", "ranks=[]", f"out_dir={tmp_path / 'runs'}"]) == 2
+    err = capsys.readouterr().err
+    assert "ranks=[] trains no uniform rank and patterns names no rank pattern" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
 def test_bad_ablation_settings_get_one_line_before_any_run(tmp_path, capsys):
     from lora_analysis import cli
 

@@ -65,11 +65,13 @@ def parse(argv: Sequence[str]) -> tuple[AblateConfig, list[str]]:
 
 def cells(cfg: AblateConfig) -> list[list[str]]:
     """The experiment's cells as override lists: its swept target sets and ranks, or the ones given; and a
-    cell per target set for each rank pattern of ``patterns``."""
+    cell per target set for each rank pattern of ``patterns`` (alone with ``ranks=[]``)."""
     params = compose("train", [f"experiment={cfg.experiment}"], hydra=True).hydra.sweeper.params or {}
     targets = cfg.targets or str(params.get("lora.targets", "all")).split(",")
     ranks = cfg.ranks if cfg.ranks is not None else [int(r) for r in str(params.get("lora.r", "")).split(",") if r]
-    uniform = [[f"lora.targets={t}", *([f"lora.r={r}"] if r else [])] for t in targets for r in (ranks or [None])]
+    alone = cfg.ranks == [] and cfg.patterns
+    uniform = [] if alone else [[f"lora.targets={t}", *([f"lora.r={r}"] if r else [])]
+                                for t in targets for r in (ranks or [None])]
     return uniform + [[f"lora.targets={t}", f"lora.rank_pattern={p}"] for t in targets for p in cfg.patterns]
 
 

@@ -78,7 +78,8 @@ class ReproduceConfig:
 class AblateConfig:
     experiment: str = "rank_ablation"  # conf/experiment/<name>.yaml (experiment=...): its target sets and ranks
     targets: list[str] | None = None  # target sets; None: the experiment's
-    ranks: list[int] | None = None  # ranks; None: the experiment's (none for a budget experiment: its rank is derived)
+    # ranks; None: the experiment's (none for a budget experiment: its rank is derived); []: the patterns alone
+    ranks: list[int] | None = None
     # Learning rates tried per cell on seed 0 (half-decade steps); the best on validation is each cell's rate.
     lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])
     full_lrs: list[float] = field(default_factory=list)  # full fine-tuning's own grid; empty: no full reference
@@ -114,6 +115,10 @@ class AblateConfig:
                                     f"{self.halving}")
         if self.ranks is not None and any(r < 1 for r in self.ranks):
             raise LoraAnalysisError(f"ranks must be >= 1, got {self.ranks}")
+        if self.ranks == [] and not self.patterns:
+            raise LoraAnalysisError("ranks=[] trains no uniform rank and patterns names no rank pattern: nothing to "
+                                    "train (ranks=[] is for patterns=[...] alone, against uniform ranks already in "
+                                    "the sweep)")
         from lora_analysis.paths import user_path
         from lora_analysis.train.config import read_rank_pattern
 

@@ -16,10 +16,12 @@ from lora_analysis.derive import stats
 from lora_analysis.derive.plateau import CANNOT_TELL, NOT_SUPPORTED, Plateau, plateaus
 from lora_analysis.derive.queries import LOWER_IS_BETTER, has_majority, lora_runs, metric_column
 from lora_analysis.derive.tuned import difference_interval, validation_metric
+from lora_analysis.errors import LoraAnalysisError
 from lora_analysis.layout import SweepDir
 from lora_analysis.show.findings import Finding
 from lora_analysis.show.labels import fmt
 from lora_analysis.stopping import FIXED, HALVED, VERDICTS
+from lora_analysis.targets import expand_roles
 
 
 def accuracy(runs: pd.DataFrame, table: pd.DataFrame, validation: pd.DataFrame, full: dict | None,
@@ -112,10 +114,12 @@ def stuck_at_majority(runs: pd.DataFrame) -> list[str]:
 
 def rank_patterns(table: pd.DataFrame, patterns: pd.DataFrame, metric: str | None = None) -> Finding:
     """Is a recommended ``rank_pattern`` as good as uniform ranks? Each pattern cell (``stats.pattern_table``: at
-    its own rate chosen on validation, over its seeds) against every uniform-rank cell of its target set
-    (``table``: ``stats.accuracy_table``), each difference with its 95% Welch interval over seeds. The pattern is
-    validated when no uniform rank with at least its parameter count is above it (intervals holding 0 count as
-    not above), not validated when one is; cannot tell with one seed or no uniform rank that large."""
+    its own rate chosen on validation, over its seeds) against every uniform-rank cell (``table``:
+    ``stats.accuracy_table``) of its target set and of each target set holding all its roles (a recommendation
+    that drops q and k from attn trains on v+o, and is judged against attn's uniform ranks, the set it was
+    read from), each difference with its 95% Welch interval over seeds. The pattern is validated when no
+    uniform rank with at least its parameter count is above it (intervals holding 0 count as not above), not
+    validated when one is; cannot tell with one seed or no uniform rank that large."""
     key, title = "patterns", "A recommended rank pattern against uniform ranks (accuracy against parameters)"
     if patterns.empty:
         return Finding.missing(key, title, "No run with a lora.rank_pattern in this sweep: the recommendation is not "
@@ -130,22 +134,29 @@ def rank_patterns(table: pd.DataFrame, patterns: pd.DataFrame, metric: str | Non
                 + ("collapsed" if pattern.collapsed else fmt(pattern.mean, 3) + (
                     f" [{fmt(pattern.ci_low, 3)}, {fmt(pattern.ci_high, 3)}]" if pattern.n > 1 else "")) +
                 f" (n={pattern.n})")
-        uniform = table[(table["targets"] == pattern.targets) & ~table["collapsed"].astype(bool)]
-        uniform = uniform.dropna(subset=["mean"])
+        covering = pd.Series([_covers(str(t), str(pattern.targets)) for t in table["targets"]], table.index,
+                             dtype=bool)
+        uniform = table[covering & ~table["collapsed"].astype(bool)].dropna(subset=["mean"])
         if uniform.empty or pattern.collapsed:
-            sentences.append(head + ": no uniform-rank cell of this target set to compare with.")
+            sentences.append(head + ": no uniform-rank cell of this target set, or of one holding its roles, to "
+                             "compare with.")
             continue
         one = pd.DataFrame([pattern._asdict()])
         parts, above_it, larger = [], 0, 0
-        for cell in uniform.sort_values("lora_params").itertuples():
+        own = uniform["targets"].astype(str) == str(pattern.targets)
+        uniform = pd.concat([uniform[own].sort_values("lora_params"),
+                             uniform[~own].sort_values(["targets", "lora_params"])])
+        for cell in uniform.itertuples():
             diff, low, high = difference_interval(one, pd.DataFrame([cell._asdict()]))
             ratio = cell.lora_params / pattern.lora_params
             state = ("cannot tell" if math.isnan(low) or low <= 0 <= high else
                      "pattern above" if sign * diff > 0 else "pattern below")
-            parts.append(f"r={int(cell.r)} ({ratio:.2g}x its parameters) {diff:+.3f}"
+            where = "" if str(cell.targets) == str(pattern.targets) else f"{cell.targets} "
+            parts.append(f"{where}r={int(cell.r)} ({ratio:.2g}x its parameters) {diff:+.3f}"
                          + ("" if math.isnan(low) else f" [{low:+.3f}, {high:+.3f}]") + f" {state}")
-            rows.append({"targets": pattern.targets, "pattern": pattern.pattern, "r": int(cell.r),
-                         "params_ratio": ratio, "difference": diff, "ci_low": low, "ci_high": high, "state": state})
+            rows.append({"targets": pattern.targets, "pattern": pattern.pattern, "uniform_targets": cell.targets,
+                         "r": int(cell.r), "params_ratio": ratio, "difference": diff, "ci_low": low,
+                         "ci_high": high, "state": state})
             if ratio >= 1:
                 larger += 1
                 above_it += state == "pattern below"
@@ -159,6 +170,17 @@ def rank_patterns(table: pd.DataFrame, patterns: pd.DataFrame, metric: str | Non
         sentences.append(f"rank_pattern {pattern.pattern} on {pattern.targets}: {verdict}.")
         values[pattern.pattern] = float(pattern.mean)
     return Finding(key, title, sentences, pd.DataFrame(rows), values)
+
+
+def _covers(uniform: str, pattern: str) -> bool:
+    """Does target set ``uniform`` hold every role of target set ``pattern`` (``attn`` holds ``v+o``)? Sets
+    named otherwise (``lora.target_regex``) are compared only with themselves."""
+    if uniform == pattern:
+        return True
+    try:
+        return set(expand_roles(pattern)) <= set(expand_roles(uniform))
+    except LoraAnalysisError:
+        return False
 
 
 def trained_enough(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> Finding:
