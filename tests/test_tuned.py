@@ -156,7 +156,7 @@ def test_an_adapter_at_the_majority_class_is_left_out_of_the_subspace_analyses_w
     assert collapsed_runs(runs.drop(columns="val_accuracy")) == (set(), None)
 
 
-@pytest.mark.slow  # 8 tiny runs, two analyses and reports: about two minutes
+@pytest.mark.slow  # 11 tiny runs, three analyses and reports: about three minutes
 def test_the_ablation_command_searches_on_seed_0_then_trains_the_seeds_at_the_chosen_rate(tiny, tmp_path, capsys,
                                                                                          monkeypatch):
     from tiny import tiny_overrides
@@ -215,6 +215,16 @@ def test_the_ablation_command_searches_on_seed_0_then_trains_the_seeds_at_the_ch
     shuffled_seeds = seed_pairs[seed_pairs["run_a"].isin(twins["run"]) & seed_pairs["run_b"].isin(twins["run"])]
     assert set(shuffled_seeds["r_a"]) == {seeded}  # the seed pair's control was analysed as a seed pair
     assert "rank_pattern q3 on q" in report and (sweep_dir / "report" / "figures" / "accuracy_params.png").is_file()
+    # ranks=[]: a second pattern alone, beside the uniform ranks and twins the sweep holds (none trained again)
+    (tmp_path / "one.json").write_text('{"query": 1}')
+    alone = [a for a in command if not a.startswith(("ranks=", "patterns="))]
+    assert cli.main([*alone, "ranks=[]", f"patterns=[{tmp_path / 'one.json'}]"]) == 0
+    after = SweepDir(sweep_dir).read_table()
+    new = after[~after["run"].isin([*runs["run"], *pattern["run"]])]
+    assert len(new) == 3 and new["lora.rank_pattern"].notna().all()  # two rates on seed 0, seed 1 at its rate
+    assert set(new["lora_params"]) == {2 * 32 * 2}
+    report = (sweep_dir / "report" / "report.md").read_text()
+    assert "rank_pattern q1 on q" in report and "rank_pattern q3 on q" in report
 
 
 def test_the_rates_finding_states_each_choice_and_where_accuracy_stops_improving():
