@@ -3,10 +3,10 @@
 
 An ablation as a reviewer accepts it, end to end:
 1) every cell of the experiment (target set x rank; a budget experiment: target set; and a cell per target set
-   for each rank pattern of ``patterns``, a recommendation under test) on seed 0 at every
-   learning rate of ``lrs`` (full fine-tuning at ``full_lrs``), each run stopped at its validation optimum;
-   with ``halving`` (the default, 0.2), successive halving: every rate to that fraction of the step ceiling,
-   then only the better half of each cell's rates on validation goes on (``train.halving``);
+   for each rank pattern of ``patterns``, a recommendation under test; ``ranks=[]``: the patterns alone) on
+   seed 0 at every learning rate of ``lrs`` (full fine-tuning at ``full_lrs``), each run stopped at its
+   validation optimum; with ``halving`` (the default, 0.2), successive halving: every rate to that fraction
+   of the step ceiling, then only the better half of each cell's rates on validation goes on (``train.halving``);
 2) per cell, the rate with the best validation metric (``derive.tuned``: the test split is not read); where it
    sits at an end of the cell's grid, the next rate past that end on seed 0, and the choice made again, up to
    ``extend`` (2) times: the optimum may lie outside the grid (a cell at the majority class at every rate: toward
