@@ -292,6 +292,7 @@ def test_a_rank_pattern_is_its_own_cell_and_is_judged_against_the_uniform_ranks_
     from lora_analysis.show import run_plots
 
     runs = sweep({("all", 1): {1e-3: ([0.70, 0.71, 0.69], [0.70, 0.71, 0.72])},
+                  ("all", 2): {1e-3: ([0.75], [0.75])},  # one seed, fewer parameters: no bar to a verdict
                   ("all", 8): {1e-3: ([0.80, 0.81, 0.80], [0.80, 0.81, 0.79])},
                   ("all", 64): {1e-3: ([0.81, 0.80, 0.82], [0.81, 0.80, 0.80])}})
     pattern = '{"query": 2, "value": 4}'
@@ -302,7 +303,7 @@ def test_a_rank_pattern_is_its_own_cell_and_is_judged_against_the_uniform_ranks_
                                         (1e-3, 2, 0.79, 0.80))]
     runs = pd.concat([runs, pd.DataFrame(rows)], ignore_index=True)
     uniform, patterns = stats.accuracy_table(runs), stats.pattern_table(runs)
-    assert sorted(uniform["r"]) == [1, 8, 64]  # the pattern runs (lora.r 8 in their config) are not r=8's
+    assert sorted(uniform["r"]) == [1, 2, 8, 64]  # the pattern runs (lora.r 8 in their config) are not r=8's
     (cell,) = patterns.itertuples()
     assert (cell.pattern, cell.lr, cell.n, cell.lora_params) == ("q2 v4", 1e-3, 3, 300)  # chosen on validation
     found = R.rank_patterns(uniform, patterns, "test_accuracy")
@@ -317,7 +318,10 @@ def test_a_rank_pattern_is_its_own_cell_and_is_judged_against_the_uniform_ranks_
     text = " ".join(R.rank_patterns(stats.accuracy_table(worse), stats.pattern_table(worse)).sentences)
     assert ("rank_pattern q2 v4 on all: not validated: 2 uniform rank(s) with at least its parameters are "
             "above it.") in text
-    assert R.rank_patterns(uniform, stats.pattern_table(runs.iloc[:9])).sentences[0].startswith("No run with")
+    one_seed = runs[~((runs["lora.r"] == 64) & (runs["seed"] > 0))]  # a larger cell of one seed, none above
+    text = " ".join(R.rank_patterns(stats.accuracy_table(one_seed), stats.pattern_table(one_seed)).sentences)
+    assert "rank_pattern q2 v4 on all: cannot tell (one seed: no interval over seeds)." in text
+    assert R.rank_patterns(uniform, stats.pattern_table(runs.iloc[:10])).sentences[0].startswith("No run with")
     figure = run_plots.accuracy_vs_params(runs, uniform, patterns, full=None)
     figure.savefig(tmp_path / "params.png")
     assert figure.axes[0].get_xscale() == "log" and (tmp_path / "params.png").stat().st_size > 0

@@ -160,11 +160,12 @@ def rank_patterns(table: pd.DataFrame, patterns: pd.DataFrame, metric: str | Non
             if ratio >= 1:
                 larger += 1
                 above_it += state == "pattern below"
-        unknown = pattern.n < 2 or (uniform["n"] < 2).any()
-        verdict = ("cannot tell (one seed: no interval over seeds)" if unknown else
-                   "cannot tell (no uniform rank with as many parameters in the sweep)" if not larger else
+        # a larger cell of one seed has no interval: it can show the pattern below it only with the others' help
+        unknown = pattern.n < 2 or (uniform.loc[uniform["lora_params"] >= pattern.lora_params, "n"] < 2).any()
+        verdict = ("cannot tell (no uniform rank with as many parameters in the sweep)" if not larger else
                    f"not validated: {above_it} uniform rank(s) with at least its parameters are above it" if above_it
-                   else f"validated: none of the {larger} uniform rank(s) with at least its parameters is above it")
+                   else "cannot tell (one seed: no interval over seeds)" if unknown else
+                   f"validated: none of the {larger} uniform rank(s) with at least its parameters is above it")
         sentences.append(f"{head}. Difference against each uniform rank, pattern minus uniform [95% Welch "
                          f"interval]: {'; '.join(parts)}.")
         sentences.append(f"rank_pattern {pattern.pattern} on {pattern.targets}: {verdict}.")
