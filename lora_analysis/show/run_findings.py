@@ -160,7 +160,7 @@ def rank_patterns(table: pd.DataFrame, patterns: pd.DataFrame, metric: str | Non
             if ratio >= 1:
                 larger += 1
                 above_it += state == "pattern below"
-        # a larger cell of one seed has no interval: it can show the pattern below it only with the others' help
+        # a one-seed cell with at least the pattern's parameters has no interval: "validated" needs each to have one
         unknown = pattern.n < 2 or (uniform.loc[uniform["lora_params"] >= pattern.lora_params, "n"] < 2).any()
         verdict = ("cannot tell (no uniform rank with as many parameters in the sweep)" if not larger else
                    f"not validated: {above_it} uniform rank(s) with at least its parameters are above it" if above_it
