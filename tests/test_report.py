@@ -134,6 +134,15 @@ def test_a_bad_sweep_is_one_line_and_exit_2(tmp_path, capsys, quick):
     assert "lora-analysis analyze" in capsys.readouterr().err
     assert cli_main(["report", str(quick), "layer=7"]) == 2
     assert "layer=7" in capsys.readouterr().err
+    assert cli_main(["report", str(quick), "targets=ffn"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "targets=ffn is not a target set of this sweep's analysed runs: expected one of ['all']" \
+        in err[0]
+    alone = tmp_path / "alone"  # an analysis folder outside a sweep: no target sets to choose among
+    shutil.copytree(quick / "analysis", alone)
+    assert cli_main(["report", str(alone), "targets=all"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "targets=all chooses among a sweep's target sets" in err[0]
 
 
 def test_config_composes_and_checks_the_sweep():
@@ -199,6 +208,10 @@ def test_focus_without_the_papers_pair_stays_in_the_shown_target_set(tmp_path):
     focus = choose_focus(data)
     assert (focus.targets, focus.layer, focus.rank_pair, focus.seed_rank) == ("all", 1, (4, 64), 64)
     assert focus.notes == ["no r=8 vs r=64 pair: the rank figures use r=4 vs r=64"]
+    named = choose_focus(data, targets="q")  # the other set's pairs: its own rank pair and seeded rank
+    assert (named.targets, named.rank_pair, named.seed_rank) == ("q", (8, 32), 32)
+    with pytest.raises(LoraAnalysisError, match=r"targets=ffn is not a target set .*expected one of \['all', 'q'\]"):
+        choose_focus(data, targets="ffn")
 
 
 def test_run_table_is_saved_as_csv_without_lora_values_for_full_runs(report):

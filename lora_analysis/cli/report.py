@@ -10,7 +10,8 @@ folder is one of:
 - a folder holding adapters (PEFT folders or run folders): its ``analysis/`` is used, or made first with the
   default settings, then reported like any analysis.
 
-``analyze=false`` makes a missing or stale analysis an error instead.
+``analyze=false`` makes a missing or stale analysis an error instead. ``targets=ffn`` judges a sweep's ffn
+subspaces (figures, controls, subspace findings) where it holds several target sets.
 """
 
 from __future__ import annotations
@@ -49,13 +50,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         report_folder(cfg.out)
     if AnalysisDir(folder).exists() and folder.name == SweepDir.ANALYSIS and SweepDir(folder.parent).is_sweep():
         folder = folder.parent  # a sweep's own analysis: the sweep report
+    if cfg.targets is not None and (AnalysisDir(folder).exists() or not SweepDir(folder).is_sweep()):
+        raise LoraAnalysisError(f"targets={cfg.targets} chooses among a sweep's target sets; {folder} is not a sweep: "
+                                "its report shows every adapter pair it holds")
     if AnalysisDir(folder).exists():
         html, markdown = _analysis_report(folder, cfg)
     elif SweepDir(folder).is_sweep():
         ensure_analysis(folder, cfg.analyze, "lora-analysis report")
         from lora_analysis.show.report import build_report
 
-        html, markdown = build_report(folder, cfg.out, layer=cfg.layer)
+        html, markdown = build_report(folder, cfg.out, layer=cfg.layer, targets=cfg.targets)
     elif holds_adapters(folder):
         html, markdown = _analysis_report(ensure_adapter_analysis(folder, cfg.analyze, "lora-analysis report"), cfg)
     else:

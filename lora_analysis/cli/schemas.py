@@ -17,6 +17,8 @@ from lora_analysis.errors import LoraAnalysisError
 class ReportConfig:
     sweep: str | None = None  # a sweep, an analysis folder or a folder of adapters; also the positional argument
     layer: int | None = None  # layer of the single-layer figures (Figures 3, 4, 8); None: the middle adapted layer
+    targets: str | None = None  # a sweep's target set whose subspaces the figures and findings judge (the accuracy
+    #   findings read every set); None: all when the sweep has it, else its set with most analysed rows
     out: str | None = None  # output folder; None: report/ beside the analysis (<sweep>/report for a sweep)
     analyze: bool = True  # run the analysis first when it is missing or out of date
 

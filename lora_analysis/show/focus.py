@@ -59,19 +59,26 @@ def seed_rank(phi: pd.DataFrame, notes: list[str]) -> int | None:
     return chosen
 
 
-def choose_focus(data: SweepData, layer: int | None = None) -> Focus:
+def choose_focus(data: SweepData, layer: int | None = None, targets: str | None = None) -> Focus:
     """Prefer the paper's choices (all targets, r = 8 against 64, seeds at 64, the middle layer).
 
     Without them: the largest rank against the rank nearest 8 (the smaller on a tie), seeds at the largest
-    seeded rank, all within the focus target set. A ``layer`` that is not adapted is an error.
+    seeded rank, all within the focus target set: ``targets`` where named, else ``all`` when the sweep has it,
+    else its set with most rows. A ``layer`` that is not adapted, or a ``targets`` the analysis does not hold,
+    is an error.
     """
     phi, modules = data.tables["phi"], data.tables["modules"]
-    targets = main_targets(modules if not modules.empty else phi)
+    source = modules if not modules.empty else phi
+    if targets is not None:
+        held = sorted(source["targets"].astype(str).unique()) if "targets" in source else []
+        if str(targets) not in held:
+            raise LoraAnalysisError(f"targets={targets} is not a target set of this sweep's analysed runs: expected "
+                                    f"one of {held}" if held else f"targets={targets}: this sweep has no analysed run")
+    targets = targets if targets is not None else main_targets(source)
     if not phi.empty and targets is not None and "targets" in phi:
         phi = phi[phi["targets"].astype(str) == str(targets)]
     notes = []
     pair, seeded = rank_pair(phi, notes), seed_rank(phi, notes)
-    source = modules if not modules.empty else phi
     layers = adapted_layers(source) if not source.empty else []
     if layer is not None and layers and layer not in layers:
         raise LoraAnalysisError(f"layer={layer} is not an adapted layer of this sweep: expected one of {layers}")

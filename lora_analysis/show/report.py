@@ -304,8 +304,9 @@ class Study:
     found: Findings
 
 
-def study(sweep_dir: str | Path, layer: int | None = None) -> Study:
-    """Load a sweep, choose its focus, derive its numbers and findings (``layer``: None, the middle one)."""
+def study(sweep_dir: str | Path, layer: int | None = None, targets: str | None = None) -> Study:
+    """Load a sweep, choose its focus, derive its numbers and findings (``layer``: None, the middle one;
+    ``targets``: the set whose subspaces are judged, None: ``show.focus.choose_focus``'s choice)."""
     loaded = load_sweep(sweep_dir)
     shuffled = shuffled_run_labels(loaded.runs)
     data = without_runs(loaded, shuffled)  # the controls are shown as controls, never as results
@@ -313,7 +314,7 @@ def study(sweep_dir: str | Path, layer: int | None = None) -> Study:
     if patterned:  # a rank pattern has no one rank to pair by: its accuracy is compared, not its subspaces
         loaded = without_runs(loaded, patterned, tables_only=True)
         data = without_runs(data, patterned, tables_only=True)
-    focus = choose_focus(data, layer)
+    focus = choose_focus(data, layer, targets)
     rate, note = analysed_rate(data.runs, focus.targets)
     notes = []
     if rate is not None:  # an ablation's search: the pairs at one rate; the other rates feed the U-curves only
@@ -328,7 +329,7 @@ def study(sweep_dir: str | Path, layer: int | None = None) -> Study:
     if why:
         notes.append(why)
     if notes:
-        focus = choose_focus(data, layer)
+        focus = choose_focus(data, layer, targets)
         focus.notes.extend(notes)
     control_phi = focus_tables(loaded, focus)["phi"]
     tables = focus_tables(data, focus)
@@ -340,15 +341,16 @@ def study(sweep_dir: str | Path, layer: int | None = None) -> Study:
     return Study(loaded, data, shuffled, focus, tables, control_phi, derived, found)
 
 
-def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, layer: int | None = None
-                 ) -> tuple[Path, Path]:
+def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, layer: int | None = None,
+                 targets: str | None = None) -> tuple[Path, Path]:
     """Write ``report.html`` (self-contained) and ``report.md`` with ``figures/`` into ``out_dir``.
 
-    ``out_dir`` defaults to ``<sweep>/report``; ``layer`` to the middle adapted layer. Returns the paths
-    of the HTML and the Markdown file.
+    ``out_dir`` defaults to ``<sweep>/report``; ``layer`` to the middle adapted layer; ``targets`` (the set
+    whose subspaces the figures and findings read; the accuracy findings read every set) to ``all`` when
+    present, else the set with most analysed rows. Returns the paths of the HTML and the Markdown file.
     """
     out = report_folder(Path(out_dir) if out_dir is not None else SweepDir(Path(sweep_dir)).report_path)
-    studied = study(sweep_dir, layer)
+    studied = study(sweep_dir, layer, targets)
     loaded, data, focus, tables, derived, found = (studied.loaded, studied.data, studied.focus, studied.tables,
                                                    studied.derived, studied.found)
     control_phi, shuffled = studied.control_phi, studied.shuffled
