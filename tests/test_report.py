@@ -176,7 +176,9 @@ def test_ablation_section_for_several_target_sets(tmp_path):
     rows = [{"run": f"r{r}-seed{s}-{t}", "method": "lora", "seed": s, "lora.r": r, "lora.targets": t,
              "test_accuracy": 0.7 + 0.01 * r ** 0.5 + 0.002 * s + (0.01 if t == "all" else 0), "lora_params": 1000 * r}
             for r in (1, 4, 16) for s in (0, 1, 2) for t in ("q", "ffn", "all")]
-    rows.append({"run": "full-seed0", "method": "full", "seed": 0, "test_accuracy": 0.9})
+    # a full fine-tuning run carries the config's LoRA defaults, which it never used
+    rows.append({"run": "full-seed0", "method": "full", "seed": 0, "test_accuracy": 0.9, "lora.r": 8,
+                 "lora.targets": "attn"})
     runs = pd.DataFrame(rows)
     html, markdown = write_report("Rank ablation", [ablation_section(runs)], tmp_path)
     text = markdown.read_text()
@@ -184,7 +186,8 @@ def test_ablation_section_for_several_target_sets(tmp_path):
     assert "Full fine-tuning reference, at its own rate: 0.900 (n=1)." in text
     assert r"0.712 \[0.707, 0.717\] (3)" in text  # q at r=1: 0.71 + 0.002 * seed over seeds 0, 1, 2; t-interval
     assert (tmp_path / "figures" / "accuracy_rank.png").is_file() and "base64" in html.read_text()
-    assert experiment_table(runs).set_index("setting").loc["rank r", "value"] == "1, 4, 16"
+    settings = experiment_table(runs).set_index("setting")["value"]
+    assert settings["rank r"] == "1, 4, 16" and settings["LoRA targets"] == "all, ffn, q"
 
 
 def test_accuracy_table_is_saved_as_parquet(report):

@@ -67,7 +67,9 @@ def experiment_section(data: SweepData, focus: Focus | None = None) -> Section:
 
 
 def experiment_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Setting and value(s): the config columns of the sweep table worth stating, when present."""
+    """Setting and value(s): the config columns of the sweep table worth stating, when present (a full
+    fine-tuning run's lora.* values, which it never used, left out)."""
+    runs = run_table(runs)
     rows = []
     for label, column in SETTINGS:
         if column in runs and runs[column].notna().any():
