@@ -292,3 +292,24 @@ def test_the_best_cell_is_chosen_on_validation_and_reported_on_test():
     no_val = R.accuracy(test_only, S.accuracy_table(test_only), S.validation_table(test_only),
                         S.full_reference(test_only))
     assert "(the best on test: no validation metric to choose by): targets all at r=64" in no_val.sentences[-1]
+
+
+def test_the_opening_subspace_lines_name_their_target_set_when_one_is_named():
+    """A sweep of several target sets judges the subspaces of one (``report targets=``): its opening lines say
+    which; without a name (a sweep of one set) they read as before."""
+    from types import SimpleNamespace
+
+    from lora_analysis.show.summary import in_short
+
+    summary = pd.DataFrame([dict(comparison="rank", r_a=8, r_b=64, subject=subject, energy=0.83, control=0.81,
+                                 control_name="geometry", excess_mean=0.02, excess_std=0.05, cases=12, task_cases=0)
+                            for subject in ("A_delta", "dW")])
+    nothing = F.Finding.missing("none", "none", "not measured")
+    found = SimpleNamespace(accuracy=nothing, rates=nothing, sets=nothing, budget=nothing, patterns=nothing,
+                            controls=SimpleNamespace(table=summary), loss=nothing)
+    named = in_short(found, (8, 64), None, "ffn")
+    assert [line.split(":")[0] for line in named] == ["A − A_init, r=8 vs r=64 (ffn)", "ΔW, r=8 vs r=64 (ffn)"]
+    assert named[0].endswith("φ(1, r_b) 0.83 against the strongest control 0.81 (input-geometry baseline), excess "
+                             "+0.02 ± 0.05 over 12 cases: not above the control (task-specific in 0).")
+    assert [line.split(":")[0] for line in in_short(found, (8, 64), None)] == ["A − A_init, r=8 vs r=64",
+                                                                              "ΔW, r=8 vs r=64"]

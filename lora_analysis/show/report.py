@@ -271,9 +271,12 @@ def controls_section(tables: dict[str, pd.DataFrame], focus: Focus, control_phi:
 
 
 def summary_section(found: Findings, focus: Focus) -> Section:
-    """The report's opening lines: each verdict with its number (``show.summary``), the detail below."""
+    """The report's opening lines: each verdict with its number (``show.summary``), the detail below; the
+    subspace lines name their target set where the accuracy lines read several."""
     section = Section("In short")
-    section.bullets(in_short(found, focus.rank_pair, focus.seed_rank))
+    cells = found.accuracy.table
+    several = cells is not None and "targets" in cells and cells["targets"].nunique() > 1
+    section.bullets(in_short(found, focus.rank_pair, focus.seed_rank, focus.targets if several else None))
     return section
 
 

@@ -16,16 +16,17 @@ from lora_analysis.show.labels import fmt, label
 SUMMARY_SUBJECTS = (Subject.A_delta, Subject.dW)  # what training wrote into A, and the update itself
 
 
-def in_short(found, rank_pair: tuple[int, int] | None, seed_rank: int | None) -> list[str]:
+def in_short(found, rank_pair: tuple[int, int] | None, seed_rank: int | None, targets: str | None = None
+             ) -> list[str]:
     """The summary lines of ``found`` (a ``show.report.Findings``), the subspace ones for the report's rank pair
-    and seeded rank."""
+    and seeded rank, each naming ``targets`` (the set they read) where given: a sweep of several sets."""
     lines = _accuracy(found.accuracy)
     lines += [s for s in found.rates.sentences if "stops improving" in s]
     for sets in (found.sets, found.budget):  # each pair of sets (a label may hold a colon: "Table 5: q ...")
         lines += [s.split(". By rank: ")[0] + "." if ". By rank: " in s else s for s in sets.sentences
                   if any(s.startswith(f"{pair}: ") for pair in sets.values)]
     lines += [s for s in found.patterns.sentences if s.startswith("rank_pattern ") and "Difference" not in s]
-    lines += _subspaces(found.controls.table, rank_pair, seed_rank)
+    lines += _subspaces(found.controls.table, rank_pair, seed_rank, targets)
     lines += [s for s in found.loss.sentences if " runs converged" in s]
     return lines or ["Nothing was measured: see the Findings below for what is missing."]
 
@@ -45,7 +46,8 @@ def _accuracy(finding) -> list[str]:
             + f"; {int(table['collapsed'].astype(bool).sum())} of {len(table)} cells collapsed at every rate."]
 
 
-def _subspaces(summary: pd.DataFrame | None, rank_pair: tuple[int, int] | None, seed_rank: int | None) -> list[str]:
+def _subspaces(summary: pd.DataFrame | None, rank_pair: tuple[int, int] | None, seed_rank: int | None,
+               targets: str | None = None) -> list[str]:
     """One line per (pair, subject) of ``SUMMARY_SUBJECTS`` for the report's rank pair and seed pair."""
     if summary is None or summary.empty:
         return []
@@ -60,6 +62,7 @@ def _subspaces(summary: pd.DataFrame | None, rank_pair: tuple[int, int] | None, 
                 continue
             row = rows.iloc[0]
             pair = f"r={r_a} vs r={r_b}" if comparison == Comparison.rank.value else f"two seeds at r={r_a}"
+            pair += f" ({targets})" if targets else ""
             lines.append(f"{label(subject)}, {pair}: φ(1, r_b) {fmt(row['energy'])} against the strongest control "
                          f"{fmt(row['control'])} ({CONTROL_LABELS[row['control_name']]}), excess "
                          f"{row['excess_mean']:+.2f} ± {fmt(row['excess_std'])} over {int(row['cases'])} cases: "
