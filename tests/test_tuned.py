@@ -90,6 +90,15 @@ def test_the_u_curves_and_the_table_show_the_choice():
     full = pd.DataFrame([{"run": f"full-lr{lr}", "method": "full", "optim.lr": lr, "seed": 0, "val_accuracy": v,
                           "test_accuracy": v} for lr, v in ((1e-5, 0.78), (3e-5, 0.81), (1e-4, 0.79))])
     fig = run_plots.lr_curves(stats.rate_choices(runs), stats.full_choices(pd.concat([runs, full])))
+    # a rank pattern on a set with no uniform rank: its own panel, its curve starred, named in the legend
+    pattern = pd.DataFrame([{"run": f"v+o-lr{lr}", "method": "lora", "lora.targets": "v+o", "seed": 0, "optim.lr": lr,
+                             "lora.rank_pattern": '{"value": 1, "output.dense": 1}', "val_accuracy": v,
+                             "test_accuracy": v, "majority_accuracy": 0.575} for lr, v in ((3e-5, 0.77), (1e-4, 0.76))])
+    starred = run_plots.lr_curves(stats.rate_choices(runs), None, stats.pattern_choices(pd.concat([runs, pattern])))
+    assert [ax.get_title() for ax in starred.axes] == ["attn, r=4", "ffn, r=4", "v+o"]
+    (line,) = starred.axes[2].get_lines()
+    assert line.get_label().startswith("rank pattern ") and line.get_marker() == "*"
+    assert list(line.get_xdata()) == [3e-5, 1e-4] and list(line.get_ydata()) == [0.77, 0.76]
     for ax in fig.axes:  # full fine-tuning's own curve in every panel, its chosen rate ringed
         (line,) = [line for line in ax.get_lines() if line.get_label() == "full fine-tuning"]
         assert list(line.get_xdata()) == [1e-5, 3e-5, 1e-4] and list(line.get_ydata()) == [0.78, 0.81, 0.79]

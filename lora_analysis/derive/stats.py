@@ -235,6 +235,15 @@ def pattern_table(runs: pd.DataFrame, metric: str | None = None) -> pd.DataFrame
     return table.merge(params, on=["targets", "pattern"], how="left")[PATTERN_COLUMNS]
 
 
+def pattern_choices(runs: pd.DataFrame) -> pd.DataFrame:
+    """``tuned.lr_choices`` of the rank-pattern runs per (target set, pattern): what ``pattern_table`` chose from."""
+    lora = patterned_runs(lora_runs(runs))
+    if lora.empty or "optim.lr" not in lora:
+        return pd.DataFrame(columns=["targets", "pattern", *CHOICE_COLUMNS])
+    lora = lora.assign(targets=lora.get("lora.targets", "n/a"), pattern=lora["lora.rank_pattern"].map(pattern_label))
+    return lr_choices(lora, ["targets", "pattern"])
+
+
 def pattern_label(rank_pattern: str) -> str:
     """A rank_pattern's JSON (``{"encoder\\.layer\\.\\d+\\.attention\\.self\\.query": 1, ...}``) as ranks
     by role, ``q1 k1 v1 o2 ffn_in2 ffn_out1``; a key for one layer gets its index (``q@3``), a key whose role
@@ -313,7 +322,8 @@ class Derived:
     ``budget_accuracy``: of the budget-matched runs;
     ``full_choices``: the same for full fine-tuning (one cell, its own grid); ``full``: ``full_reference``, the
     full fine-tuning cell at its rate (the reference line, the accuracy and rates findings read it);
-    ``patterns``: ``pattern_table`` (rank patterns under test); ``a_moved``: ``a_moved_table``; ``controls``:
+    ``patterns``: ``pattern_table`` (rank patterns under test), ``pattern_choices`` what it chose from;
+    ``a_moved``: ``a_moved_table``; ``controls``:
     ``controls.direction_controls`` (every direction of every real pair against the strongest control;
     the shuffled-label pairs are its controls), ``task``: ``controls.task_directions`` of it.
     """
@@ -328,6 +338,7 @@ class Derived:
     full: dict | None
     budget_accuracy: pd.DataFrame
     patterns: pd.DataFrame
+    pattern_choices: pd.DataFrame
     a_moved: pd.DataFrame
     controls: pd.DataFrame
     task: pd.DataFrame
@@ -344,7 +355,8 @@ class Derived:
         per_direction = direction_controls(phi if control_phi is None else control_phi, shuffled)
         return cls(targets, metric, shared_directions(phi), accuracy_table(runs, metric),
                    validation_table(runs), rate_choices(runs), full_choices(runs), full_reference(runs, metric),
-                   accuracy_table(budgeted_runs(runs), metric), pattern_table(runs, metric), a_moved_table(modules),
+                   accuracy_table(budgeted_runs(runs), metric), pattern_table(runs, metric), pattern_choices(runs),
+                   a_moved_table(modules),
                    per_direction, task_directions(per_direction))
 
     @classmethod

@@ -138,19 +138,33 @@ def accuracy_vs_params(runs: pd.DataFrame, table: pd.DataFrame, patterns: pd.Dat
 
 
 @styled
-def lr_curves(choices: pd.DataFrame, full: pd.DataFrame | None = None) -> Figure:
+def lr_curves(choices: pd.DataFrame, full: pd.DataFrame | None = None, patterns: pd.DataFrame | None = None
+              ) -> Figure:
     """Validation metric against learning rate (log), one line per rank, one panel per target set: the U-curves
     each cell's rate was chosen from (``stats.rate_choices``); the chosen rate ringed. ``full``
     (``stats.full_choices``): full fine-tuning's own curve, in black in every panel, where it tried several rates:
-    how far LoRA's best rates sit from full fine-tuning's, at a glance."""
+    how far LoRA's best rates sit from full fine-tuning's, at a glance. ``patterns`` (``stats.pattern_choices``):
+    each rank pattern's curve, starred, in the panel of its target set (a panel of its own where that set has
+    no uniform rank)."""
     if choices.empty or choices.groupby(["targets", "r"])["lr"].nunique().max() < 2:
         raise LoraAnalysisError("no cell was trained at more than one learning rate")
-    sets = sorted(choices["targets"].astype(str).unique())
+    patterns = patterns if patterns is not None and not patterns.empty else None
+    sets = sorted(set(choices["targets"].astype(str)) | (set(patterns["targets"].astype(str)) if patterns is not None
+                                                         else set()))
     with_full = full is not None and full["lr"].nunique() > 1
     fig = new_figure(min(max(3.2 * len(sets), 5.2), 13.0), 3.6)
     axes = np.atleast_1d(fig.subplots(1, len(sets), sharey=True, squeeze=False)[0])
     for ax, targets in zip(axes, sets, strict=True):
         cell = choices[choices["targets"].astype(str) == targets]
+        for pattern, t in (patterns[patterns["targets"].astype(str) == targets].groupby("pattern")
+                           if patterns is not None else []):
+            t = t.sort_values("lr")
+            ax.plot(t["lr"], t["val_mean"], marker="*", markersize=10, lw=1.2, color="C2",
+                    label=f"rank pattern {pattern}")
+            ax.scatter(t.loc[t["chosen"], "lr"], t.loc[t["chosen"], "val_mean"], s=140, facecolors="none",
+                       edgecolors="C2", zorder=3)
+            cut = t[t["halved"].astype(bool)]
+            ax.scatter(cut["lr"], cut["val_mean"], s=60, marker="x", color="C2", zorder=3)
         for index, (r, t) in enumerate(cell.groupby("r")):
             t = t.sort_values("lr")
             ax.plot(t["lr"], t["val_mean"], marker="o", lw=1.2, color=f"C{index}", label=f"r={int(r)}")
@@ -168,9 +182,11 @@ def lr_curves(choices: pd.DataFrame, full: pd.DataFrame | None = None) -> Figure
         ax.set_xscale("log")
         ranks = cell["r"].unique()  # one rank per set (a budget sweep): named in its panel's title
         ax.set(title=f"{targets}, r={int(ranks[0])}" if len(ranks) == 1 else targets, xlabel="learning rate")
+        if patterns is not None and (patterns["targets"].astype(str) == targets).any() and ax is not axes[-1]:
+            ax.legend(frameon=False, fontsize=7)  # a rank pattern is named where it is drawn
     axes[0].set_ylabel("validation metric\n(mean over the seeds every rate has)")
-    if choices.groupby("targets")["r"].nunique().max() > 1 or with_full:  # else each title names its one rank
-        axes[-1].legend(frameon=False, fontsize=7)
+    if choices.groupby("targets")["r"].nunique().max() > 1 or with_full or patterns is not None:
+        axes[-1].legend(frameon=False, fontsize=7)  # else each title names its one rank
     halved = "halved" in choices and choices["halved"].astype(bool).any()
     fig.suptitle("Validation metric against learning rate per cell\nringed: the rate chosen"
                  + ("\ncrossed: stopped at the search's rung (successive halving), its validation there" if halved

@@ -127,7 +127,8 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str |
     lines = (["black: full fine-tuning"] if full else []) + (
         ["dotted: majority class"] if run_plots.draws_majority(runs, metric) else [])
     if derived.lr_choices.groupby(["targets", "r"])["lr"].nunique().max() > 1:
-        section.plot("lr_curves", lambda: run_plots.lr_curves(derived.lr_choices, derived.full_choices),
+        section.plot("lr_curves", lambda: run_plots.lr_curves(derived.lr_choices, derived.full_choices,
+                                                              derived.pattern_choices),
                      "Validation metric against learning rate for every cell: each cell's rate is the best on "
                      "validation; the test split is scored only at it"
                      + ("; black, dashed: full fine-tuning on its own grid." if derived.full_choices["lr"].nunique() > 1
