@@ -225,11 +225,9 @@ def pattern_table(runs: pd.DataFrame, metric: str | None = None) -> pd.DataFrame
     (target set, pattern): each at its own rate chosen on validation, over its seeds. ``pattern`` is the
     pattern's ranks by role (``pattern_label``)."""
     metric = metric or metric_column(runs)
-    lora = patterned_runs(lora_runs(runs))
+    lora = _pattern_cells(runs)
     if metric is None or lora.empty:
         return pd.DataFrame(columns=PATTERN_COLUMNS)
-    lora = lora.assign(targets=lora.get("lora.targets", "n/a"), pattern=lora["lora.rank_pattern"].map(pattern_label),
-                       lora_params=lora.get("lora_params", np.nan))
     table = tuned_table(lora, ["targets", "pattern"], metric)
     params = lora.groupby(["targets", "pattern"], as_index=False)["lora_params"].mean()
     return table.merge(params, on=["targets", "pattern"], how="left")[PATTERN_COLUMNS]
@@ -237,11 +235,20 @@ def pattern_table(runs: pd.DataFrame, metric: str | None = None) -> pd.DataFrame
 
 def pattern_choices(runs: pd.DataFrame) -> pd.DataFrame:
     """``tuned.lr_choices`` of the rank-pattern runs per (target set, pattern): what ``pattern_table`` chose from."""
-    lora = patterned_runs(lora_runs(runs))
+    lora = _pattern_cells(runs)
     if lora.empty or "optim.lr" not in lora:
         return pd.DataFrame(columns=["targets", "pattern", *CHOICE_COLUMNS])
-    lora = lora.assign(targets=lora.get("lora.targets", "n/a"), pattern=lora["lora.rank_pattern"].map(pattern_label))
     return lr_choices(lora, ["targets", "pattern"])
+
+
+def _pattern_cells(runs: pd.DataFrame) -> pd.DataFrame:
+    """The LoRA runs with a ``lora.rank_pattern``, as cells: ``targets``, ``pattern`` (``pattern_label``) and
+    ``lora_params`` columns (``_rank_cells``' twin)."""
+    lora = patterned_runs(lora_runs(runs))
+    if lora.empty:
+        return lora
+    return lora.assign(targets=lora.get("lora.targets", "n/a"), pattern=lora["lora.rank_pattern"].map(pattern_label),
+                       lora_params=lora.get("lora_params", np.nan))
 
 
 def pattern_label(rank_pattern: str) -> str:

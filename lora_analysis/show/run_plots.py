@@ -149,15 +149,16 @@ def lr_curves(choices: pd.DataFrame, full: pd.DataFrame | None = None, patterns:
     if choices.empty or choices.groupby(["targets", "r"])["lr"].nunique().max() < 2:
         raise LoraAnalysisError("no cell was trained at more than one learning rate")
     patterns = patterns if patterns is not None and not patterns.empty else None
-    sets = sorted(set(choices["targets"].astype(str)) | (set(patterns["targets"].astype(str)) if patterns is not None
-                                                         else set()))
+    pattern_sets = set(patterns["targets"].astype(str)) if patterns is not None else set()
+    sets = sorted(set(choices["targets"].astype(str)) | pattern_sets)
     with_full = full is not None and full["lr"].nunique() > 1
+    several = choices.groupby("targets")["r"].nunique().max() > 1 or with_full  # else each title names its rank
     fig = new_figure(min(max(3.2 * len(sets), 5.2), 13.0), 3.6)
     axes = np.atleast_1d(fig.subplots(1, len(sets), sharey=True, squeeze=False)[0])
     for ax, targets in zip(axes, sets, strict=True):
         cell = choices[choices["targets"].astype(str) == targets]
         for pattern, t in (patterns[patterns["targets"].astype(str) == targets].groupby("pattern")
-                           if patterns is not None else []):
+                           if targets in pattern_sets else []):
             t = t.sort_values("lr")
             ax.plot(t["lr"], t["val_mean"], marker="*", markersize=10, lw=1.2, color="C2",
                     label=f"rank pattern {pattern}")
@@ -182,11 +183,9 @@ def lr_curves(choices: pd.DataFrame, full: pd.DataFrame | None = None, patterns:
         ax.set_xscale("log")
         ranks = cell["r"].unique()  # one rank per set (a budget sweep): named in its panel's title
         ax.set(title=f"{targets}, r={int(ranks[0])}" if len(ranks) == 1 else targets, xlabel="learning rate")
-        if patterns is not None and (patterns["targets"].astype(str) == targets).any() and ax is not axes[-1]:
-            ax.legend(frameon=False, fontsize=7)  # a rank pattern is named where it is drawn
+        if targets in pattern_sets or (several and ax is axes[-1]):  # a rank pattern is named where it is drawn
+            ax.legend(frameon=False, fontsize=7)
     axes[0].set_ylabel("validation metric\n(mean over the seeds every rate has)")
-    if choices.groupby("targets")["r"].nunique().max() > 1 or with_full or patterns is not None:
-        axes[-1].legend(frameon=False, fontsize=7)  # else each title names its one rank
     halved = "halved" in choices and choices["halved"].astype(bool).any()
     fig.suptitle("Validation metric against learning rate per cell\nringed: the rate chosen"
                  + ("\ncrossed: stopped at the search's rung (successive halving), its validation there" if halved
