@@ -293,6 +293,13 @@ class SweepDir:
         runs = (RunDir(p.parent) for p in self.path.glob(f"*/{RunDir.DONE}"))
         return sorted((r for r in runs if not r.failed_path.exists()), key=lambda r: r.path)
 
+    def unfinished_runs(self) -> list[RunDir]:
+        """Run folders with a saved config and neither ``DONE`` nor ``FAILED.json``: started and not finished
+        (a sweep still running, a search paused at its rung, or one stopped)."""
+        runs = (RunDir(p.parent) for p in self.path.glob(f"*/{RunDir.CONFIG}"))
+        return sorted((r for r in runs if not r.done_path.exists() and not r.failed_path.exists()),
+                      key=lambda r: r.path)
+
     def failed_runs(self) -> list[RunDir]:
         return sorted((RunDir(p.parent) for p in self.path.glob(f"*/{RunDir.FAILED}")), key=lambda r: r.path)
 

@@ -127,3 +127,26 @@ def patterned_runs(runs: pd.DataFrame) -> pd.DataFrame:
 def has_majority(runs: pd.DataFrame) -> bool:
     """Whether the sweep table records the majority-class accuracy of the test set."""
     return "majority_accuracy" in runs and bool(runs["majority_accuracy"].notna().any())
+
+
+def unfinished_cells(unfinished: pd.DataFrame) -> pd.DataFrame:
+    """The cell each unfinished run (``show.sweep.unfinished_runs``: run and config columns) will join when it
+    finishes: ``run``, ``kind`` (``rank``: a LoRA cell of one rank; ``pattern``, ``full``, ``control``: a
+    shuffled-label run; ``unknown``: no readable config), ``targets``, ``r`` (for ``rank``) and ``label``
+    (``attn r=8``, ``full fine-tuning``, ...)."""
+    rows = []
+    for run in unfinished.to_dict("records") if not unfinished.empty else []:
+        targets, r = run.get("lora.targets"), run.get("lora.r")
+        if str(run.get("data.shuffle_labels")).lower() in ("true", "1"):
+            kind, label = "control", f"{targets} r={r} (shuffled labels)"
+        elif run.get("method") == "full":
+            kind, label = "full", "full fine-tuning"
+        elif isinstance(run.get("lora.rank_pattern"), str):
+            kind, label = "pattern", f"{targets} rank pattern"
+        elif targets is None or r is None or pd.isna(r):
+            kind, label = "unknown", "config unreadable"
+        else:
+            kind, label = "rank", f"{targets} r={int(r)}"
+        rows.append({"run": run["run"], "kind": kind, "targets": targets,
+                     "r": int(r) if kind == "rank" else None, "label": label})
+    return pd.DataFrame(rows, columns=["run", "kind", "targets", "r", "label"])

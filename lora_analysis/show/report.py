@@ -37,6 +37,7 @@ from lora_analysis.show.sections import (
     recommendation_section,
     run_table,
     runs_section,
+    unfinished_note,
 )
 from lora_analysis.show.summary import in_short
 from lora_analysis.show.sweep import SweepData, load_sweep, without_runs
@@ -270,13 +271,15 @@ def controls_section(tables: dict[str, pd.DataFrame], focus: Focus, control_phi:
     return section
 
 
-def summary_section(found: Findings, focus: Focus) -> Section:
+def summary_section(found: Findings, focus: Focus, pending: str | None = None) -> Section:
     """The report's opening lines: each verdict with its number (``show.summary``), the detail below; the
-    subspace lines name their target set where the accuracy lines read several."""
+    subspace lines name their target set where the accuracy lines read several. ``pending``
+    (``sections.unfinished_note``): the sweep's unfinished runs, said first."""
     section = Section("In short")
     cells = found.accuracy.table
     several = cells is not None and "targets" in cells and cells["targets"].nunique() > 1
-    section.bullets(in_short(found, focus.rank_pair, focus.seed_rank, focus.targets if several else None))
+    section.bullets(([pending] if pending else [])
+                    + in_short(found, focus.rank_pair, focus.seed_rank, focus.targets if several else None))
     return section
 
 
@@ -358,13 +361,13 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, la
                                                    studied.derived, studied.found)
     control_phi, shuffled = studied.control_phi, studied.shuffled
     sections = [  # the verdicts first, as an abstract, then the findings; then the settings and the detail
-        summary_section(found, focus),
+        summary_section(found, focus, unfinished_note(loaded)),
         findings_section(found),
         experiment_section(data, focus),
         paper_section(data, focus, found, derived),
         figures_section(tables, focus, found),
         controls_section(tables, focus, control_phi, shuffled),
-        ablation_section(data.runs, sentences=False, derived=derived),
+        ablation_section(data.runs, sentences=False, derived=derived, unfinished=loaded.unfinished),
         recommendation_section(data, derived),
         runs_section(loaded.runs, loaded.histories),
         environment_section(loaded.runs),

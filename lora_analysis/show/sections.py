@@ -10,7 +10,7 @@ from importlib import metadata
 
 import pandas as pd
 
-from lora_analysis.derive.queries import budgeted_runs, full_runs, lora_runs, main_targets
+from lora_analysis.derive.queries import budgeted_runs, full_runs, lora_runs, main_targets, unfinished_cells
 from lora_analysis.derive.stats import Derived
 from lora_analysis.embedded import describe
 from lora_analysis.errors import LoraAnalysisError
@@ -59,11 +59,25 @@ def experiment_section(data: SweepData, focus: Focus | None = None) -> Section:
                      "adapted layer unless chosen), " + (f"ranks {focus.rank_pair[0]} against {focus.rank_pair[1]}"
                                                         if focus.rank_pair else "no rank pair")
                      + (f" and seeds at r={focus.seed_rank}." if focus.seed_rank else " and no seed pair."))
-    gaps = data.missing + data.notes + (focus.notes if focus else [])
+    pending = unfinished_note(data)
+    gaps = data.missing + data.notes + (focus.notes if focus else []) + (
+        [f"{pending} ({', '.join(data.unfinished['run'].astype(str))})"] if pending else [])
     if gaps:
         section.text("Missing or skipped:")
         section.bullets(gaps)
     return section
+
+
+def unfinished_note(data: SweepData) -> str | None:
+    """What the runs started and not finished (``data.unfinished``) leave open, by the cell each will join;
+    None when every run finished."""
+    cells = unfinished_cells(data.unfinished)
+    if cells.empty:
+        return None
+    counts = cells["label"].value_counts(sort=False)
+    return (f"{len(cells)} run(s) unfinished when this report was built (a sweep still running, or stopped): in no "
+            "table, figure or verdict here; the cells they will join may change (their rate, mean, interval): "
+            + ", ".join(f"{label} ({n})" for label, n in counts.items()))
 
 
 def experiment_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -84,12 +98,23 @@ def _plain(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def accuracy_pivot(table: pd.DataFrame) -> pd.DataFrame:
+def accuracy_pivot(table: pd.DataFrame, unfinished: pd.DataFrame | None = None) -> pd.DataFrame:
     """``accuracy_table`` as target sets by ranks, cells ``mean [95% interval] (n, lr)``, for display; a
-    collapsed cell says so, a rate at the edge of its grid is marked ``edge``."""
-    if table.empty:
+    collapsed cell says so, a rate at the edge of its grid is marked ``edge``. ``unfinished``
+    (``queries.unfinished_cells``): a cell with runs still to finish says how many (its rate and mean may
+    change), a cell with no finished run yet is shown with that count alone."""
+    pending = (unfinished[unfinished["kind"] == "rank"].groupby(["targets", "r"]).size()
+               if unfinished is not None and not unfinished.empty else pd.Series(dtype=int))
+    if table.empty and pending.empty:
         return pd.DataFrame()
-    cells = table.assign(cell=[_cell(row) for row in table.itertuples()])
+    cells = table.assign(cell=[_cell(row) for row in table.itertuples()])[["targets", "r", "cell"]].astype({"r": int})
+    for (targets, r), count in pending.items():
+        mark = f"{count} unfinished"
+        here = (cells["targets"] == targets) & (cells["r"] == r)
+        if here.any():
+            cells.loc[here, "cell"] = cells.loc[here, "cell"] + f", {mark}"
+        else:
+            cells = pd.concat([cells, pd.DataFrame([{"targets": targets, "r": int(r), "cell": f"— ({mark})"}])])
     wide = cells.pivot(index="targets", columns="r", values="cell").fillna("—")
     wide.columns = [f"r={c}" for c in wide.columns]
     return wide.reset_index()
@@ -104,11 +129,13 @@ def _cell(row) -> str:
 
 
 def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str | None = None,
-                     sentences: bool = True, derived: Derived | None = None) -> Section:
+                     sentences: bool = True, derived: Derived | None = None,
+                     unfinished: pd.DataFrame | None = None) -> Section:
     """Test metric per (target set, rank): table and figure, the budget-matched variant, full fine-tuning.
 
     ``sentences`` adds the accuracy finding (off when a Findings section already states it);
-    ``derived``: the report's tables when already computed (for this ``metric``).
+    ``derived``: the report's tables when already computed (for this ``metric``); ``unfinished``: the
+    sweep's runs not finished (``SweepData.unfinished``), counted in the cells they will join.
     """
     derived = derived if derived is not None else Derived.of_runs(runs, metric)
     metric = derived.metric
@@ -118,9 +145,11 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str |
     if table.empty:
         section.text(f"No finished LoRA run with a test metric in {SweepDir.TABLE}.")
         return section
-    section.table(accuracy_pivot(table), f"{metric} at each cell's learning rate chosen on validation: mean [95% "
+    section.table(accuracy_pivot(table, unfinished_cells(unfinished) if unfinished is not None else None),
+                  f"{metric} at each cell's learning rate chosen on validation: mean [95% "
                   "t-interval] over seeds (number of seeds, the rate where several were tried; edge: the rate is at "
-                  "an end of the grid; collapsed: every rate predicted the majority class on validation)")
+                  "an end of the grid; collapsed: every rate predicted the majority class on validation; "
+                  "unfinished: runs of the cell still to finish)")
     full = derived.full
     section.text(f"Full fine-tuning reference, at its own rate: {R.full_text(full)}." if full else
                  "No full fine-tuning run in this sweep: no reference line.")

@@ -27,6 +27,7 @@ class SweepData:
     tables: dict[str, pd.DataFrame]
     notes: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    unfinished: pd.DataFrame = field(default_factory=pd.DataFrame)  # started, not finished: run and config columns
 
 
 def load_sweep(sweep_dir: str | Path) -> SweepData:
@@ -55,7 +56,22 @@ def load_sweep(sweep_dir: str | Path) -> SweepData:
     result = AnalysisResult.load(analysis.path, partial=True)
     missing += [_relative(analysis.table(name), sweep) for name in TABLES if not analysis.table(name).is_file()]
     return SweepData(sweep.path, runs, histories, {name: getattr(result, name) for name in TABLES},
-                     list(result.notes), missing)
+                     list(result.notes), missing, unfinished_runs(sweep))
+
+
+def unfinished_runs(sweep: SweepDir) -> pd.DataFrame:
+    """One row per run started and not finished (``SweepDir.unfinished_runs``): its name and flattened config
+    values (``lora.targets``, ``lora.r``, ``optim.lr``, ...), the cell it will join when it finishes; a config
+    that does not read gives the name alone."""
+    rows = []
+    for run in sweep.unfinished_runs():
+        try:
+            config = run.load_config() or {}
+        except LoraAnalysisError:
+            config = {}
+        rows.append({"run": run.name, **pd.json_normalize(config, sep=".").iloc[0].to_dict()} if config
+                    else {"run": run.name})
+    return pd.DataFrame(rows)
 
 
 def _relative(path: Path, sweep: SweepDir) -> str:
@@ -76,7 +92,7 @@ def without_runs(data: SweepData, names: set[str], *, tables_only: bool = False)
                 keep &= ~frame[column].astype(str).isin(names)
         tables[key] = frame[keep]
     if tables_only:
-        return SweepData(data.sweep_dir, data.runs, data.histories, tables, data.notes, data.missing)
+        return SweepData(data.sweep_dir, data.runs, data.histories, tables, data.notes, data.missing, data.unfinished)
     runs = data.runs[~data.runs["run"].astype(str).isin(names)] if "run" in data.runs else data.runs
     histories = {k: v for k, v in data.histories.items() if k not in names}
-    return SweepData(data.sweep_dir, runs, histories, tables, data.notes, data.missing)
+    return SweepData(data.sweep_dir, runs, histories, tables, data.notes, data.missing, data.unfinished)
