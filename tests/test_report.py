@@ -277,18 +277,20 @@ def test_runs_still_to_finish_are_said_first_and_counted_in_their_cells(tmp_path
         (sweep / name).mkdir()
         (sweep / name / "config.yaml").write_text(yaml.safe_dump({"method": "lora", "seed": 2, **config}))
     (sweep / "r8-seed3" / "FAILED.json").write_text("{}")  # a failed run is not one still to finish
+    (sweep / "r32-seed0").mkdir()
+    (sweep / "r32-seed0" / "config.yaml").write_bytes(b"\x00\xffnot yaml")  # damaged: named, its cell unknown
     _, markdown = build_report(sweep)
     text = markdown.read_text()
     short = text[text.index("## In short"):text.index("## Findings")]
     assert short.split("\n- ")[1] == (
-        "4 run(s) unfinished when this report was built (a sweep still running, or stopped): in no table, figure or "
+        "5 run(s) unfinished when this report was built (a sweep still running, or stopped): in no table, figure or "
         "verdict here; the cells they will join may change (their rate, mean, interval): full fine-tuning (1), all "
-        "r=16 (1), all r=8 (shuffled labels) (1), all r=8 (1)")
+        "r=16 (1), config unreadable (1), all r=8 (shuffled labels) (1), all r=8 (1)")
     accuracy = text.split("## Accuracy against rank")[1]
     assert ("| targets | r=8 | r=16 | r=64 |" in accuracy  # r = 16 has no finished run yet: its column all the same
             and "| all | 0.776 (1), 1 unfinished | — (1 unfinished) | 0.772 \\[0.747, 0.797\\] (2) |" in accuracy)
-    assert "(full-seed1, r16-seed0, r8-seed0-shuffled, r8-seed2)" in text  # named under The experiment
-    for name in ("r16-seed0", "full-seed1", "r8-seed0-shuffled", "r8-seed2"):
+    assert "(full-seed1, r16-seed0, r32-seed0, r8-seed0-shuffled, r8-seed2)" in text  # named under The experiment
+    for name in ("r16-seed0", "full-seed1", "r32-seed0", "r8-seed0-shuffled", "r8-seed2"):
         shutil.rmtree(sweep / name)  # only the failed run left: nothing pending, nothing said
     _, markdown = build_report(sweep)
     text = markdown.read_text()

@@ -137,16 +137,17 @@ def unfinished_cells(unfinished: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for run in unfinished.to_dict("records") if not unfinished.empty else []:
         targets, r = run.get("lora.targets"), run.get("lora.r")
+        r = None if r is None or pd.isna(r) else int(r)  # a float where another run's config lacks it
         if str(run.get("data.shuffle_labels")).lower() in ("true", "1"):
             kind, label = "control", f"{targets} r={r} (shuffled labels)"
         elif run.get("method") == "full":
             kind, label = "full", "full fine-tuning"
         elif isinstance(run.get("lora.rank_pattern"), str):
             kind, label = "pattern", f"{targets} rank pattern"
-        elif targets is None or r is None or pd.isna(r):
+        elif targets is None or r is None or pd.isna(targets):
             kind, label = "unknown", "config unreadable"
         else:
-            kind, label = "rank", f"{targets} r={int(r)}"
-        rows.append({"run": run["run"], "kind": kind, "targets": targets,
-                     "r": int(r) if kind == "rank" else None, "label": label})
+            kind, label = "rank", f"{targets} r={r}"
+        rows.append({"run": run["run"], "kind": kind, "targets": targets, "r": r if kind == "rank" else None,
+                     "label": label})
     return pd.DataFrame(rows, columns=["run", "kind", "targets", "r", "label"])
