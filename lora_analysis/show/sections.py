@@ -145,11 +145,13 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str |
     if table.empty:
         section.text(f"No finished LoRA run with a test metric in {SweepDir.TABLE}.")
         return section
-    section.table(accuracy_pivot(table, unfinished_cells(unfinished) if unfinished is not None else None),
-                  f"{metric} at each cell's learning rate chosen on validation: mean [95% "
-                  "t-interval] over seeds (number of seeds, the rate where several were tried; edge: the rate is at "
-                  "an end of the grid; collapsed: every rate predicted the majority class on validation; "
-                  "unfinished: runs of the cell still to finish)")
+    pending = unfinished_cells(unfinished) if unfinished is not None else None
+    caption = (f"{metric} at each cell's learning rate chosen on validation: mean [95% t-interval] over seeds "
+               "(number of seeds, the rate where several were tried; edge: the rate is at an end of the grid; "
+               "collapsed: every rate predicted the majority class on validation"
+               + ("; unfinished: runs of the cell still to finish)" if pending is not None and not pending.empty
+                  else ")"))
+    section.table(accuracy_pivot(table, pending), caption)
     full = derived.full
     section.text(f"Full fine-tuning reference, at its own rate: {R.full_text(full)}." if full else
                  "No full fine-tuning run in this sweep: no reference line.")
