@@ -10,7 +10,7 @@ from importlib import metadata
 
 import pandas as pd
 
-from lora_analysis.derive.queries import budgeted_runs, full_runs, lora_runs, main_targets, unfinished_cells
+from lora_analysis.derive.queries import budgeted_runs, full_runs, lora_runs, main_targets
 from lora_analysis.derive.stats import Derived
 from lora_analysis.embedded import describe
 from lora_analysis.errors import LoraAnalysisError
@@ -71,7 +71,7 @@ def experiment_section(data: SweepData, focus: Focus | None = None) -> Section:
 def unfinished_note(data: SweepData) -> str | None:
     """What the runs started and not finished (``data.unfinished``) leave open, by the cell each will join;
     None when every run finished."""
-    cells = unfinished_cells(data.unfinished)
+    cells = data.unfinished
     if cells.empty:
         return None
     counts = cells["label"].value_counts(sort=False)
@@ -135,7 +135,7 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str |
 
     ``sentences`` adds the accuracy finding (off when a Findings section already states it);
     ``derived``: the report's tables when already computed (for this ``metric``); ``unfinished``: the
-    sweep's runs not finished (``SweepData.unfinished``), counted in the cells they will join.
+    sweep's runs not finished (``SweepData.unfinished``: their cells), counted in the cells they will join.
     """
     derived = derived if derived is not None else Derived.of_runs(runs, metric)
     metric = derived.metric
@@ -145,13 +145,12 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str |
     if table.empty:
         section.text(f"No finished LoRA run with a test metric in {SweepDir.TABLE}.")
         return section
-    pending = unfinished_cells(unfinished) if unfinished is not None else None
     caption = (f"{metric} at each cell's learning rate chosen on validation: mean [95% t-interval] over seeds "
                "(number of seeds, the rate where several were tried; edge: the rate is at an end of the grid; "
                "collapsed: every rate predicted the majority class on validation"
-               + ("; unfinished: runs of the cell still to finish)" if pending is not None and not pending.empty
+               + ("; unfinished: runs of the cell still to finish)" if unfinished is not None and not unfinished.empty
                   else ")"))
-    section.table(accuracy_pivot(table, pending), caption)
+    section.table(accuracy_pivot(table, unfinished), caption)
     full = derived.full
     section.text(f"Full fine-tuning reference, at its own rate: {R.full_text(full)}." if full else
                  "No full fine-tuning run in this sweep: no reference line.")

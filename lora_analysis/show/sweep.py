@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lora_analysis.derive.queries import unfinished_cells
 from lora_analysis.errors import LoraAnalysisError, first_line
 from lora_analysis.layout import SweepDir
 
@@ -27,7 +28,7 @@ class SweepData:
     tables: dict[str, pd.DataFrame]
     notes: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
-    unfinished: pd.DataFrame = field(default_factory=pd.DataFrame)  # started, not finished: run and config columns
+    unfinished: pd.DataFrame = field(default_factory=pd.DataFrame)  # started, not finished: queries.unfinished_cells
 
 
 def load_sweep(sweep_dir: str | Path) -> SweepData:
@@ -60,9 +61,8 @@ def load_sweep(sweep_dir: str | Path) -> SweepData:
 
 
 def unfinished_runs(sweep: SweepDir) -> pd.DataFrame:
-    """One row per run started and not finished (``SweepDir.unfinished_runs``): its name and flattened config
-    values (``lora.targets``, ``lora.r``, ``optim.lr``, ...), the cell it will join when it finishes; a config
-    that does not read gives the name alone."""
+    """One row per run started and not finished (``SweepDir.unfinished_runs``): the cell it will join when it
+    finishes (``queries.unfinished_cells`` of its flattened config; a config that does not read: the name alone)."""
     rows = []
     for run in sweep.unfinished_runs():
         try:
@@ -71,7 +71,7 @@ def unfinished_runs(sweep: SweepDir) -> pd.DataFrame:
             config = {}
         rows.append({"run": run.name, **pd.json_normalize(config, sep=".").iloc[0].to_dict()} if config
                     else {"run": run.name})
-    return pd.DataFrame(rows)
+    return unfinished_cells(pd.DataFrame(rows))
 
 
 def _relative(path: Path, sweep: SweepDir) -> str:
