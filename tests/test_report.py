@@ -295,3 +295,30 @@ def test_runs_still_to_finish_are_said_first_and_counted_in_their_cells(tmp_path
     _, markdown = build_report(sweep)
     text = markdown.read_text()
     assert "unfinished" not in text.split("## Runs")[0] and "| all | 0.776 (1) | 0.772 \\[0.747, 0.797\\] (2) |" in text
+
+
+def test_the_recommendation_reads_the_reports_target_set(tmp_path):
+    """``report targets=q+v`` recommends for q+v, as ``recommend targets=q+v`` would: it read ``all`` whenever the
+    sweep held it, so a report on another set printed all's recommendation (or none) under that set's findings."""
+    import dataclasses
+
+    from lora_analysis.show.sections import recommendation_section
+    from lora_analysis.show.sweep import load_sweep
+
+    sweep = fabricate_sweep(tmp_path / "two", ("r4-seed0", "r8-seed0", "r64-seed0", "r8-seed1", "r64-seed1"),
+                            layers=(0,), modules=("q", "v"))
+    data = load_sweep(sweep)
+
+    def with_twin_set(frame: pd.DataFrame) -> pd.DataFrame:  # the same numbers under a second target set
+        return pd.concat([frame.astype({"targets": str}), frame.astype({"targets": str}).assign(targets="q+v")],
+                         ignore_index=True)
+
+    data = dataclasses.replace(data, tables=dict(data.tables, phi=with_twin_set(data.tables["phi"]),
+                                                 modules=with_twin_set(data.tables["modules"])))
+    for targets in ("all", "q+v"):
+        phi, modules = (data.tables[t][data.tables[t]["targets"] == targets] for t in ("phi", "modules"))
+        section = recommendation_section(data, S.Derived.compute(phi, modules, data.runs, targets))
+        text = "\n".join(map(str, section.blocks))
+        assert f"target set {targets}" in text and f"target set {({'all', 'q+v'} - {targets}).pop()}" not in text
+    unnamed = "\n".join(map(str, recommendation_section(data).blocks))  # no report target set: all, as before
+    assert "target set all" in unnamed

@@ -191,14 +191,17 @@ def ablation_section(runs: pd.DataFrame, metric: str | None = None, title: str |
 
 
 def recommendation_section(data: SweepData, derived: Derived | None = None) -> Section:
-    """``lora-analysis recommend``'s answer for the sweep: the rank per role, and how it was reached."""
+    """``lora-analysis recommend``'s answer for the sweep: the rank per role, and how it was reached. It reads
+    the report's target set (``derived.targets``, what ``report targets=`` names), as ``recommend targets=``
+    does; without one, ``all`` where present (``queries.main_targets``)."""
     from lora_analysis.derive.recommend import recommend_from
 
     section = Section("Rank recommendation")
     phi = data.tables["phi"]
-    shared = derived.task if derived is not None and derived.targets == main_targets(phi) else None
+    targets = derived.targets if derived is not None and derived.targets else main_targets(phi)
+    shared = derived.task if derived is not None and derived.targets == targets else None
     try:
-        result = recommend_from(phi, data.tables["modules"], data.runs, shared=shared)
+        result = recommend_from(phi, data.tables["modules"], data.runs, targets=targets, shared=shared)
     except LoraAnalysisError as error:
         section.text(f"No recommendation: {error}.")
         return section
