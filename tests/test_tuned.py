@@ -99,10 +99,26 @@ def test_the_u_curves_and_the_table_show_the_choice():
     (line,) = starred.axes[2].get_lines()
     assert line.get_label().startswith("rank pattern ") and line.get_marker() == "*"
     assert list(line.get_xdata()) == [3e-5, 1e-4] and list(line.get_ydata()) == [0.77, 0.76]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["r=4", "full fine-tuning"]  # once, for all panels
+    assert [t.get_text() for t in starred.legends[0].get_texts()][-1].startswith("rank pattern ")
     for ax in fig.axes:  # full fine-tuning's own curve in every panel, its chosen rate ringed
         (line,) = [line for line in ax.get_lines() if line.get_label() == "full fine-tuning"]
         assert list(line.get_xdata()) == [1e-5, 3e-5, 1e-4] and list(line.get_ydata()) == [0.78, 0.81, 0.79]
         assert any(list(c.get_offsets()[:, 0]) == [3e-5] for c in ax.collections)
+
+
+def test_a_rank_has_one_colour_in_every_panel_of_the_u_curves():
+    """attn holds r = 4 and 8, ffn r = 8 only: ffn's r = 8 is drawn in attn's r = 8 colour (each panel numbered its
+    own ranks from the first colour, so ffn's r = 8 wore attn's r = 4 colour, and the last panel's legend was the
+    only key: a pattern's panel, holding no rank, left the ranks unnamed)."""
+    from lora_analysis.show import run_plots
+
+    curve = {1e-4: ([0.70], [0.7]), 1e-3: ([0.78], [0.78])}
+    runs = sweep({("attn", 4): curve, ("attn", 8): curve, ("ffn", 8): curve})
+    fig = run_plots.lr_curves(stats.rate_choices(runs))
+    colours = {(ax.get_title(), line.get_label()): line.get_color() for ax in fig.axes for line in ax.get_lines()}
+    assert colours[("ffn, r=8", "r=8")] == colours[("attn", "r=8")] != colours[("attn", "r=4")]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["r=4", "r=8"]
 
 
 def test_one_rate_for_the_compared_ranks_is_the_best_on_validation_over_them():

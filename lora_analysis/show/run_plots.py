@@ -145,7 +145,7 @@ def lr_curves(choices: pd.DataFrame, full: pd.DataFrame | None = None, patterns:
     (``stats.full_choices``): full fine-tuning's own curve, in black in every panel, where it tried several rates:
     how far LoRA's best rates sit from full fine-tuning's, at a glance. ``patterns`` (``stats.pattern_choices``):
     each rank pattern's curve, starred, in the panel of its target set (a panel of its own where that set has
-    no uniform rank)."""
+    no uniform rank). A rank has one colour in every panel, named once in the figure's legend."""
     if choices.empty or choices.groupby(["targets", "r"])["lr"].nunique().max() < 2:
         raise LoraAnalysisError("no cell was trained at more than one learning rate")
     patterns = patterns if patterns is not None and not patterns.empty else None
@@ -153,26 +153,28 @@ def lr_curves(choices: pd.DataFrame, full: pd.DataFrame | None = None, patterns:
     sets = sorted(set(choices["targets"].astype(str)) | pattern_sets)
     with_full = full is not None and full["lr"].nunique() > 1
     several = choices.groupby("targets")["r"].nunique().max() > 1 or with_full  # else each title names its rank
+    colour = {r: f"C{index}" for index, r in enumerate(sorted(choices["r"].dropna().unique()))}  # one per rank
+    pattern_colour = {p: f"C{9 - index % 3}" for index, p in  # olive, cyan, grey: apart from the first ranks'
+                      enumerate(sorted(patterns["pattern"].astype(str).unique()) if patterns is not None else [])}
     fig = new_figure(min(max(3.2 * len(sets), 5.2), 13.0), 3.6)
     axes = np.atleast_1d(fig.subplots(1, len(sets), sharey=True, squeeze=False)[0])
     for ax, targets in zip(axes, sets, strict=True):
         cell = choices[choices["targets"].astype(str) == targets]
         for pattern, t in (patterns[patterns["targets"].astype(str) == targets].groupby("pattern")
                            if targets in pattern_sets else []):
-            t = t.sort_values("lr")
-            ax.plot(t["lr"], t["val_mean"], marker="*", markersize=10, lw=1.2, color="C2",
-                    label=f"rank pattern {pattern}")
+            t, c = t.sort_values("lr"), pattern_colour[str(pattern)]
+            ax.plot(t["lr"], t["val_mean"], marker="*", markersize=10, lw=1.2, color=c, label=f"rank pattern {pattern}")
             ax.scatter(t.loc[t["chosen"], "lr"], t.loc[t["chosen"], "val_mean"], s=140, facecolors="none",
-                       edgecolors="C2", zorder=3)
+                       edgecolors=c, zorder=3)
             cut = t[t["halved"].astype(bool)]
-            ax.scatter(cut["lr"], cut["val_mean"], s=60, marker="x", color="C2", zorder=3)
-        for index, (r, t) in enumerate(cell.groupby("r")):
-            t = t.sort_values("lr")
-            ax.plot(t["lr"], t["val_mean"], marker="o", lw=1.2, color=f"C{index}", label=f"r={int(r)}")
+            ax.scatter(cut["lr"], cut["val_mean"], s=60, marker="x", color=c, zorder=3)
+        for r, t in cell.groupby("r"):
+            t, c = t.sort_values("lr"), colour[r]
+            ax.plot(t["lr"], t["val_mean"], marker="o", lw=1.2, color=c, label=f"r={int(r)}")
             best = t[t["chosen"]]
-            ax.scatter(best["lr"], best["val_mean"], s=90, facecolors="none", edgecolors=f"C{index}", zorder=3)
+            ax.scatter(best["lr"], best["val_mean"], s=90, facecolors="none", edgecolors=c, zorder=3)
             dropped = t[t["halved"].astype(bool)] if "halved" in t else t.iloc[:0]
-            ax.scatter(dropped["lr"], dropped["val_mean"], s=60, marker="x", color=f"C{index}", zorder=3)
+            ax.scatter(dropped["lr"], dropped["val_mean"], s=60, marker="x", color=c, zorder=3)
         if with_full:
             f = full.sort_values("lr")
             ax.plot(f["lr"], f["val_mean"], marker="s", lw=1.2, ls="--", color="black", label="full fine-tuning")
@@ -183,14 +185,24 @@ def lr_curves(choices: pd.DataFrame, full: pd.DataFrame | None = None, patterns:
         ax.set_xscale("log")
         ranks = cell["r"].unique()  # one rank per set (a budget sweep): named in its panel's title
         ax.set(title=f"{targets}, r={int(ranks[0])}" if len(ranks) == 1 else targets, xlabel="learning rate")
-        if targets in pattern_sets or (several and ax is axes[-1]):  # a rank pattern is named where it is drawn
-            ax.legend(frameon=False, fontsize=7)
     axes[0].set_ylabel("validation metric\n(mean over the seeds every rate has)")
+    named = {}  # each rank, pattern and full fine-tuning once, whichever panels draw it
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            named.setdefault(label, handle)
+    if several or pattern_sets:
+        ordered = sorted(named, key=lambda label: (not label.startswith("r="), _rank_of(label), label))
+        fig.legend([named[label] for label in ordered], ordered, loc="outside right upper", frameon=False, fontsize=7)
     halved = "halved" in choices and choices["halved"].astype(bool).any()
     fig.suptitle("Validation metric against learning rate per cell\nringed: the rate chosen"
                  + ("\ncrossed: stopped at the search's rung (successive halving), its validation there" if halved
                     else ""), fontsize=9)
     return fig
+
+
+def _rank_of(label: str) -> int:
+    """The rank of a legend label ``r=8`` (0 for any other label)."""
+    return int(label[2:]) if label.startswith("r=") and label[2:].isdigit() else 0
 
 
 @styled
