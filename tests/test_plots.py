@@ -97,6 +97,8 @@ def test_accuracy_against_rank_with_references(runs):
     png = io.BytesIO()
     fig.savefig(png, format="png")
     assert png.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+    title = fig._suptitle.get_window_extent()  # drawn by savefig: the title fits the figure (it was cut at both ends)
+    assert title.x0 >= 0 and title.x1 <= fig.bbox.width
 
 
 def test_budget_matched_accuracy_states_parameters(runs):

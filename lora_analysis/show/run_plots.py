@@ -64,8 +64,8 @@ def accuracy_vs_rank(runs: pd.DataFrame, table: pd.DataFrame, *, full: dict | No
     ax.set(xlabel="LoRA rank r", ylabel=metric)
     ax.legend(title="target set", frameon=False, fontsize=7.5)
     seeds = int(table["n"].max())
-    fig.suptitle(f"{metric} against rank and target set, each at its tuned learning rate (mean, 95% interval, "
-                 f"up to {seeds} seeds; x: collapsed)")
+    fig.suptitle(f"{metric} against rank and target set, each at its tuned learning rate\n(mean, 95% interval, "
+                 f"up to {seeds} seeds; x: collapsed)", fontsize=10)  # two lines: one is wider than the figure
     return fig
 
 
