@@ -154,7 +154,7 @@ def lr_curves(choices: pd.DataFrame, full: pd.DataFrame | None = None, patterns:
     with_full = full is not None and full["lr"].nunique() > 1
     several = choices.groupby("targets")["r"].nunique().max() > 1 or with_full  # else each title names its rank
     colour = {r: f"C{index}" for index, r in enumerate(sorted(choices["r"].dropna().unique()))}  # one per rank
-    pattern_colour = {p: f"C{9 - index % 3}" for index, p in  # olive, cyan, grey: apart from the first ranks'
+    pattern_colour = {p: f"C{9 - index % 3}" for index, p in  # cyan, olive, grey: apart from the first ranks'
                       enumerate(sorted(patterns["pattern"].astype(str).unique()) if patterns is not None else [])}
     fig = new_figure(min(max(3.2 * len(sets), 5.2), 13.0), 3.6)
     axes = np.atleast_1d(fig.subplots(1, len(sets), sharey=True, squeeze=False)[0])
