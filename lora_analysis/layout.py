@@ -148,9 +148,12 @@ class RunDir:
         if not self.config_path.is_file():
             return None
         try:
-            config = yaml.safe_load(self.config_path.read_text())
+            config = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
         except yaml.YAMLError as error:
             raise LoraAnalysisError(f"{self.config_path}: not valid YAML ({first_line(error)})") from error
+        except (OSError, UnicodeDecodeError) as error:  # unreadable, or not text: damaged
+            raise LoraAnalysisError(f"{self.config_path}: cannot be read as UTF-8 text ({first_line(error)})"
+                                    ) from error
         if config is None:
             return {}
         if not isinstance(config, dict):

@@ -127,3 +127,13 @@ def test_a_run_saved_before_shuffle_labels_existed_reads_as_unshuffled(tmp_path)
 
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "data": {"path": "x.csv"}}))
     assert RunDir(tmp_path).load_config()["data"]["shuffle_labels"] is False
+
+
+def test_a_saved_config_that_is_not_text_is_one_clear_error(tmp_path):
+    from lora_analysis.errors import LoraAnalysisError
+    from lora_analysis.layout import RunDir
+
+    (tmp_path / "config.yaml").write_bytes(b"\xff\xfe\x00garbage\x9c")
+    with pytest.raises(LoraAnalysisError, match=r"config\.yaml: cannot be read as UTF-8 text") as caught:
+        RunDir(tmp_path).load_config()
+    assert "\n" not in str(caught.value)

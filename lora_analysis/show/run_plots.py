@@ -191,18 +191,14 @@ def lr_curves(choices: pd.DataFrame, full: pd.DataFrame | None = None, patterns:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             named.setdefault(label, handle)
     if several or pattern_sets:
-        ordered = sorted(named, key=lambda label: (not label.startswith("r="), _rank_of(label), label))
+        ranks = [f"r={int(r)}" for r in colour if f"r={int(r)}" in named]  # by rank, then the others
+        ordered = ranks + sorted(set(named) - set(ranks))
         fig.legend([named[label] for label in ordered], ordered, loc="outside right upper", frameon=False, fontsize=7)
     halved = "halved" in choices and choices["halved"].astype(bool).any()
     fig.suptitle("Validation metric against learning rate per cell\nringed: the rate chosen"
                  + ("\ncrossed: stopped at the search's rung (successive halving), its validation there" if halved
                     else ""), fontsize=9)
     return fig
-
-
-def _rank_of(label: str) -> int:
-    """The rank of a legend label ``r=8`` (0 for any other label)."""
-    return int(label[2:]) if label.startswith("r=") and label[2:].isdigit() else 0
 
 
 @styled

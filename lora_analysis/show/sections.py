@@ -199,7 +199,7 @@ def recommendation_section(data: SweepData, derived: Derived | None = None) -> S
     section = Section("Rank recommendation")
     phi = data.tables["phi"]
     targets = derived.targets if derived is not None and derived.targets else main_targets(phi)
-    shared = derived.task if derived is not None and derived.targets == targets else None
+    shared = derived.task if derived is not None and derived.targets else None  # the task directions of that set
     try:
         result = recommend_from(phi, data.tables["modules"], data.runs, targets=targets, shared=shared)
     except LoraAnalysisError as error:

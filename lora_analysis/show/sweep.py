@@ -67,7 +67,7 @@ def unfinished_runs(sweep: SweepDir) -> pd.DataFrame:
     for run in sweep.unfinished_runs():
         try:
             config = run.load_config() or {}
-        except (LoraAnalysisError, OSError, UnicodeDecodeError):  # damaged: the run is still named
+        except LoraAnalysisError:  # damaged (RunDir.load_config says how): the run is still named
             config = {}
         rows.append({"run": run.name, **pd.json_normalize(config, sep=".").iloc[0].to_dict()} if config
                     else {"run": run.name})
